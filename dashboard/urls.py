@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from dashboard import views
+
+urlpatterns = [
+    # runs
+    path("", views.runs, name="dash-runs"),
+    # accounts
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            template_name="dashboard/login.html", redirect_authenticated_user=True
+        ),
+        name="dash-login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="dash-logout"),
+    # operations
+    path("healthz", views.healthz, name="dash-healthz"),
+    path("admin/", admin.site.urls),
+]
