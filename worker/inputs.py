@@ -1,0 +1,79 @@
+"""Workflow inputs and results: one dataclass each, as Temporal payloads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AgentRunInput:
+    """Input of the triage, resilient and parallel workflows.
+
+    ``faults`` are fault specs (see :mod:`worker.faults`); for the resilient
+    workflow ``None`` means its default, a primary model that is down.
+    """
+
+    prompt: str
+    faults: list[str] | None = None
+
+
+@dataclass
+class AgentRunResult:
+    output: str
+    answered_by: str
+    agents: list[str] = field(default_factory=list)
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ApprovalInput:
+    prompt: str
+    timeout_seconds: float = 24 * 3600
+    faults: list[str] | None = None
+
+
+@dataclass
+class Decision:
+    """The payload of the approval workflow's ``approve`` and ``reject`` signals."""
+
+    comment: str = ""
+    by: str = ""
+
+
+@dataclass
+class ApprovalResult:
+    outcome: str  # approved | rejected | expired
+    draft: str
+    comment: str
+    decided_by: str
+    output: str
+
+
+@dataclass
+class ApprovalStatus:
+    state: str  # drafting | waiting | approved | rejected | expired | done
+    draft: str
+
+
+@dataclass
+class ChatMessage:
+    role: str  # user | assistant
+    content: str
+    agent: str = ""
+
+
+@dataclass
+class ConversationInput:
+    prompt: str = ""
+    history: list[ChatMessage] = field(default_factory=list)
+    max_turns_per_run: int = 50
+    faults: list[str] | None = None
+
+
+@dataclass
+class ConversationResult:
+    turns: int
+    history: list[ChatMessage]
