@@ -1,0 +1,42 @@
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from pytest_django.fixtures import Settings
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def closed_temporal_address(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point Temporal's env config at a port nobody listens on."""
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("TEMPORAL_ADDRESS", address)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+    return address
+
+
+@pytest.fixture
+def data_dir(settings: Settings, tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "data"
+    path.mkdir()
+    settings.LOOMVIEW_DATA_DIR = path
+    yield path
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return User.objects.create_user("ada", password="correct horse battery staple")
+
+
+@pytest.fixture
+def logged_in_client(client: Client, user: User) -> Client:
+    client.force_login(user)
+    return client
