@@ -81,10 +81,10 @@ def parse_fault(spec: str) -> Fault:
     ((kind, argument),) = fields.items()
     if kind in ("permanent", "fatal"):
         if argument is not None:
-            raise FaultSpecError(f"fault {spec!r}: {kind} takes no argument")
+            raise FaultSpecError(f"fault {spec!r}: {kind} takes no value")
         return Fault(call=call, permanent=kind == "permanent", fatal=kind == "fatal")
     if argument is None:
-        raise FaultSpecError(f"fault {spec!r}: {kind} needs a argument ({kind}=N)")
+        raise FaultSpecError(f"fault {spec!r}: {kind} needs a value ({kind}=N)")
     if kind == "fail":
         return Fault(call=call, fail_attempts=_positive_int("fail", argument, spec))
     return Fault(call=call, slow_ms=_positive_int("slow", argument, spec))
