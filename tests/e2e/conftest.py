@@ -1,0 +1,119 @@
+"""A real daphne server and Debian's Chromium, for browser tests.
+
+Chromium is launched by hand instead of through pytest-playwright's fixtures:
+the project never downloads Playwright's own browser builds.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ADMIN_PASSWORD = "e2e-admin-password-4821"
+STARTUP_TIMEOUT_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class LiveDashboard:
+    url: str
+    username: str
+    password: str
+    temporal_address: str
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"daphne exited early:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"daphne did not become healthy:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboard]:
+    data_dir = tmp_path_factory.mktemp("e2e-data")
+    temporal_address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{data_dir / 'e2e.sqlite3'}",
+        "LOOMVIEW_DATA_DIR": str(data_dir),
+        "LOOMVIEW_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "LOOMVIEW_DEBUG": "0",
+        "TEMPORAL_ADDRESS": temporal_address,
+        "PYTHONPATH": str(BASE_DIR),
+    }
+    manage = [sys.executable, str(BASE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=BASE_DIR, check=True)
+    subprocess.run([*manage, "ensure_admin"], env=env, cwd=BASE_DIR, check=True)
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = data_dir / "daphne.log"
+    daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+    with log.open("wb") as log_handle:
+        server = subprocess.Popen(
+            [*daphne, "dashboard.asgi:application"],
+            env=env,
+            cwd=BASE_DIR,
+            stdout=log_handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_healthy(url, server, log)
+        yield LiveDashboard(url, "admin", ADMIN_PASSWORD, temporal_address)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def results_dir() -> Path:
+    path = BASE_DIR / "test-results"
+    path.mkdir(exist_ok=True)
+    return path
