@@ -1,7 +1,13 @@
+import asyncio
+import time
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from django.test import Client
+from temporalio.client import Client as TemporalClient
+from temporalio.service import RPCError
 
 from dashboard import temporal
 
@@ -88,3 +94,40 @@ async def test_list_recent_runs_raises_unavailable_quickly(closed_temporal_addre
     with pytest.raises(temporal.TemporalUnavailable) as excinfo:
         await temporal.list_recent_runs()
     assert excinfo.value.address == closed_temporal_address
+
+
+def test_runs_page_lists_workflows_from_a_real_temporal_server(
+    logged_in_client: Client, temporal_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workflow_id = f"dashboard-probe-{uuid.uuid4().hex[:8]}"
+
+    async def start_probe() -> None:
+        # No worker polls this queue, so the run stays Running for the test.
+        client = await TemporalClient.connect(temporal_server.address)
+        for attempt in range(50):
+            try:
+                await client.start_workflow(
+                    "DashboardProbe", id=workflow_id, task_queue=f"nobody-{workflow_id}"
+                )
+                return
+            except RPCError:
+                # A freshly started dev server may not have its namespace ready yet.
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.2)
+
+    asyncio.run(start_probe())
+    monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_server.address)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
+
+    deadline = time.monotonic() + 10
+    body = ""
+    while workflow_id not in body and time.monotonic() < deadline:
+        response = logged_in_client.get("/")
+        assert response.status_code == 200
+        body = response.content.decode()
+        time.sleep(0.2)
+    assert workflow_id in body
+    assert "DashboardProbe" in body
+    assert "Running" in body
+    assert "Temporal is unreachable" not in body
