@@ -142,19 +142,32 @@ def _persona(system_instructions: str | None) -> str:
     return match.group(1) if match else "Assistant"
 
 
+_CLOSINGS = (
+    "Next step: I have noted this on the ticket and will follow up within one business day.",
+    "Recommendation: go ahead as outlined; the risk is low and reversible.",
+    "Recommendation: proceed in two steps and confirm after the first one.",
+    "Let me know if anything here does not match what you see.",
+)
+
+
 def _final_answer(persona: str, conversation: Conversation, tool_names: list[str]) -> str:
-    prompt = conversation.last_user_message.strip()
+    lines = [line.strip() for line in conversation.last_user_message.strip().splitlines()]
+    request, context = (lines[0] if lines else ""), [line for line in lines[1:] if line]
     findings = [
-        f"{name}: {conversation.output_of(name)}"
+        f"{name} → {conversation.output_of(name)}"
         for name in tool_names
         if conversation.output_of(name) is not None
     ]
-    digest = hashlib.sha256(conversation.text().encode()).hexdigest()[:6]
-    lines = [f"{persona} here. Regarding “{prompt[:160]}”:"]
+    digest = hashlib.sha256(conversation.text().encode()).digest()
+    parts = [f"{persona} here. About “{request[:200]}”:"]
+    if context:
+        parts.append("Taking into account " + " ".join(line[:160] for line in context[:12]))
     if findings:
-        lines.append("I checked " + "; ".join(findings) + ".")
-    lines.append(f"Recommendation: proceed as outlined above (ref {digest}).")
-    return " ".join(lines)
+        parts.append("I checked " + "; ".join(findings) + ".")
+    if len(conversation.user_messages) > 1:
+        parts.append(f"(This is message {len(conversation.user_messages)} of our conversation.)")
+    parts.append(_CLOSINGS[digest[0] % len(_CLOSINGS)])
+    return " ".join(parts)
 
 
 def _message(text: str, response_id: str) -> ResponseOutputMessage:

@@ -226,21 +226,20 @@ class ParallelWorkflow:
 class ConversationWorkflow:
     """A long-lived chat: messages by signal or update, history by query, ends on ``end``."""
 
-    def __init__(self) -> None:
-        self._history: list[ChatMessage] = []
-        self._pending: list[str] = []
+    @workflow.init
+    def __init__(self, input: ConversationInput) -> None:
+        # Set up from the input before any handler runs: an update may arrive
+        # in the same first workflow task as the start, and must queue behind
+        # the opening prompt.
+        self._history: list[ChatMessage] = list(input.history)
+        self._pending: list[str] = [input.prompt] if input.prompt.strip() else []
         self._replies: dict[int, str] = {}
-        self._received = 0
+        self._received = len(self._pending)
         self._ended = False
-        self._run_config: RunConfig | None = None
 
     @workflow.run
     async def run(self, input: ConversationInput) -> ConversationResult:
-        self._run_config = validated_run_config(input.prompt, input.faults, prompt_required=False)
-        self._history = list(input.history)
-        if input.prompt.strip():
-            self._pending.append(input.prompt)
-            self._received += 1
+        run_config = validated_run_config(input.prompt, input.faults, prompt_required=False)
         agent = agents.chat_agent()
         turns = 0
         answered = 0
@@ -250,7 +249,7 @@ class ConversationWorkflow:
                 break
             message = self._pending.pop(0)
             answered += 1
-            await self._answer(agent, message, answered)
+            await self._answer(agent, run_config, message, answered)
             turns += 1
             if turns >= input.max_turns_per_run and not self._pending and not self._ended:
                 # Keep the event history bounded: carry the conversation into a new run.
@@ -265,11 +264,11 @@ class ConversationWorkflow:
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ConversationResult(turns=turns, history=self._history)
 
-    async def _answer(self, agent: Agent, message: str, number: int) -> None:
+    async def _answer(self, agent: Agent, run_config: RunConfig, message: str, number: int) -> None:
         self._history.append(ChatMessage(role="user", content=message))
         conversation: list[Any] = [{"role": m.role, "content": m.content} for m in self._history]
         with trace("Conversation turn", group_id=workflow.info().workflow_id):
-            result = await Runner.run(agent, conversation, run_config=self._run_config)
+            result = await Runner.run(agent, conversation, run_config=run_config)
         reply = str(result.final_output)
         self._history.append(
             ChatMessage(role="assistant", content=reply, agent=result.last_agent.name)
