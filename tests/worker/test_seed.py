@@ -1,0 +1,35 @@
+import asyncio
+
+from temporalio.client import Client
+
+from tests.conftest import WorkerFactory
+from worker.seed import DEMO_RUNS, seed
+from worker.workflows import WORKFLOW_TYPES
+
+
+async def test_seed_starts_every_workflow_type_once(
+    temporal_client: Client, worker_factory: WorkerFactory
+) -> None:
+    worker = worker_factory(LOOMVIEW_DEMO_LATENCY_MS="5")
+    assert {run.workflow for run in DEMO_RUNS} == set(WORKFLOW_TYPES)
+    started = await seed(temporal_client, worker.task_queue)
+    assert started == [run.workflow_id for run in DEMO_RUNS]
+    assert await seed(temporal_client, worker.task_queue) == []
+
+    expected = {
+        "demo-triage-retries": "COMPLETED",
+        "demo-approval-approved": "COMPLETED",
+        "demo-resilient-fallback": "COMPLETED",
+        "demo-approval-waiting": "RUNNING",
+        "demo-conversation-open": "RUNNING",
+    }
+    statuses: dict[str, str] = {}
+    for _ in range(300):
+        for workflow_id in expected:
+            description = await temporal_client.get_workflow_handle(workflow_id).describe()
+            assert description.status is not None
+            statuses[workflow_id] = description.status.name
+        if statuses == expected:
+            break
+        await asyncio.sleep(0.1)
+    assert statuses == expected
