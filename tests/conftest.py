@@ -150,9 +150,7 @@ WorkerFactory = Callable[..., WorkerProcess]
 
 
 @pytest.fixture
-def worker_factory(
-    temporal_server: TemporalServer, tmp_path: Path
-) -> Iterator[WorkerFactory]:
+def worker_factory(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[WorkerFactory]:
     """Start bundled workers on a fresh task queue; settings are environment overrides."""
     started: list[WorkerProcess] = []
 
