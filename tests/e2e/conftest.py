@@ -100,7 +100,9 @@ def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDas
             server.wait()
 
 
-@pytest.fixture(scope="session")
+# Function scope on purpose: sync Playwright runs an event loop in the main
+# thread while it is open, which would break every async test that follows.
+@pytest.fixture
 def chromium() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
