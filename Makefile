@@ -29,6 +29,5 @@ $(PY):
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)

@@ -131,3 +131,14 @@ def test_runs_page_lists_workflows_from_a_real_temporal_server(
     assert "DashboardProbe" in body
     assert "Running" in body
     assert "Temporal is unreachable" not in body
+
+
+async def test_unknown_namespace_is_reported_not_raised(
+    temporal_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_server.address)
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", f"missing-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(temporal.TemporalUnavailable) as excinfo:
+        await temporal.list_recent_runs()
+    assert excinfo.value.address == temporal_server.address
+    assert "not found" in excinfo.value.reason.lower()
