@@ -167,9 +167,14 @@ def worker_factory(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[
             "LOOMVIEW_MODEL_RETRY_INITIAL_SECONDS": "0.2",
             "LOOMVIEW_MODEL_RETRY_MAX_SECONDS": "1",
             "PYTHONUNBUFFERED": "1",
+            # Tracing tests turn it on with a receiver of their own.
+            "LOOMVIEW_TRACING": "off",
             **overrides,
         }
         env.pop("OPENAI_API_KEY", None)
+        for name in list(env):
+            if name.startswith("OTEL_") and name not in overrides:
+                del env[name]
         worker = WorkerProcess(
             task_queue=env["LOOMVIEW_TASK_QUEUE"],
             env=env,

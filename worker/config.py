@@ -74,6 +74,7 @@ class WorkerConfig:
     model_retry_max: timedelta
     model_max_attempts: int
     max_cached_workflows: int | None
+    tracing: bool
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -101,6 +102,7 @@ class WorkerConfig:
             max_cached_workflows=(
                 envint("LOOMVIEW_MAX_CACHED_WORKFLOWS", 1000) if cached else None
             ),
+            tracing=envchoice("LOOMVIEW_TRACING", "on", ("on", "off")) == "on",
         )
 
     def model_params(self) -> ModelActivityParameters:

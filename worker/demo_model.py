@@ -30,6 +30,7 @@ from agents import (
 )
 from agents.items import TResponseStreamEvent
 from agents.tool import FunctionTool
+from agents.tracing import generation_span
 from openai.types.responses import (
     ResponseFunctionToolCall,
     ResponseOutputMessage,
@@ -253,9 +254,27 @@ class DemoModel(Model):
         tracing: ModelTracing,
         **kwargs: Any,
     ) -> ModelResponse:
-        if self.latency_ms:
-            await asyncio.sleep(self.latency_ms / 1000)
-        return self.respond(system_instructions, input, tools, handoffs)
+        # Like the SDK's own chat-completions model, record the call as a generation span.
+        with generation_span(
+            model=self.model_name,
+            model_config=model_settings.to_json_dict(),
+            input=[{"role": "system", "content": system_instructions or ""}, *_as_items(input)],
+            disabled=tracing.is_disabled(),
+        ) as span:
+            if self.latency_ms:
+                await asyncio.sleep(self.latency_ms / 1000)
+            response = self.respond(system_instructions, input, tools, handoffs)
+            if tracing.include_data():
+                span.span_data.output = [
+                    item.model_dump(exclude_none=True) for item in response.output
+                ]
+            else:
+                span.span_data.input = None
+            span.span_data.usage = {
+                "input_tokens": response.usage.input_tokens,
+                "output_tokens": response.usage.output_tokens,
+            }
+            return response
 
     def stream_response(
         self,
@@ -269,6 +288,10 @@ class DemoModel(Model):
         **kwargs: Any,
     ) -> AsyncIterator[TResponseStreamEvent]:
         raise NotImplementedError("the demo model does not stream; use Runner.run")
+
+
+def _as_items(input: str | list[TResponseInputItem]) -> list[Any]:
+    return [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
 
 
 def _tool_schema(tool: Tool) -> dict[str, Any]:

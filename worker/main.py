@@ -13,6 +13,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.openai_agents import OpenAIAgentsPlugin
 from temporalio.worker import Worker
 
+from tracing.otel import configure_tracing
 from worker.config import WorkerConfig
 from worker.providers import build_provider
 from worker.tools import check_service_status
@@ -28,10 +29,14 @@ def build_plugin(config: WorkerConfig) -> OpenAIAgentsPlugin:
 
 
 async def connect(config: WorkerConfig, plugins: Sequence[Any] = ()) -> Client:
-    """Connect with Temporal's own env config (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ...)."""
+    """Connect with Temporal's own env config (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ...).
+
+    Extra ``plugins`` (tracing) come before the agents plugin, so their interceptors
+    wrap it and Temporal's OTel context is still current when agent spans end.
+    """
     connect_config = ClientConfig.load_client_connect_config()
     connect_config.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**connect_config, plugins=[build_plugin(config), *plugins])
+    return await Client.connect(**connect_config, plugins=[*plugins, build_plugin(config)])
 
 
 def build_workers(client: Client, config: WorkerConfig) -> list[Worker]:
@@ -59,7 +64,16 @@ def build_workers(client: Client, config: WorkerConfig) -> list[Worker]:
 
 
 async def run_worker(config: WorkerConfig) -> None:
-    client = await connect(config)
+    tracing = configure_tracing() if config.tracing else None
+    try:
+        await _serve(config, tracing.plugins if tracing else [])
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
+
+
+async def _serve(config: WorkerConfig, plugins: Sequence[Any]) -> None:
+    client = await connect(config, plugins)
     workers = build_workers(client, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

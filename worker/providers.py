@@ -27,6 +27,7 @@ from agents import (
     TResponseInputItem,
 )
 from agents.items import TResponseStreamEvent
+from agents.tracing import SpanError, generation_span
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -98,6 +99,7 @@ class FaultInjectingModel(Model):
                 if failure == "fatal"
                 else "503 Service Unavailable, the model is overloaded"
             )
+            self._record_failed_call(model_settings, tracing, message, call, attempt, failure)
             raise ApplicationError(
                 message, type="InjectedModelFault", non_retryable=failure == "fatal"
             )
@@ -122,6 +124,29 @@ class FaultInjectingModel(Model):
             output_tokens=response.usage.output_tokens,
         )
         return response
+
+    def _record_failed_call(
+        self,
+        settings: ModelSettings,
+        tracing: ModelTracing,
+        message: str,
+        call: int,
+        attempt: int,
+        failure: str,
+    ) -> None:
+        """A failed API call still shows as a generation span with its error, as a real one does."""
+        if tracing.is_disabled():
+            return
+        model_name = getattr(self.inner, "model_name", None) or getattr(
+            self.inner, "model", "unknown"
+        )
+        with generation_span(model=str(model_name), model_config=settings.to_json_dict()) as span:
+            span.set_error(
+                SpanError(
+                    message=message,
+                    data={"call": call, "attempt": attempt, "kind": failure},
+                )
+            )
 
     def stream_response(
         self,

@@ -90,6 +90,9 @@ class Command(BaseCommand):
         env["PYTHONUNBUFFERED"] = "1"
         # Console scripts (daphne) do not put the project on sys.path by themselves.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(base_dir), env.get("PYTHONPATH")]))
+        # The worker exports its spans to this dashboard's OTLP receiver.
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        env.setdefault("LOOMVIEW_OTLP_ENDPOINT", f"http://{connect_host}:{port}/v1/traces")
 
         manager = Manager(Printer(sys.stdout))
         configured = os.environ.get("TEMPORAL_ADDRESS", "").strip()

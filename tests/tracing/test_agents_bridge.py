@@ -1,0 +1,88 @@
+import json
+
+from agents.tracing.span_data import (
+    AgentSpanData,
+    CustomSpanData,
+    FunctionSpanData,
+    GenerationSpanData,
+    GuardrailSpanData,
+    HandoffSpanData,
+    MCPListToolsSpanData,
+)
+
+from tracing.agents_bridge import span_id_for, span_name_and_attributes, trace_id_for
+
+
+def test_ids_are_stable_and_distinct() -> None:
+    assert span_id_for("span_abc") == span_id_for("span_abc")
+    assert span_id_for("span_abc") != span_id_for("span_abd")
+    assert trace_id_for("trace_x").bit_length() > 64
+    assert 0 < span_id_for("span_abc") < 2**64
+
+
+def test_agent_span_attributes() -> None:
+    name, attrs = span_name_and_attributes(
+        AgentSpanData(name="Triage agent", handoffs=["Billing"], tools=["lookup"])
+    )
+    assert name == "invoke_agent Triage agent"
+    assert attrs["gen_ai.operation.name"] == "invoke_agent"
+    assert attrs["gen_ai.agent.name"] == "Triage agent"
+    assert attrs["openinference.span.kind"] == "AGENT"
+    assert attrs["agents.agent.handoffs"] == ["Billing"]
+
+
+def test_generation_span_has_genai_and_openinference_attributes() -> None:
+    data = GenerationSpanData(
+        input=[{"role": "user", "content": "hi"}],
+        output=[
+            {"type": "function_call", "name": "lookup", "call_id": "c1", "arguments": '{"id": 1}'}
+        ],
+        model="gpt-4o-mini",
+        usage={"input_tokens": 12, "output_tokens": 5},
+    )
+    name, attrs = span_name_and_attributes(data)
+    assert name == "chat gpt-4o-mini"
+    assert attrs["gen_ai.request.model"] == attrs["llm.model_name"] == "gpt-4o-mini"
+    assert attrs["gen_ai.usage.input_tokens"] == attrs["llm.token_count.prompt"] == 12
+    assert attrs["gen_ai.usage.output_tokens"] == attrs["llm.token_count.completion"] == 5
+    assert attrs["llm.token_count.total"] == 17
+    assert json.loads(attrs["gen_ai.input.messages"]) == [{"role": "user", "content": "hi"}]
+    output = json.loads(attrs["gen_ai.output.messages"])
+    assert output[0]["tool_calls"][0]["name"] == "lookup"
+    assert attrs["llm.input_messages.0.message.role"] == "user"
+    assert attrs["llm.output_messages.0.message.tool_calls.0.tool_call.function.name"] == "lookup"
+    assert attrs["openinference.span.kind"] == "LLM"
+
+
+def test_function_handoff_guardrail_custom_and_mcp_spans() -> None:
+    name, attrs = span_name_and_attributes(
+        FunctionSpanData(name="lookup_invoice", input='{"invoice_id": "A1"}', output="ok")
+    )
+    assert name == "execute_tool lookup_invoice"
+    assert attrs["gen_ai.tool.name"] == attrs["tool.name"] == "lookup_invoice"
+    assert attrs["gen_ai.tool.call.arguments"] == '{"invoice_id": "A1"}'
+    assert attrs["gen_ai.tool.call.result"] == "ok"
+    assert attrs["openinference.span.kind"] == "TOOL"
+
+    name, attrs = span_name_and_attributes(HandoffSpanData(from_agent="Triage", to_agent="Billing"))
+    assert name == "handoff Triage → Billing"
+    assert (attrs["agents.handoff.from"], attrs["agents.handoff.to"]) == ("Triage", "Billing")
+
+    name, attrs = span_name_and_attributes(GuardrailSpanData(name="no_pii", triggered=True))
+    assert attrs["agents.guardrail.triggered"] is True
+    assert attrs["openinference.span.kind"] == "GUARDRAIL"
+
+    name, attrs = span_name_and_attributes(CustomSpanData(name="fan out", data={"n": 3, "x": [1]}))
+    assert name == "fan out" and attrs["agents.custom.n"] == 3
+    assert json.loads(attrs["agents.custom.data"]) == {"n": 3, "x": [1]}
+
+    name, attrs = span_name_and_attributes(MCPListToolsSpanData(server="fs", result=["read"]))
+    assert attrs["agents.span.type"] == "mcp_tools" and attrs["agents.mcp.tools"] == ["read"]
+
+
+def test_huge_payloads_are_clipped() -> None:
+    _, attrs = span_name_and_attributes(
+        FunctionSpanData(name="t", input="x" * 100_000, output=None)
+    )
+    assert len(attrs["gen_ai.tool.call.arguments"]) < 40_000
+    assert attrs["gen_ai.tool.call.arguments"].endswith("[truncated]")

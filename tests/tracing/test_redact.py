@@ -1,0 +1,49 @@
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext, Status, StatusCode
+
+from tracing.otel import redact_span
+from tracing.redact import REDACTED, redact_attributes, redact_text
+
+OPENAI_KEY = "sk-proj-" + "A1b2C3d4" * 6
+
+
+def test_values_that_look_like_keys_are_redacted_inside_text() -> None:
+    text = f"calling with {OPENAI_KEY} and header Authorization: Bearer abc.def-ghi_jkl123"
+    redacted = redact_text(text)
+    assert OPENAI_KEY not in redacted and "abc.def-ghi_jkl123" not in redacted
+    assert redacted.count(REDACTED) == 2
+    assert redact_text("AKIAIOSFODNN7EXAMPLE in config") == f"{REDACTED} in config"
+
+
+def test_secret_attribute_names_are_redacted_whatever_the_value() -> None:
+    attributes = redact_attributes(
+        {
+            "http.request.header.authorization": "Basic dXNlcjpwYXNz",
+            "llm.invocation_parameters": '{"api_key": "x"}',
+            "openai.api_key": "whatever",
+            "gen_ai.usage.input_tokens": 42,
+            "llm.token_count.total": 50,
+            "input.value": f"my key is {OPENAI_KEY}",
+            "nested": ["fine", f"Bearer {'t' * 20}"],
+        }
+    )
+    assert attributes["http.request.header.authorization"] == REDACTED
+    assert attributes["openai.api_key"] == REDACTED
+    assert attributes["gen_ai.usage.input_tokens"] == 42
+    assert attributes["llm.token_count.total"] == 50
+    assert attributes["input.value"] == f"my key is {REDACTED}"
+    assert attributes["nested"] == ["fine", REDACTED]
+
+
+def test_redact_span_covers_attributes_and_status() -> None:
+    span = ReadableSpan(
+        name="chat",
+        context=SpanContext(1, 2, is_remote=False),
+        attributes={"output.value": f"here: {OPENAI_KEY}"},
+        status=Status(StatusCode.ERROR, f"401 for key {OPENAI_KEY}"),
+    )
+    clean = redact_span(span)
+    assert OPENAI_KEY not in str(clean.attributes) and OPENAI_KEY not in str(
+        clean.status.description
+    )
+    assert clean.context == span.context
