@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from dashboard import views
+from tracing import views as tracing_views
 
 urlpatterns = [
     # runs
@@ -16,6 +17,8 @@ urlpatterns = [
         name="dash-login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="dash-logout"),
+    # OTLP/HTTP trace receiver (standard path, so exporters need only the base URL)
+    path("v1/traces", tracing_views.receive_traces, name="otlp-traces"),
     # operations
     path("healthz", views.healthz, name="dash-healthz"),
     path("admin/", admin.site.urls),

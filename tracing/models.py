@@ -1,0 +1,115 @@
+"""The span store: one row per OTel span, and one summary row per Temporal run.
+
+The columns are what pages filter, join and sort on (correlation keys, kind,
+times); everything else a span carries (attributes, events, links, resource)
+is kept whole in ``data``. Times are integer nanoseconds since the epoch, as
+OTLP sends them, so nothing is lost to datetime rounding.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from django.db import models
+from django.db.models import Q
+
+
+def ns_to_datetime(ns: int | None) -> datetime | None:
+    return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
+class Span(models.Model):
+    trace_id = models.CharField(max_length=32)
+    span_id = models.CharField(max_length=16)
+    parent_span_id = models.CharField(max_length=16, blank=True, default="")
+    name = models.TextField()
+    # Normalized: agent, generation, response, function, handoff, guardrail,
+    # custom, trace, mcp_tools, temporal or other.
+    kind = models.CharField(max_length=16)
+    # OTLP SpanKind (internal, server, client, ...).
+    span_kind = models.SmallIntegerField(default=0)
+    workflow_id = models.CharField(max_length=1000, blank=True, default="")
+    run_id = models.CharField(max_length=255, blank=True, default="")
+    activity_id = models.CharField(max_length=255, blank=True, default="")
+    attempt = models.PositiveIntegerField(null=True, blank=True)
+    # True when the Temporal ids came from an ancestor span, not the span itself.
+    inherited = models.BooleanField(default=False)
+    model = models.CharField(max_length=255, blank=True, default="")
+    agent = models.CharField(max_length=255, blank=True, default="")
+    tool = models.CharField(max_length=255, blank=True, default="")
+    tokens_in = models.IntegerField(null=True, blank=True)
+    tokens_out = models.IntegerField(null=True, blank=True)
+    # OTLP StatusCode: 0 unset, 1 ok, 2 error.
+    status_code = models.SmallIntegerField(default=0)
+    status_message = models.TextField(blank=True, default="")
+    start_ns = models.BigIntegerField()
+    end_ns = models.BigIntegerField()
+    duration_ns = models.BigIntegerField()
+    service_name = models.CharField(max_length=255, blank=True, default="")
+    # {"attributes", "events", "links", "resource", "scope"}
+    data = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["trace_id", "span_id"], name="span_trace_span_uniq")
+        ]
+        indexes = [
+            models.Index(fields=["workflow_id", "run_id", "start_ns"], name="span_run_start"),
+            # Spans still waiting for an ancestor that carries Temporal ids;
+            # small, so adopting them when that ancestor arrives stays cheap.
+            models.Index(fields=["trace_id"], condition=Q(workflow_id=""), name="span_orphans"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.span_id})"
+
+    @property
+    def start(self) -> datetime | None:
+        return ns_to_datetime(self.start_ns)
+
+    @property
+    def end(self) -> datetime | None:
+        return ns_to_datetime(self.end_ns)
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code == 2
+
+
+class RunSummary(models.Model):
+    workflow_id = models.CharField(max_length=1000)
+    run_id = models.CharField(max_length=255)
+    workflow_type = models.CharField(max_length=255, blank=True, default="")
+    span_count = models.IntegerField(default=0)
+    model_calls = models.IntegerField(default=0)
+    attempts = models.IntegerField(default=0)
+    failed_attempts = models.IntegerField(default=0)
+    tokens_in = models.BigIntegerField(default=0)
+    tokens_out = models.BigIntegerField(default=0)
+    agents = models.JSONField(default=list)
+    first_span_ns = models.BigIntegerField(null=True, blank=True)
+    last_span_ns = models.BigIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    last_error_ns = models.BigIntegerField(null=True, blank=True)
+    # {activity_id: {attempt: failed}} for model activities: what lets each
+    # batch update the counts above without rescanning the run's spans.
+    model_attempts = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow_id", "run_id"], name="runsummary_run_uniq")
+        ]
+        indexes = [models.Index(fields=["-last_span_ns"], name="runsummary_recent")]
+        verbose_name_plural = "run summaries"
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} / {self.run_id}"
+
+    @property
+    def first_span(self) -> datetime | None:
+        return ns_to_datetime(self.first_span_ns)
+
+    @property
+    def last_span(self) -> datetime | None:
+        return ns_to_datetime(self.last_span_ns)

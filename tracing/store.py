@@ -1,0 +1,386 @@
+"""Writing decoded span rows to the store and reading a run's spans back.
+
+Ingest is the hot path (see bench/ingest.py): a batch costs a fixed handful of
+queries whatever its size: one multi-row INSERT per chunk that skips spans
+already stored, one lookup of stored ancestors, one of stored orphans, and
+one read plus one write of the affected run summaries. Everything happens in
+one transaction, so a batch is stored whole or not at all.
+
+Temporal ids reach spans that do not carry them (OpenInference, GenAI
+instrumentations) from their nearest ancestor that does: at ingest when the
+ancestor is in the batch or already stored, at ingest of the ancestor for
+descendants stored before it (exporters send children first, since they end
+first), and at query time by walking the tree.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connection, transaction
+
+from tracing.models import RunSummary, Span
+
+RunKey = tuple[str, str]
+SpanKey = tuple[str, str]
+
+MODEL_ACTIVITY_TYPE = "invoke_model_activity"
+MODEL_KINDS = frozenset({"generation", "response"})
+# One INSERT carries this many rows; stays under SQLite's 32,766 parameters.
+INSERT_CHUNK = 500
+# How far up the tree ingest looks for stored ancestors; deeper orphans are
+# still resolved at query time.
+MAX_ANCESTOR_ROUNDS = 8
+
+_COLUMNS = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "kind",
+    "span_kind",
+    "workflow_id",
+    "run_id",
+    "activity_id",
+    "attempt",
+    "inherited",
+    "model",
+    "agent",
+    "tool",
+    "tokens_in",
+    "tokens_out",
+    "status_code",
+    "status_message",
+    "start_ns",
+    "end_ns",
+    "duration_ns",
+    "service_name",
+]
+_DATA_KEYS = ("attributes", "events", "links", "resource", "scope")
+_IDS = ("workflow_id", "run_id", "activity_id", "attempt")
+
+# SQLite has one writer at a time anyway; queueing writers here instead of in
+# SQLite's busy handler avoids its back-off sleeps under concurrent exports.
+_sqlite_writer = threading.Lock()
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0
+    duplicates: int = 0
+    runs: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
+    new_spans: dict[RunKey, int] = field(default_factory=dict)
+
+
+@contextmanager
+def _writer() -> Iterator[None]:
+    lock = _sqlite_writer if connection.vendor == "sqlite" else nullcontext()
+    with lock, transaction.atomic():
+        yield
+
+
+def ingest(rows: list[dict[str, Any]]) -> IngestResult:
+    """Store decoded rows (from tracing.otlp) and bring run summaries up to date."""
+    result = IngestResult()
+    unique: dict[SpanKey, dict[str, Any]] = {}
+    for row in rows:
+        unique.setdefault((row["trace_id"], row["span_id"]), row)
+    if not unique:
+        return result
+    batch = list(unique.values())
+    with _writer():
+        _inherit_from_ancestors(batch)
+        inserted = _insert(batch)
+        adopted = _adopt_orphans(inserted)
+        result.stored = len(inserted)
+        result.duplicates = len(rows) - len(inserted)
+        counted = inserted + adopted
+        for row in counted:
+            if row["workflow_id"]:
+                key = (row["workflow_id"], row["run_id"])
+                result.new_spans[key] = result.new_spans.get(key, 0) + 1
+        result.runs = _update_summaries(counted)
+    return result
+
+
+def _nearest_with_ids(key: SpanKey, nodes: dict[SpanKey, dict[str, Any]]) -> dict[str, Any] | None:
+    """The closest ancestor of key (in nodes) that carries a workflow id."""
+    trace_id = key[0]
+    node = nodes.get(key)
+    seen = 0
+    while node is not None and seen < 256:
+        parent = node["parent_span_id"]
+        if not parent:
+            return None
+        node = nodes.get((trace_id, parent))
+        if node is not None and node["workflow_id"]:
+            return node
+        seen += 1
+    return None
+
+
+def _take_ids(row: dict[str, Any], source: dict[str, Any]) -> None:
+    row["workflow_id"] = source["workflow_id"]
+    row["run_id"] = source["run_id"]
+    if not row["activity_id"]:
+        row["activity_id"] = source["activity_id"]
+        if row["attempt"] is None:
+            row["attempt"] = source["attempt"]
+    row["inherited"] = True
+
+
+def _inherit_from_ancestors(batch: list[dict[str, Any]]) -> None:
+    orphans = [r for r in batch if not r["workflow_id"] and r["parent_span_id"]]
+    if not orphans:
+        return
+    nodes: dict[SpanKey, dict[str, Any]] = {(r["trace_id"], r["span_id"]): r for r in batch}
+    for _ in range(MAX_ANCESTOR_ROUNDS):
+        missing: set[SpanKey] = set()
+        for row in orphans:
+            node: dict[str, Any] | None = row
+            while node is not None and not node["workflow_id"] and node["parent_span_id"]:
+                parent_key = (node["trace_id"], node["parent_span_id"])
+                if parent_key not in nodes:
+                    missing.add(parent_key)
+                    break
+                node = nodes[parent_key]
+        if not missing:
+            break
+        found = _fetch_nodes(missing)
+        for key in missing:
+            # Remember misses too, so the next round does not ask again.
+            nodes[key] = found.get(key) or {
+                "trace_id": key[0],
+                "span_id": key[1],
+                "parent_span_id": "",
+                "workflow_id": "",
+            }
+    for row in orphans:
+        source = _nearest_with_ids((row["trace_id"], row["span_id"]), nodes)
+        if source is not None:
+            _take_ids(row, source)
+
+
+def _fetch_nodes(keys: set[SpanKey]) -> dict[SpanKey, dict[str, Any]]:
+    traces = {t for t, _ in keys}
+    spans = {s for _, s in keys}
+    found: dict[SpanKey, dict[str, Any]] = {}
+    query = Span.objects.filter(trace_id__in=traces, span_id__in=spans).values(
+        "trace_id", "span_id", "parent_span_id", *_IDS
+    )
+    for node in query:
+        key = (node["trace_id"], node["span_id"])
+        if key in keys:
+            found[key] = node
+    return found
+
+
+def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """INSERT the rows, skipping stored ones; returns the rows actually inserted."""
+    table = connection.ops.quote_name(Span._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in [*_COLUMNS, "data"])
+    placeholder = "(" + ", ".join(["%s"] * (len(_COLUMNS) + 1)) + ")"
+    adapt_json = connection.ops.adapt_json_value
+    inserted_keys: set[SpanKey] = set()
+    with connection.cursor() as cursor:
+        for start in range(0, len(batch), INSERT_CHUNK):
+            chunk = batch[start : start + INSERT_CHUNK]
+            params: list[Any] = []
+            for row in chunk:
+                params.extend([row[c] for c in _COLUMNS])
+                params.append(adapt_json({k: row[k] for k in _DATA_KEYS}, None))
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * len(chunk))} "
+                "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id",
+                params,
+            )
+            inserted_keys.update((t, s) for t, s in cursor.fetchall())
+    return [r for r in batch if (r["trace_id"], r["span_id"]) in inserted_keys]
+
+
+def _adopt_orphans(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give stored descendants of newly stored spans their Temporal ids."""
+    carriers = {(r["trace_id"], r["span_id"]): r for r in inserted if r["workflow_id"]}
+    if not carriers:
+        return []
+    traces = {t for t, _ in carriers}
+    orphans = list(
+        Span.objects.filter(workflow_id="", trace_id__in=traces).values(
+            "id", "trace_id", "span_id", "parent_span_id", "name", "kind", "agent",
+            "tokens_in", "tokens_out", "status_code", "status_message", "start_ns",
+            "end_ns", *_IDS,
+        )
+    )  # fmt: skip
+    if not orphans:
+        return []
+    nodes: dict[SpanKey, dict[str, Any]] = dict(carriers)
+    for orphan in orphans:
+        nodes[(orphan["trace_id"], orphan["span_id"])] = orphan
+    adopted: list[dict[str, Any]] = []
+    updates: dict[tuple[Any, ...], list[int]] = {}
+    for orphan in orphans:
+        source = _nearest_with_ids((orphan["trace_id"], orphan["span_id"]), nodes)
+        if source is None:
+            continue
+        _take_ids(orphan, source)
+        # Only adopt through spans of this batch: an older carrier would have
+        # adopted the orphan already, so the summary counted it then.
+        adopted.append(orphan)
+        updates.setdefault(tuple(orphan[k] for k in _IDS), []).append(orphan["id"])
+    for values, ids in updates.items():
+        Span.objects.filter(id__in=ids).update(
+            inherited=True, **dict(zip(_IDS, values, strict=True))
+        )
+    for orphan in adopted:
+        orphan.setdefault("workflow_type", "")
+    return adopted
+
+
+def _attempt_key(row: dict[str, Any]) -> str | None:
+    if row["attempt"] is not None:
+        return str(row["attempt"])
+    # Temporal's own RunActivity span records no attempt number; each one is
+    # an attempt of its own.
+    if row["kind"] == "temporal" and row["name"].startswith("RunActivity:"):
+        return f"span:{row['span_id']}"
+    return None
+
+
+def is_model_span(row: dict[str, Any]) -> bool:
+    if not row["activity_id"]:
+        return False
+    return row["kind"] in MODEL_KINDS or row["name"].endswith(":" + MODEL_ACTIVITY_TYPE)
+
+
+def _update_summaries(rows: Iterable[dict[str, Any]]) -> dict[RunKey, dict[str, Any]]:
+    groups: dict[RunKey, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["workflow_id"]:
+            groups.setdefault((row["workflow_id"], row["run_id"]), []).append(row)
+    if not groups:
+        return {}
+    existing = {
+        (s.workflow_id, s.run_id): s
+        for s in RunSummary.objects.filter(workflow_id__in={w for w, _ in groups})
+        if (s.workflow_id, s.run_id) in groups
+    }
+    created: list[RunSummary] = []
+    changed: list[RunSummary] = []
+    for key, group in groups.items():
+        summary = existing.get(key)
+        if summary is None:
+            summary = RunSummary(workflow_id=key[0], run_id=key[1], agents=[], model_attempts={})
+            created.append(summary)
+        else:
+            changed.append(summary)
+        apply_rows(summary, group)
+    if created:
+        RunSummary.objects.bulk_create(created)
+    if changed:
+        RunSummary.objects.bulk_update(changed, _SUMMARY_FIELDS)
+    return {(s.workflow_id, s.run_id): summary_dict(s) for s in [*created, *changed]}
+
+
+_SUMMARY_FIELDS = [
+    "workflow_type",
+    "span_count",
+    "model_calls",
+    "attempts",
+    "failed_attempts",
+    "tokens_in",
+    "tokens_out",
+    "agents",
+    "first_span_ns",
+    "last_span_ns",
+    "last_error",
+    "last_error_ns",
+    "model_attempts",
+]
+
+
+def apply_rows(summary: RunSummary, rows: list[dict[str, Any]]) -> None:
+    """Fold newly stored spans of one run into its summary."""
+    summary.span_count += len(rows)
+    attempts: dict[str, dict[str, bool]] = summary.model_attempts
+    agents: list[str] = summary.agents
+    for row in rows:
+        if not summary.workflow_type and row.get("workflow_type"):
+            summary.workflow_type = row["workflow_type"]
+        if row["agent"] and row["agent"] not in agents:
+            agents.append(row["agent"])
+        if row["kind"] in MODEL_KINDS:
+            summary.tokens_in += row["tokens_in"] or 0
+            summary.tokens_out += row["tokens_out"] or 0
+        if summary.first_span_ns is None or row["start_ns"] < summary.first_span_ns:
+            summary.first_span_ns = row["start_ns"]
+        if summary.last_span_ns is None or row["end_ns"] > summary.last_span_ns:
+            summary.last_span_ns = row["end_ns"]
+        failed = row["status_code"] == 2
+        if failed and (summary.last_error_ns is None or row["end_ns"] >= summary.last_error_ns):
+            summary.last_error_ns = row["end_ns"]
+            summary.last_error = row["status_message"] or f"{row['name']} failed"
+        if is_model_span(row):
+            per_call = attempts.setdefault(row["activity_id"], {})
+            attempt = _attempt_key(row)
+            if attempt is not None:
+                per_call[attempt] = per_call.get(attempt, False) or failed
+    summary.model_calls = len(attempts)
+    summary.attempts = sum(len(per_call) for per_call in attempts.values())
+    summary.failed_attempts = sum(
+        1 for per_call in attempts.values() for failed in per_call.values() if failed
+    )
+
+
+def summary_dict(summary: RunSummary) -> dict[str, Any]:
+    return {
+        "workflow_id": summary.workflow_id,
+        "run_id": summary.run_id,
+        "workflow_type": summary.workflow_type,
+        "span_count": summary.span_count,
+        "model_calls": summary.model_calls,
+        "attempts": summary.attempts,
+        "failed_attempts": summary.failed_attempts,
+        "tokens_in": summary.tokens_in,
+        "tokens_out": summary.tokens_out,
+        "agents": list(summary.agents),
+        "first_span_ns": summary.first_span_ns,
+        "last_span_ns": summary.last_span_ns,
+        "last_error": summary.last_error,
+    }
+
+
+def span_row(span: Span) -> dict[str, Any]:
+    """A stored span as the same dict shape tracing.otlp produces."""
+    row: dict[str, Any] = {c: getattr(span, c) for c in _COLUMNS}
+    data = span.data or {}
+    row["attributes"] = data.get("attributes", {})
+    row["resource"] = data.get("resource", {})
+    row["events"] = data.get("events", [])
+    row["links"] = data.get("links", [])
+    row["scope"] = data.get("scope", "")
+    return row
+
+
+def spans_for_run(workflow_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Every span of a run, including descendants that only an ancestor ties to it."""
+    rows = [span_row(s) for s in Span.objects.filter(workflow_id=workflow_id, run_id=run_id)]
+    traces = {r["trace_id"] for r in rows}
+    if traces:
+        nodes: dict[SpanKey, dict[str, Any]] = {(r["trace_id"], r["span_id"]): r for r in rows}
+        orphans = [span_row(s) for s in Span.objects.filter(workflow_id="", trace_id__in=traces)]
+        for orphan in orphans:
+            nodes[(orphan["trace_id"], orphan["span_id"])] = orphan
+        for orphan in orphans:
+            source = _nearest_with_ids((orphan["trace_id"], orphan["span_id"]), nodes)
+            if source is not None and (source["workflow_id"], source["run_id"]) == (
+                workflow_id,
+                run_id,
+            ):
+                _take_ids(orphan, source)
+                rows.append(orphan)
+    rows.sort(key=lambda r: (r["start_ns"], r["end_ns"]))
+    return rows
