@@ -41,6 +41,7 @@ def triage_agents() -> Agent:
             "and hand it off to the one specialist who can resolve it."
         ),
         handoffs=[billing, support],
+        input_guardrails=[tools.no_secrets_guardrail],
     )
 
 

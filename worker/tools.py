@@ -9,9 +9,11 @@ outside world is a Temporal activity, offered to the agent through ``activity_as
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
+from typing import Any
 
-from agents import function_tool
+from agents import Agent, GuardrailFunctionOutput, RunContextWrapper, function_tool, input_guardrail
 from temporalio import activity
 
 
@@ -57,3 +59,23 @@ async def check_service_status(request: ServiceStatusRequest) -> str:
     """Check the live status of a service (a Temporal activity, so it may do I/O)."""
     latency = _stable_number(request.service, 40, 180)
     return f"service {request.service[:60]!r} is degraded in eu-west-1, p95 latency {latency} ms"
+
+
+_SECRET = re.compile(r"\b(sk-[A-Za-z0-9_\-]{16,}|AKIA[A-Z0-9]{16}|gh[pousr]_[A-Za-z0-9]{30,})")
+
+
+def _text_of(input: str | list[Any]) -> str:
+    if isinstance(input, str):
+        return input
+    return " ".join(str(item.get("content", "")) for item in input if isinstance(item, dict))
+
+
+@input_guardrail(name="No secrets in the request", run_in_parallel=False)
+async def no_secrets_guardrail(
+    context: RunContextWrapper[Any], agent: Agent[Any], input: str | list[Any]
+) -> GuardrailFunctionOutput:
+    """Stop a request that carries a credential before any model sees it."""
+    found = _SECRET.findall(_text_of(input))
+    return GuardrailFunctionOutput(
+        output_info={"credentials_found": len(found)}, tripwire_triggered=bool(found)
+    )

@@ -14,7 +14,16 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from agents import Agent, AgentsException, ModelSettings, RunConfig, Runner, custom_span, trace
+    from agents import (
+        Agent,
+        AgentsException,
+        InputGuardrailTripwireTriggered,
+        ModelSettings,
+        RunConfig,
+        Runner,
+        custom_span,
+        trace,
+    )
     from agents.result import RunResult
     from temporalio.openai_agents import AgentsWorkflowError
 
@@ -95,7 +104,17 @@ class TriageWorkflow:
             trace("Customer support triage", group_id=info.workflow_id),
             custom_span("triage request", data={"prompt_chars": len(input.prompt)}),
         ):
-            result = await Runner.run(agents.triage_agents(), input.prompt, run_config=run_config)
+            try:
+                result = await Runner.run(
+                    agents.triage_agents(), input.prompt, run_config=run_config
+                )
+            except InputGuardrailTripwireTriggered as blocked:
+                name = blocked.guardrail_result.guardrail.get_name()
+                return AgentRunResult(
+                    output=f"Blocked before any model call: {name}.",
+                    answered_by="guardrail",
+                    notes=[f"guardrail tripped: {name}"],
+                )
         return summarize([result], result.last_agent.name, str(result.final_output))
 
 

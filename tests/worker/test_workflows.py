@@ -346,3 +346,20 @@ async def test_model_calls_run_on_a_separate_model_task_queue(
     )
     assert (await handle.result()).answered_by == "Primary analyst"
     assert [call.task_queue for call in await model_calls(handle)] == [model_queue]
+
+
+async def test_triage_guardrail_blocks_a_request_carrying_a_secret(
+    temporal_client: Client, worker: WorkerProcess
+) -> None:
+    workflow_id = _id("guardrail")
+    handle = await temporal_client.start_workflow(
+        "triage",
+        AgentRunInput("My key sk-abcdefghijklmnopqrstuvwx stopped working, please check"),
+        id=workflow_id,
+        task_queue=worker.task_queue,
+        result_type=AgentRunResult,
+    )
+    result = await handle.result()
+    assert result.answered_by == "guardrail"
+    assert "No secrets in the request" in result.output
+    assert await model_calls(handle) == []
