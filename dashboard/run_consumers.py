@@ -1,0 +1,97 @@
+"""Live run page: re-rendered partials pushed over a websocket as spans and events arrive.
+
+The consumer joins the run's group (tracing.groups), where the OTLP receiver
+announces new spans, and polls Temporal for new history events while the run
+is open. Whenever either changes it renders the same partials the page uses
+and sends them for the htmx ws extension to swap in by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.template.loader import render_to_string
+
+from dashboard import run_views
+from tracing.groups import run_group
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+# Spans come in bursts (one export per batch); one re-render covers a burst.
+COALESCE_SECONDS = 0.25
+
+
+def signature(loaded: run_views.Loaded) -> str:
+    """What the page has seen: event and span counts, also sent by the page itself."""
+    events = -1 if loaded.events is None else len(loaded.events)
+    return f"{events}-{len(loaded.spans)}"
+
+
+class RunConsumer(AsyncWebsocketConsumer):
+    workflow_id: str
+    run_id: str
+    group: str
+    seen: str
+    poller: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close()
+            return
+        kwargs = self.scope["url_route"]["kwargs"]
+        self.workflow_id, self.run_id = kwargs["workflow_id"], kwargs["run_id"]
+        query = self.scope.get("query_string", b"").decode()
+        self.seen = dict(part.split("=", 1) for part in query.split("&") if "=" in part).get(
+            "v", ""
+        )
+        self.group = run_group(self.workflow_id, self.run_id)
+        self.changed = asyncio.Event()
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        self.poller = asyncio.create_task(self.watch())
+
+    async def disconnect(self, code: int) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.poller
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def run_spans(self, event: dict[str, Any]) -> None:
+        self.changed.set()
+
+    async def watch(self) -> None:
+        open_run = True
+        while True:
+            try:
+                open_run = await self.refresh()
+            except Exception:
+                # A live page must outlive one bad refresh; the next one retries.
+                logger.exception("live update of %s / %s failed", self.workflow_id, self.run_id)
+            timeout = POLL_SECONDS if open_run else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout=timeout)
+            if self.changed.is_set():
+                await asyncio.sleep(COALESCE_SECONDS)
+                self.changed.clear()
+
+    async def refresh(self) -> bool:
+        """Push the page's partials if anything changed; return whether the run is open."""
+        loaded = await run_views.load(self.workflow_id, self.run_id)
+        ctx = await sync_to_async(run_views.build)(self.workflow_id, self.run_id, loaded)
+        current = signature(loaded)
+        if current != self.seen:
+            self.seen = current
+            ctx.update({"oob": True, "history_mode": "compact", "live_sig": current})
+            html = await sync_to_async(render_to_string)("dashboard/_run_live.html", ctx)
+            await self.send(text_data=html)
+        # Without Temporal we cannot tell; keep polling so the page recovers.
+        return bool(ctx["is_open"])

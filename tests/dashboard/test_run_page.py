@@ -1,0 +1,219 @@
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.test import Client
+
+from dashboard import run_data, temporal
+from dashboard.models import ApiToken
+from tests.dashboard.run_fixtures import recorded, store_spans
+from tracing.models import Span
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def run() -> dict[str, Any]:
+    cache.clear()
+    return recorded()
+
+
+@pytest.fixture
+def history_calls(monkeypatch: pytest.MonkeyPatch, run: dict[str, Any]) -> list[str]:
+    """Temporal answers with the recorded history; returns the run ids it was asked for."""
+    calls: list[str] = []
+
+    async def fake(workflow_id: str, run_id: str) -> temporal.RunHistory:
+        calls.append(run_id)
+        if (workflow_id, run_id) != (run["workflow_id"], run["run_id"]):
+            raise temporal.RunNotFound(run_id)
+        return temporal.RunHistory(workflow_id, run_id, run["history"])
+
+    monkeypatch.setattr(temporal, "fetch_history", fake)
+    return calls
+
+
+def url(run: dict[str, Any], suffix: str = "") -> str:
+    return f"/runs/{run['workflow_id']}/{run['run_id']}/{suffix}"
+
+
+def test_header_shows_status_totals_input_result_and_temporal_link(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    store_spans(run)
+    response = logged_in_client.get(url(run))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert 'data-status="COMPLETED"' in body
+    assert "triage" in body and "cap-queue" in body
+    assert 'data-total="model_calls">4<' in body
+    assert "2 failed" in body
+    assert "1296 / 348" in body
+    assert "$0.0020" in body  # loomview-demo-1 at 1 / 2 USD per million tokens
+    # The input payload is decoded JSON, not base64.
+    assert "Our dashboard sync is stuck" in body
+    assert "call=1:fail=2" in body
+    assert f"/namespaces/default/workflows/{run['workflow_id']}/{run['run_id']}/history" in body
+    assert 'id="timeline-data"' in body
+    assert "Temporal is unreachable" not in body
+
+
+def test_model_calls_have_every_attempt_with_its_failure(run: dict[str, Any]) -> None:
+    history = run_data.full_history(run["history"])
+    spans = [
+        {**row, "attributes": row["data"]["attributes"], "events": [], "resource": {}}
+        for row in run["spans"]
+    ]
+    calls = run_data.model_calls(spans, history)
+    assert [c.activity_id for c in calls] == ["1", "2", "4", "5"]
+    first = calls[0]
+    assert [a.attempt for a in first.attempts] == [1, 2, 3]
+    assert [a.failed for a in first.attempts] == [True, True, False]
+    assert "503 Service Unavailable" in first.attempts[0].error
+    # Retry backoff: the second attempt starts well after the first ended.
+    assert first.attempts[1].start_ns - first.attempts[0].end_ns > 100_000_000
+    assert first.agent == "Triage agent"
+    assert calls[1].agent == "Technical support"
+    assert first.scheduled_ns is not None and first.closed_ns is not None
+    assert (first.tokens_in, first.tokens_out) == (61, 52)
+
+
+def test_unknown_run_is_a_styled_404(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    response = logged_in_client.get("/runs/nope/00000000-0000-0000-0000-000000000000/")
+    assert response.status_code == 404
+    body = response.content.decode()
+    assert "Run not found" in body
+    assert "Back to recent runs" in body
+    assert 'class="topbar"' in body
+
+
+def test_temporal_unreachable_serves_span_store_under_banner(
+    logged_in_client: Client, run: dict[str, Any], closed_temporal_address: str
+) -> None:
+    store_spans(run)
+    response = logged_in_client.get(url(run))
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert f"Temporal is unreachable at {closed_temporal_address}" in body
+    assert 'role="alert"' in body
+    assert 'data-total="model_calls">4<' in body
+    assert "RunWorkflow:triage" in body
+
+
+def test_unknown_run_with_temporal_unreachable_is_404(
+    logged_in_client: Client, closed_temporal_address: str
+) -> None:
+    cache.clear()
+    response = logged_in_client.get("/runs/nope/run-x/")
+    assert response.status_code == 404
+
+
+def _hostile_span(run: dict[str, Any]) -> Span:
+    generation = next(s for s in store_spans(run) if s.kind == "generation" and s.status_code == 0)
+    attrs = generation.data["attributes"]
+    answer = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
+    attrs["gen_ai.output.messages"] = json.dumps([{"role": "assistant", "content": answer}])
+    attrs["x.evil"] = "<b onmouseover=alert(2)>hi</b>"
+    generation.status_message = ""
+    generation.save()
+    return generation
+
+
+def test_model_output_with_markup_is_escaped_everywhere(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    span = _hostile_span(run)
+    for path in (url(run), url(run, f"spans/{span.span_id}/")):
+        body = logged_in_client.get(path).content.decode()
+        assert "<script>window.pwned" not in body
+        assert "<img src=x onerror" not in body
+        assert "<b onmouseover" not in body
+    detail = logged_in_client.get(url(run, f"spans/{span.span_id}/")).content.decode()
+    assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in detail
+    assert "&lt;b onmouseover=alert(2)&gt;hi&lt;/b&gt;" in detail
+
+
+def test_span_detail_is_a_fragment_for_htmx_and_a_page_without(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    spans = store_spans(run)
+    failed = next(s for s in spans if s.kind == "generation" and s.status_code == 2)
+    fragment = logged_in_client.get(
+        url(run, f"spans/{failed.span_id}/"), headers={"HX-Request": "true"}
+    ).content.decode()
+    assert fragment.lstrip().startswith("<article")
+    assert "<html" not in fragment
+    assert "Injected model failure on call 1" in fragment
+    assert "temporal.activity.attempt" in fragment
+    ok = next(s for s in spans if s.kind == "generation" and s.status_code == 0)
+    answer = logged_in_client.get(
+        url(run, f"spans/{ok.span_id}/"), headers={"HX-Request": "true"}
+    ).content.decode()
+    assert "Input messages" in answer and "Output" in answer
+    assert "&quot;role&quot;: &quot;system&quot;" in answer  # pretty-printed JSON
+    page = logged_in_client.get(url(run, f"spans/{failed.span_id}/")).content.decode()
+    assert "<html" in page and "Injected model failure" in page
+
+
+def test_span_of_another_run_is_404(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    span = store_spans(run)[0]
+    response = logged_in_client.get(f"/runs/other/{run['run_id']}/spans/{span.span_id}/")
+    assert response.status_code == 404
+
+
+def test_history_json_downloads_raw_history_and_is_cached_once_closed(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    response = logged_in_client.get(url(run, "history.json"))
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == (
+        'attachment; filename="demo-triage-retries-history.json"'
+    )
+    assert json.loads(response.content)["events"] == run["history"]
+    logged_in_client.get(url(run))
+    logged_in_client.get(url(run))
+    assert len(history_calls) == 1
+
+
+def test_history_compact_groups_activities_and_full_lists_every_event(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    compact = logged_in_client.get(url(run)).content.decode()
+    assert "started (attempt 3)" in compact
+    assert "previous attempt failed" in compact
+    assert "WorkflowTaskScheduled" not in compact
+    full = logged_in_client.get(
+        url(run) + "?part=run-history&history=full", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert full.lstrip().startswith('<section id="run-history"')
+    assert full.count("<tr>") == len(run["history"]) + 1
+    assert "WorkflowTaskScheduled" in full
+    assert "eyJ" not in full  # no base64 payloads left
+
+
+def test_api_returns_story_for_session_and_bearer_token(
+    client: Client, user: User, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    store_spans(run)
+    assert client.get(f"/api{url(run)}").status_code == 401
+    _, raw = ApiToken.issue(user, "ci")
+    response = client.get(f"/api{url(run)}", headers={"Authorization": f"Bearer {raw}"})
+    assert response.status_code == 200
+    story = response.json()
+    assert story["status"] == "COMPLETED"
+    assert story["totals"]["model_calls"] == 4
+    assert story["totals"]["failed_attempts"] == 2
+    first = story["model_calls"][0]
+    assert first["activity_id"] == "1"
+    assert [a["failed"] for a in first["attempts"]] == [True, True, False]
+    assert len(story["spans"]) == len(run["spans"])
+    assert story["input"]["faults"] == ["call=1:fail=2", "call=3:slow=1500"]
+    client.force_login(user)
+    assert client.get(f"/api{url(run)}").json()["run_id"] == run["run_id"]
+    assert client.get("/api/runs/x/y/").status_code == 404
