@@ -1,0 +1,281 @@
+"""The run page in Chromium against the real stack: Temporal dev server, daphne,
+and the bundled worker exporting its spans to that daphne."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+
+from tests.conftest import TemporalServer, WorkerFactory, WorkerProcess, connect_client
+from tests.e2e.conftest import ADMIN_PASSWORD, BASE_DIR, LiveDashboard, _free_port, _wait_healthy
+from worker.inputs import AgentRunInput, ApprovalInput, Decision
+
+pytestmark = pytest.mark.timeout(240)
+T = TypeVar("T")
+DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
+
+
+def in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run Temporal client calls on their own loop: sync Playwright owns the main thread's."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    temporal_server: TemporalServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveDashboard]:
+    """daphne talking to the real Temporal dev server, with an empty span store."""
+    data_dir = tmp_path_factory.mktemp("e2e-run")
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{data_dir / 'e2e.sqlite3'}",
+        "LOOMVIEW_DATA_DIR": str(data_dir),
+        "LOOMVIEW_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        "TEMPORAL_ADDRESS": temporal_server.address,
+        "TEMPORAL_NAMESPACE": "default",
+        "PYTHONPATH": str(BASE_DIR),
+    }
+    manage = [sys.executable, str(BASE_DIR / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=BASE_DIR, check=True)
+    subprocess.run([*manage, "ensure_admin"], env=env, cwd=BASE_DIR, check=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = data_dir / "daphne.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [*DAPHNE, "-p", str(port), "dashboard.asgi:application"],
+            env=env,
+            cwd=BASE_DIR,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_healthy(url, server, log)
+        yield LiveDashboard(url, "admin", ADMIN_PASSWORD, temporal_server.address)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def traced_worker(worker_factory: WorkerFactory, stack: LiveDashboard) -> WorkerProcess:
+    return worker_factory(
+        LOOMVIEW_TRACING="on",
+        LOOMVIEW_OTLP_ENDPOINT=f"{stack.url}/v1/traces",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+
+
+def watch_problems(page: Page) -> list[str]:
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    return problems
+
+
+def log_in(page: Page, stack: LiveDashboard) -> None:
+    page.goto(f"{stack.url}/login/")
+    page.get_by_label("Username").fill(stack.username)
+    page.get_by_label("Password").fill(stack.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{stack.url}/")
+
+
+def hostile_span(workflow_id: str, run_id: str) -> dict[str, Any]:
+    """An OTLP/JSON generation span whose model answer is markup."""
+    now = time.time_ns()
+
+    def attr(key: str, value: str) -> dict[str, Any]:
+        return {"key": key, "value": {"stringValue": value}}
+
+    answer = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [attr("service.name", "e2e")]},
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "e2e"},
+                        "spans": [
+                            {
+                                "traceId": uuid.uuid4().hex,
+                                "spanId": uuid.uuid4().hex[:16],
+                                "name": "chat hostile-answer",
+                                "kind": 1,
+                                "startTimeUnixNano": str(now - 5_000_000),
+                                "endTimeUnixNano": str(now),
+                                "attributes": [
+                                    attr("temporal.workflow.id", workflow_id),
+                                    attr("temporal.run.id", run_id),
+                                    attr("agents.span.type", "custom"),
+                                    attr(
+                                        "gen_ai.output.messages",
+                                        json.dumps([{"role": "assistant", "content": answer}]),
+                                    ),
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+
+
+def post_json(url: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_triage_run_with_a_failed_attempt(
+    stack: LiveDashboard,
+    temporal_server: TemporalServer,
+    worker_factory: WorkerFactory,
+    chromium: Browser,
+    results_dir: Path,
+) -> None:
+    worker = traced_worker(worker_factory, stack)
+    workflow_id = f"e2e-triage-{uuid.uuid4().hex[:6]}"
+
+    async def run_triage() -> str:
+        client = await connect_client(temporal_server.address)
+        handle = await client.start_workflow(
+            "triage",
+            AgentRunInput("I was charged twice on invoice INV-2231", faults=["call=1:fail=1"]),
+            id=workflow_id,
+            task_queue=worker.task_queue,
+        )
+        await handle.result()
+        return str(handle.result_run_id)
+
+    run_id = in_thread(run_triage)
+    post_json(f"{stack.url}/v1/traces", hostile_span(workflow_id, run_id))
+
+    context = chromium.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    problems = watch_problems(page)
+    log_in(page, stack)
+    run_url = f"{stack.url}/runs/{workflow_id}/{run_id}/"
+    # The exporter batches every 100 ms; wait until the model spans have all arrived.
+    deadline = time.monotonic() + 20
+    while True:
+        page.goto(run_url)
+        calls = int(page.locator('[data-total="model_calls"]').inner_text())
+        arrived = calls >= 3 and page.locator(".failed-count").count() > 0
+        if arrived or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(500)
+
+    expect(page.locator('[data-status="COMPLETED"]')).to_be_visible()
+    expect(page.locator(".failed-count")).to_have_text("1 failed")
+    bars = page.locator("svg.tl-svg rect.tl-attempt")
+    expect(bars.first).to_be_visible()
+    assert bars.count() >= calls
+    failed = page.locator("svg.tl-svg rect.tl-attempt.failed")
+    assert failed.count() >= 1
+    assert "Injected model failure" in (failed.first.locator("title").text_content() or "")
+    assert page.locator(".tok-svg g.tok").count() == calls
+    page.screenshot(path=str(results_dir / "run-page.png"), full_page=True)
+
+    # Zoom in and back out.
+    page.get_by_role("button", name="Zoom in").click()
+    page.get_by_role("button", name="Reset").click()
+    assert bars.count() >= calls
+
+    # A span's detail opens in the side panel.
+    generation = page.locator(".span-row:not(.is-error)", has_text="chat loomview-demo-1").first
+    generation.click()
+    panel = page.locator("#span-panel")
+    expect(panel.locator("[data-span-detail]")).to_be_visible()
+    expect(panel).to_contain_text("Input messages")
+    expect(panel).to_contain_text("gen_ai.request.model")
+    expect(page).to_have_url(run_url)  # no navigation: loaded by htmx
+    page.screenshot(path=str(results_dir / "run-span-detail.png"), full_page=False)
+
+    # The hostile answer is shown as text; none of it runs.
+    page.locator(".span-row", has_text="chat hostile-answer").click()
+    expect(panel).to_contain_text("<script>window.__pwned=1</script>")
+    expect(panel).to_contain_text("<img src=x onerror=")
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#span-panel script, #span-panel img").count() == 0
+
+    # Full history, swapped in by htmx.
+    page.get_by_role("link", name=re.compile(r"^Full \(")).click()
+    expect(page.locator("#run-history")).to_contain_text("WorkflowTaskScheduled")
+    page.locator("#run-history").screenshot(path=str(results_dir / "run-history.png"))
+
+    assert problems == []
+    context.close()
+
+
+def test_running_run_updates_live(
+    stack: LiveDashboard,
+    temporal_server: TemporalServer,
+    worker_factory: WorkerFactory,
+    chromium: Browser,
+    results_dir: Path,
+) -> None:
+    worker = traced_worker(worker_factory, stack)
+    workflow_id = f"e2e-approval-{uuid.uuid4().hex[:6]}"
+
+    async def start() -> str:
+        client = await connect_client(temporal_server.address)
+        handle = await client.start_workflow(
+            "approval",
+            ApprovalInput("Rotate the staging database credentials.", timeout_seconds=300),
+            id=workflow_id,
+            task_queue=worker.task_queue,
+        )
+        return str(handle.first_execution_run_id or handle.result_run_id)
+
+    run_id = in_thread(start)
+    context = chromium.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    problems = watch_problems(page)
+    log_in(page, stack)
+    page.goto(f"{stack.url}/runs/{workflow_id}/{run_id}/")
+    expect(page.locator('[data-status="RUNNING"]')).to_be_visible()
+    # The drafting model call shows up without a reload.
+    expect(page.locator("svg.tl-svg rect.tl-attempt").first).to_be_visible(timeout=20_000)
+    page.evaluate("window.__sameDocument = true")
+    page.screenshot(path=str(results_dir / "run-live-waiting.png"), full_page=True)
+
+    async def approve() -> None:
+        client = await connect_client(temporal_server.address)
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        await handle.signal("approve", Decision(comment="ok from e2e", by="e2e"))
+        await handle.result()
+
+    in_thread(approve)
+    expect(page.locator('[data-status="COMPLETED"]')).to_be_visible(timeout=20_000)
+    expect(page.locator("svg.tl-svg .tl-signal")).to_have_count(1, timeout=10_000)
+    expect(page.locator('[data-total="model_calls"]')).not_to_have_text("1", timeout=10_000)
+    assert page.evaluate("window.__sameDocument") is True
+    page.screenshot(path=str(results_dir / "run-live-completed.png"), full_page=True)
+    assert problems == []
+    context.close()
