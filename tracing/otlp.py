@@ -308,20 +308,12 @@ def _row(span: ProtoSpan, resource: dict[str, Any], service: str, scope: str) ->
     return row
 
 
-def _first(attrs: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        value = attrs.get(key)
-        if value is not None and value != "":
-            return value
-    return None
-
-
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    return "" if not value else value if value.__class__ is str else str(value)
 
 
 def _int(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
+    if value is None or value.__class__ is bool:
         return None
     try:
         return int(value)
@@ -357,25 +349,31 @@ def workflow_type(attrs: dict[str, Any], name: str) -> str:
 
 
 def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
+    # Hot path (every span): plain dict lookups, no helper calls per key.
+    get = attrs.get
     kind = normalize_kind(attrs, name)
-    agent = _first(attrs, "gen_ai.agent.name", "agents.agent.name")
-    if agent is None and str(attrs.get("openinference.span.kind", "")).upper() == "AGENT":
-        agent = attrs.get("graph.node.id") or name
+    agent = get("gen_ai.agent.name") or get("agents.agent.name")
+    if not agent and str(get("openinference.span.kind", "")).upper() == "AGENT":
+        agent = get("graph.node.id") or name
+    tokens_in = get("gen_ai.usage.input_tokens")
+    if tokens_in is None:
+        tokens_in = get("llm.token_count.prompt")
+    tokens_out = get("gen_ai.usage.output_tokens")
+    if tokens_out is None:
+        tokens_out = get("llm.token_count.completion")
     return {
-        "workflow_id": _text(_first(attrs, "temporal.workflow.id", "temporalWorkflowID")),
-        "run_id": _text(_first(attrs, "temporal.run.id", "temporalRunID")),
-        "activity_id": _text(_first(attrs, "temporal.activity.id", "temporalActivityID")),
-        "attempt": _int(attrs.get("temporal.activity.attempt")),
+        "workflow_id": _text(get("temporal.workflow.id") or get("temporalWorkflowID")),
+        "run_id": _text(get("temporal.run.id") or get("temporalRunID")),
+        "activity_id": _text(get("temporal.activity.id") or get("temporalActivityID")),
+        "attempt": _int(get("temporal.activity.attempt")),
         "kind": kind,
         "model": _text(
-            _first(attrs, "gen_ai.request.model", "gen_ai.response.model", "llm.model_name")
+            get("gen_ai.request.model") or get("gen_ai.response.model") or get("llm.model_name")
         ),
         "agent": _text(agent),
-        "tool": _text(_first(attrs, "gen_ai.tool.name", "tool.name")),
-        "tokens_in": _int(_first(attrs, "gen_ai.usage.input_tokens", "llm.token_count.prompt")),
-        "tokens_out": _int(
-            _first(attrs, "gen_ai.usage.output_tokens", "llm.token_count.completion")
-        ),
+        "tool": _text(get("gen_ai.tool.name") or get("tool.name")),
+        "tokens_in": _int(tokens_in),
+        "tokens_out": _int(tokens_out),
         "workflow_type": workflow_type(attrs, name),
         "inherited": False,
     }

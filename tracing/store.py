@@ -15,6 +15,8 @@ first), and at query time by walking the tree.
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -181,25 +183,41 @@ def _fetch_nodes(keys: set[SpanKey]) -> dict[SpanKey, dict[str, Any]]:
 
 def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """INSERT the rows, skipping stored ones; returns the rows actually inserted."""
-    table = connection.ops.quote_name(Span._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(c) for c in [*_COLUMNS, "data"])
-    placeholder = "(" + ", ".join(["%s"] * (len(_COLUMNS) + 1)) + ")"
-    adapt_json = connection.ops.adapt_json_value
+    sqlite = connection.vendor == "sqlite"
     inserted_keys: set[SpanKey] = set()
-    with connection.cursor() as cursor:
+    with connection.cursor() as wrapper:
+        # On SQLite, the plain DB-API cursor: Django's wrapper would rewrite
+        # every %s of a 12,000-parameter statement into ? on each call.
+        cursor = connection.connection.cursor() if sqlite else wrapper
         for start in range(0, len(batch), INSERT_CHUNK):
             chunk = batch[start : start + INSERT_CHUNK]
             params: list[Any] = []
             for row in chunk:
                 params.extend([row[c] for c in _COLUMNS])
-                params.append(adapt_json({k: row[k] for k in _DATA_KEYS}, None))
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholder] * len(chunk))} "
-                "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id",
-                params,
-            )
+                data = {k: row[k] for k in _DATA_KEYS}
+                params.append(_compact_json(data) if sqlite else _adapt_json(data))
+            cursor.execute(_insert_sql(len(chunk), "?" if sqlite else "%s"), params)
             inserted_keys.update((t, s) for t, s in cursor.fetchall())
     return [r for r in batch if (r["trace_id"], r["span_id"]) in inserted_keys]
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+def _adapt_json(value: Any) -> Any:
+    return connection.ops.adapt_json_value(value, None)
+
+
+@functools.cache
+def _insert_sql(rows: int, marker: str) -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(c) for c in [*_COLUMNS, "data"])
+    placeholder = "(" + ", ".join([marker] * (len(_COLUMNS) + 1)) + ")"
+    return (
+        f"INSERT INTO {quote(Span._meta.db_table)} ({columns}) "
+        f"VALUES {', '.join([placeholder] * rows)} "
+        "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
+    )
 
 
 def _adopt_orphans(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -278,10 +296,14 @@ def _update_summaries(rows: Iterable[dict[str, Any]]) -> dict[RunKey, dict[str, 
         else:
             changed.append(summary)
         apply_rows(summary, group)
-    if created:
-        RunSummary.objects.bulk_create(created)
-    if changed:
-        RunSummary.objects.bulk_update(changed, _SUMMARY_FIELDS)
+    # One upsert for new and changed summaries alike; bulk_update would build
+    # a CASE expression per field and row, which costs more than the spans.
+    RunSummary.objects.bulk_create(
+        [*created, *changed],
+        update_conflicts=True,
+        unique_fields=["workflow_id", "run_id"],
+        update_fields=[*_SUMMARY_FIELDS, "updated_at"],
+    )
     return {(s.workflow_id, s.run_id): summary_dict(s) for s in [*created, *changed]}
 
 
