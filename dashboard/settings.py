@@ -14,6 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import envbool, envlist, envstr
+from dashboard.pricing import PRICES_ENV, load_prices
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOOMVIEW_DATA_DIR = Path(envstr("LOOMVIEW_DATA_DIR", str(BASE_DIR / ".data"))).resolve()
@@ -53,6 +54,8 @@ CSRF_TRUSTED_ORIGINS = envlist("LOOMVIEW_CSRF_TRUSTED_ORIGINS", [])
 # files too; turn this off when something else serves STATIC_ROOT.
 LOOMVIEW_SERVE_STATIC = envbool("LOOMVIEW_SERVE_STATIC", True)
 LOOMVIEW_TEMPORAL_UI_URL = envstr("LOOMVIEW_TEMPORAL_UI_URL", "http://127.0.0.1:8233").rstrip("/")
+# USD per million (input, output) tokens for the runs list's cost estimate.
+LOOMVIEW_MODEL_PRICES = load_prices(envstr(PRICES_ENV, ""))
 
 INSTALLED_APPS = [
     "daphne",

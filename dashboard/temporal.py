@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,31 @@ async def list_recent_runs(limit: int = RECENT_RUNS_LIMIT) -> list[RunSummary]:
         _forget(client)
         raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
     return runs
+
+
+async def list_runs(query: str, limit: int) -> list[RunSummary]:
+    """At most `limit` executions matching a visibility query, in the server's order.
+
+    One page only: the runs list asks for what it shows, never the whole namespace.
+    """
+    client = await get_client()
+    runs: list[RunSummary] = []
+    try:
+        async for execution in client.list_workflows(
+            query or None, limit=limit, page_size=limit, rpc_timeout=RPC_TIMEOUT
+        ):
+            runs.append(_summary(execution))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise ValueError(f"visibility query rejected: {exc.message}") from exc
+        _forget(client)
+        raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
+    return runs
+
+
+def quote(value: str) -> str:
+    """A string literal for a visibility query."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _forget(client: Client) -> None:

@@ -8,6 +8,7 @@ from tracing import views as tracing_views
 urlpatterns = [
     # runs
     path("", views.runs, name="dash-runs"),
+    path("api/runs/", views.api_runs, name="dash-api-runs"),
     # accounts
     path(
         "login/",

@@ -1,5 +1,7 @@
 import logging
+import time
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -8,9 +10,15 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
+from dashboard import runs as run_list
 from dashboard import temporal
+from dashboard.auth import bearer_token, token_user
+from dashboard.runs import RunFilterForm
 
 logger = logging.getLogger(__name__)
+
+
+FILTER_FIELDS = ("status", "type", "agent", "range", "since", "until", "q")
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -31,19 +39,59 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok", "database": "ok"})
 
 
+def _page_url(request: HttpRequest, cursor: str | None) -> str:
+    params = request.GET.copy()
+    params.pop("cursor", None)
+    if cursor:
+        params["cursor"] = cursor
+    return f"{request.path}?{params.urlencode()}" if params else request.path
+
+
 @require_GET
 async def runs(request: HtmxHttpRequest) -> HttpResponse:
+    form = RunFilterForm(request.GET)
+    # Invalid fields drop out of cleaned_data, so the valid ones still apply.
+    valid = form.is_valid()
+    page = await run_list.list_page(form.filters(), form.cleaned_data.get("cursor"))
     address, namespace = temporal.target()
+    live_params = request.GET.copy()
+    live_params["rendered"] = str(time.time_ns())
     ctx: dict[str, object] = {
-        "runs": [],
+        "form": form,
+        "page": page,
+        "runs": page.rows,
+        "next_url": _page_url(request, page.next_cursor) if page.next_cursor else None,
+        "first_url": _page_url(request, None) if form.cleaned_data.get("cursor") else None,
         "temporal_address": address,
         "temporal_namespace": namespace,
-        "temporal_error": None,
+        "temporal_error": page.temporal_error,
+        "live_url": f"/ws/runs/?{live_params.urlencode()}",
+        "filtered": any(request.GET.get(f) for f in FILTER_FIELDS),
     }
-    try:
-        ctx["runs"] = await temporal.list_recent_runs()
-    except temporal.TemporalUnavailable as exc:
-        logger.warning("%s", exc)
-        ctx["temporal_error"] = exc.reason
-    template = "dashboard/runs.html#runs-panel" if request.htmx else "dashboard/runs.html"
-    return render(request, template, ctx)
+    if request.htmx:
+        return render(request, "dashboard/runs.html#runs-panel", ctx, status=200 if valid else 400)
+    return render(request, "dashboard/runs.html", ctx)
+
+
+@require_GET
+@login_not_required
+async def api_runs(request: HttpRequest) -> JsonResponse:
+    """The runs list as JSON; session login or `Authorization: Bearer <token>`."""
+    user = await request.auser()
+    if not user.is_authenticated and await sync_to_async(token_user)(bearer_token(request)) is None:
+        response = JsonResponse({"error": "authentication required"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="loomview"'
+        return response
+    form = RunFilterForm(request.GET)
+    if not form.is_valid():
+        return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+    page = await run_list.list_page(form.filters(), form.cleaned_data.get("cursor"))
+    next_url = _page_url(request, page.next_cursor) if page.next_cursor else None
+    return JsonResponse(
+        {
+            "runs": [row.as_json() for row in page.rows],
+            "next": request.build_absolute_uri(next_url) if next_url else None,
+            "temporal_error": page.temporal_error,
+        },
+        json_dumps_params={"ensure_ascii": False},
+    )

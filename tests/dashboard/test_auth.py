@@ -37,7 +37,7 @@ def test_login_with_valid_credentials_lands_on_runs(
     assert response["Location"] == "/"
     page = client.get("/")
     assert page.status_code == 200
-    assert "Recent runs" in page.content.decode()
+    assert "<h1>Runs</h1>" in page.content.decode()
 
 
 def test_login_with_wrong_password_shows_error(client: Client, user: User) -> None:

@@ -1,83 +1,259 @@
 import asyncio
+import re
 import time
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
+from io import StringIO
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
+from django.contrib.auth.models import User
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.test import Client
 from temporalio.client import Client as TemporalClient
 from temporalio.service import RPCError
 
-from dashboard import temporal
+from dashboard import pricing, temporal
+from dashboard import runs as run_list
+from dashboard.models import ApiToken, hash_token
+from tests.dashboard.runs_data import T0, FakeVisibility, model_span, summary, visible
 
 pytestmark = pytest.mark.django_db
 
+XSS = "<script>alert(1)</script>"
 
-def test_runs_page_shows_banner_when_temporal_is_unreachable(
+
+def rows_of(body: str) -> list[str]:
+    """Workflow ids of the rows on a page, in order."""
+    return re.findall(r'<td class="mono wf-id">\s*<(?:a|span)[^>]*>([^<]*)<', body)
+
+
+def test_unreachable_temporal_shows_banner_and_the_store(
     logged_in_client: Client, closed_temporal_address: str
 ) -> None:
+    summary("stored-run", last_error="model said no")
     response = logged_in_client.get("/")
     assert response.status_code == 200
     body = response.content.decode()
     assert f"Temporal is unreachable at {closed_temporal_address}" in body
-    assert "<table" not in body
+    assert rows_of(body) == ["stored-run"]
+    assert "Unknown" in body
+    assert "model said no" in body
 
 
-def test_runs_page_lists_runs_escaped_with_temporal_ui_links(
+def test_untrusted_text_is_escaped(logged_in_client: Client, closed_temporal_address: str) -> None:
+    summary(f"wf-{XSS}", agents=[f"agent{XSS}"], last_error=f"boom {XSS}", workflow_type=XSS)
+    body = logged_in_client.get("/").content.decode()
+    assert XSS not in body
+    assert "wf-&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert "agent&lt;script&gt;" in body
+    assert "boom &lt;script&gt;" in body
+
+
+def test_merges_visibility_and_store(
+    logged_in_client: Client, monkeypatch: pytest.MonkeyPatch, settings: Any
+) -> None:
+    settings.LOOMVIEW_MODEL_PRICES = pricing.load_prices('{"m": [1000000, 2000000]}')
+    fake = FakeVisibility(
+        [
+            visible("only-temporal", start_ns=T0 + 3_000_000_000, status="RUNNING"),
+            visible("both", start_ns=T0 + 2_000_000_000, status="FAILED", close_ns=T0 + 9 * 10**9),
+        ]
+    )
+    monkeypatch.setattr(temporal, "list_runs", fake)
+    summary("both", start_ns=T0 + 2_000_000_100, tokens_in=3, tokens_out=1)
+    model_span("both", "r1", "m", 3, 1)
+    summary("only-store", start_ns=T0 + 1_000_000_000)
+
+    page = async_to_sync(run_list.list_page)(run_list.Filters())
+    assert [r.workflow_id for r in page.rows] == ["only-temporal", "both", "only-store"]
+    only_temporal, both, only_store = page.rows
+    assert (only_temporal.in_temporal, only_temporal.has_spans) == (True, False)
+    assert (both.status, both.tokens_in, both.retries) == ("FAILED", 3, 1)
+    assert both.start_ns == T0 + 2_000_000_000  # Temporal's start wins over the first span
+    assert both.duration_ns == 7_000_000_000
+    assert both.cost == Decimal(5)  # 3 * $1 + 1 * $2
+    assert (only_store.status, only_store.in_temporal) == ("UNKNOWN", False)
+    assert only_store.cost is None  # no priced spans
+
+    body = logged_in_client.get("/").content.decode()
+    assert rows_of(body) == ["only-temporal", "both", "only-store"]
+    assert "/runs/both/r1/" in body
+    assert "$5.00" in body
+
+
+def test_filters_combine_and_show_in_the_url_form(
     logged_in_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    monkeypatch.setattr(
+        temporal,
+        "list_runs",
+        FakeVisibility([visible("a-approval", workflow_type="approval", status="COMPLETED")]),
+    )
+    summary("a-triage-1", agents=["Triage Agent", "Billing Agent"], last_error="rate limited")
+    summary("a-triage-2", start_ns=T0 - 10, agents=["Triage Agent"])
+    summary("a-approval", workflow_type="approval", agents=["Approver"])
 
-    async def fake_runs() -> list[temporal.RunSummary]:
-        return [
-            temporal.RunSummary(
-                workflow_id="triage-<script>alert(1)</script>",
-                run_id="run-1",
-                workflow_type="TriageWorkflow",
-                status="RUNNING",
-                start_time=started,
-                close_time=None,
-            ),
-            temporal.RunSummary(
-                workflow_id="approval-7",
-                run_id="run-2",
-                workflow_type="ApprovalWorkflow",
-                status="TIMED_OUT",
-                start_time=started,
-                close_time=started,
-            ),
-        ]
+    def ids(query: str) -> list[str]:
+        response = logged_in_client.get("/?" + query)
+        assert response.status_code == 200
+        return rows_of(response.content.decode())
 
-    monkeypatch.setattr(temporal, "list_recent_runs", fake_runs)
-    body = logged_in_client.get("/").content.decode()
-    assert "<script>alert(1)</script>" not in body
-    assert "triage-&lt;script&gt;alert(1)&lt;/script&gt;" in body
-    assert "TriageWorkflow" in body
-    assert "Timed out" in body
-    assert "2026-01-02 03:04:05" in body
-    assert "/namespaces/default/workflows/approval-7/run-2/history" in body
+    assert ids("") == ["a-triage-1", "a-approval", "a-triage-2"]
+    assert ids("type=triage") == ["a-triage-1", "a-triage-2"]
+    assert ids("type=triage&agent=billing+agent") == ["a-triage-1"]
+    assert ids("q=RATE") == ["a-triage-1"]
+    assert ids("q=triage-2") == ["a-triage-2"]
+    assert ids("status=COMPLETED") == ["a-approval"]
+    assert ids("status=COMPLETED&type=triage") == []
+    assert ids("range=custom&until=2020-01-01T00:00") == []
+    assert ids("range=1h") == []  # T0 is in 2026
+    body = logged_in_client.get("/?type=triage&q=rate").content.decode()
+    assert 'value="triage"' in body and 'value="rate"' in body
 
 
-def test_htmx_refresh_returns_only_the_runs_panel(
+def test_visibility_query_from_filters() -> None:
+    filters = run_list.Filters(status="TIMED_OUT", workflow_type="it's", since_ns=T0)
+    query = run_list.visibility_query(filters, cursor=(T0 + 5, "w", "r"))
+    assert query == (
+        "ExecutionStatus = 'TimedOut' AND WorkflowType = 'it\\'s' AND "
+        "StartTime >= '2026-05-28T20:26:40.000000Z' AND StartTime <= '2026-05-28T20:26:40.000001Z'"
+    )
+
+
+def test_bad_filter_shows_error_page_200_fragment_400(
     logged_in_client: Client, closed_temporal_address: str
 ) -> None:
-    response = logged_in_client.get("/", headers={"HX-Request": "true"})
+    summary("still-listed")
+    page = logged_in_client.get("/?status=EXPLODED&since=yesterday")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "Some filters were not applied" in body
+    assert "EXPLODED is not one of the available choices" in body
+    assert rows_of(body) == ["still-listed"]
+
+    fragment = logged_in_client.get("/?cursor=%%%", headers={"HX-Request": "true"})
+    assert fragment.status_code == 400
+    body = fragment.content.decode()
+    assert body.lstrip().startswith('<section id="runs-panel"')
+    assert "This page link is broken" in body
+
+    api = logged_in_client.get("/api/runs/?range=forever")
+    assert api.status_code == 400
+    assert "range" in api.json()["errors"]
+
+
+def test_htmx_request_returns_only_the_panel(
+    logged_in_client: Client, closed_temporal_address: str
+) -> None:
+    response = logged_in_client.get("/?type=x", headers={"HX-Request": "true"})
     assert response.status_code == 200
     body = response.content.decode()
     assert body.lstrip().startswith('<section id="runs-panel"')
     assert "<html" not in body
-    assert "Temporal is unreachable" in body
+    assert 'ws-connect="/ws/runs/?type=x&amp;rendered=' in body
 
 
-def test_empty_visibility_shows_empty_state(
+def _walk(client: Client, url: str) -> list[str]:
+    seen: list[str] = []
+    for _ in range(20):
+        body = client.get(url).content.decode()
+        seen += rows_of(body)
+        match = re.search(r'<a class="btn" href="([^"]+)"[^>]*rel="next"', body)
+        if not match:
+            return seen
+        url = match.group(1).replace("&amp;", "&")
+    raise AssertionError("pagination did not end")
+
+
+def test_keyset_pagination_with_equal_start_times(
     logged_in_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def no_runs() -> list[temporal.RunSummary]:
-        return []
+    # 130 stored runs on 3 distinct start times, plus 10 runs only Temporal knows
+    # that share those times: no row twice, none missing, newest first.
+    expected: list[tuple[int, str, str]] = []
+    for i in range(130):
+        start = T0 + (i % 3) * 1000
+        summary(f"wf-{i:03d}", run_id=f"r{i % 2}", start_ns=start)
+        expected.append((start, f"wf-{i:03d}", f"r{i % 2}"))
+    extra = [visible(f"vis-{i}", start_ns=T0 + (i % 3) * 1000) for i in range(10)]
+    expected += [(T0 + (i % 3) * 1000, f"vis-{i}", "r1") for i in range(10)]
+    monkeypatch.setattr(temporal, "list_runs", FakeVisibility(extra))
 
-    monkeypatch.setattr(temporal, "list_recent_runs", no_runs)
-    assert "No runs yet" in logged_in_client.get("/").content.decode()
+    seen = _walk(logged_in_client, "/")
+    assert len(seen) == len(set(seen)) == 140
+    assert seen == [w for _, w, _ in sorted(expected, reverse=True)]
+    # The same with a filter on.
+    filtered = _walk(logged_in_client, "/?q=wf-1")
+    assert filtered == [w for _, w, _ in sorted(expected, reverse=True) if "wf-1" in w]
+
+
+def test_cursor_round_trip() -> None:
+    key = (T0, "wf/ü'\"", "run")
+    assert run_list.decode_cursor(run_list.encode_cursor(key)) == key
+    with pytest.raises(ValueError):
+        run_list.decode_cursor("bm90IGpzb24")
+
+
+def test_api_requires_session_or_token(
+    client: Client, user: User, closed_temporal_address: str
+) -> None:
+    summary("api-run", agents=["A"])
+    anonymous = client.get("/api/runs/")
+    assert anonymous.status_code == 401
+    assert anonymous["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/api/runs/", headers={"Authorization": "Bearer lv_wrong"}).status_code == 401
+
+    token, raw = ApiToken.issue(user, "ci")
+    response = client.get("/api/runs/?agent=A", headers={"Authorization": f"Bearer {raw}"})
+    assert response.status_code == 200
+    data = response.json()
+    assert [r["workflow_id"] for r in data["runs"]] == ["api-run"]
+    assert data["runs"][0]["retried_attempts"] == 1
+    assert data["next"] is None
+    assert data["temporal_error"]
+    token.refresh_from_db()
+    assert token.last_used is not None
+
+    client.force_login(user)
+    assert client.get("/api/runs/").status_code == 200
+
+
+def test_api_next_link_pages(logged_in_client: Client, closed_temporal_address: str) -> None:
+    for i in range(55):
+        summary(f"p-{i:02d}", start_ns=T0 + i)
+    first = logged_in_client.get("/api/runs/?type=triage").json()
+    assert len(first["runs"]) == 50
+    assert first["next"].startswith("http://testserver/api/runs/?type=triage&cursor=")
+    second = logged_in_client.get(first["next"]).json()
+    assert [r["workflow_id"] for r in second["runs"]] == [f"p-{i:02d}" for i in range(4, -1, -1)]
+    assert second["next"] is None
+
+
+def test_create_api_token_prints_once_and_stores_a_digest(user: User) -> None:
+    out, err = StringIO(), StringIO()
+    call_command("create_api_token", "ada", "grafana", stdout=out, stderr=err)
+    raw = out.getvalue().strip()
+    assert raw.startswith("lv_") and len(raw) > 40
+    stored = ApiToken.objects.get(user=user, name="grafana")
+    assert stored.token_hash == hash_token(raw)
+    assert raw not in stored.token_hash
+    with pytest.raises(Exception, match="already has a token"):
+        call_command("create_api_token", "ada", "grafana", stdout=StringIO(), stderr=StringIO())
+
+
+def test_prices_defaults_override_and_unknown_model() -> None:
+    prices = pricing.load_prices('{"gpt-4o": {"input": 5, "output": 15}, "local": [0, 0]}')
+    assert prices["gpt-4o"] == (Decimal(5), Decimal(15))
+    assert prices["loomview-demo-1"] == pricing.DEFAULT_PRICES["loomview-demo-1"]
+    assert pricing.estimate({"local": (10, 10)}, prices) == 0
+    assert pricing.estimate({"gpt-4o": (1_000_000, 0), "mystery": (1, 1)}, prices) is None
+    for bad in ("[1, 2]", "{bad", '{"x": [1]}', '{"x": ["a", 1]}', '{"x": [-1, 1]}'):
+        with pytest.raises(ImproperlyConfigured, match="LOOMVIEW_MODEL_PRICES"):
+            pricing.load_prices(bad)
 
 
 def test_connect_config_defaults_and_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,7 +299,7 @@ def test_runs_page_lists_workflows_from_a_real_temporal_server(
     deadline = time.monotonic() + 10
     body = ""
     while workflow_id not in body and time.monotonic() < deadline:
-        response = logged_in_client.get("/")
+        response = logged_in_client.get("/?status=RUNNING&type=DashboardProbe&range=1h")
         assert response.status_code == 200
         body = response.content.decode()
         time.sleep(0.2)
@@ -131,6 +307,12 @@ def test_runs_page_lists_workflows_from_a_real_temporal_server(
     assert "DashboardProbe" in body
     assert "Running" in body
     assert "Temporal is unreachable" not in body
+    # A type with a quote in it is a valid, escaped query, not an error.
+    body = logged_in_client.get("/?type=it's").content.decode()
+    assert "visibility query rejected" not in body
+    assert "Temporal is unreachable" not in body
+    started = datetime.now(UTC)
+    assert started.year >= 2025
 
 
 async def test_unknown_namespace_is_reported_not_raised(

@@ -6,7 +6,7 @@ from playwright.sync_api import Browser, ConsoleMessage, expect
 from tests.e2e.conftest import LiveDashboard
 
 
-def test_login_through_the_form_lands_on_recent_runs(
+def test_login_through_the_form_lands_on_the_runs_list(
     live_dashboard: LiveDashboard, chromium: Browser, results_dir: Path
 ) -> None:
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
@@ -38,7 +38,7 @@ def test_login_through_the_form_lands_on_recent_runs(
     page.get_by_role("button", name="Sign in").click()
 
     expect(page).to_have_url(f"{live_dashboard.url}/")
-    expect(page.get_by_role("heading", name="Recent runs")).to_be_visible()
+    expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
     expect(page.get_by_role("alert")).to_contain_text(
         f"Temporal is unreachable at {live_dashboard.temporal_address}"
     )

@@ -1,0 +1,525 @@
+"""The runs list: Temporal visibility merged with the span store, filtered and paged.
+
+Visibility knows every run, including those that never sent a span; the store
+(tracing.RunSummary) knows runs whose history Temporal has already deleted,
+and everything about the agents. A row is one (workflow id, run id), built
+from whichever side knows it.
+
+Pages are keyset-paged on (start time, workflow id, run id), newest first: a
+cursor names the last row shown and the next page starts strictly below it, so
+rows that arrive meanwhile never shift a page. Temporal's SQL visibility
+cannot ORDER BY, so one page of it (what the server returns first: open runs,
+then the most recently closed) is fetched and sorted here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django import forms
+from django.conf import settings
+from django.db.models import Q, QuerySet, Sum
+from django.urls import NoReverseMatch, reverse
+
+from dashboard import pricing, temporal
+from tracing.models import RunSummary, Span
+
+logger = logging.getLogger(__name__)
+
+PAGE_SIZE = 50
+# One visibility page: enough to fill a page of the list even when spans are off.
+VISIBILITY_LIMIT = 100
+MODEL_KINDS = ("generation", "response")
+
+RunKey = tuple[str, str]
+SortKey = tuple[int, str, str]
+
+# Status names as the SDK spells them -> as visibility queries spell them.
+STATUSES = {
+    "RUNNING": "Running",
+    "COMPLETED": "Completed",
+    "FAILED": "Failed",
+    "CANCELED": "Canceled",
+    "TERMINATED": "Terminated",
+    "CONTINUED_AS_NEW": "ContinuedAsNew",
+    "TIMED_OUT": "TimedOut",
+}
+UNKNOWN = "UNKNOWN"
+RANGES = {
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+}
+RANGE_CHOICES = [
+    ("", "All time"),
+    ("15m", "Last 15 min"),
+    ("1h", "Last hour"),
+    ("24h", "Last 24 h"),
+    ("7d", "Last 7 days"),
+    ("custom", "Custom…"),
+]
+DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ns(moment: datetime) -> int:
+    # Integer arithmetic: a float timestamp would lose the microseconds that
+    # tell runs started in the same second apart.
+    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _iso(ns: int) -> str:
+    return (EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def encode_cursor(key: SortKey) -> str:
+    raw = json.dumps(list(key), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> SortKey:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        ns, workflow_id, run_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError("not a cursor") from exc
+    if not (isinstance(ns, int) and isinstance(workflow_id, str) and isinstance(run_id, str)):
+        raise ValueError("not a cursor")
+    return ns, workflow_id, run_id
+
+
+@dataclass(frozen=True)
+class Filters:
+    status: str = ""
+    workflow_type: str = ""
+    agent: str = ""
+    since_ns: int | None = None
+    until_ns: int | None = None
+    text: str = ""
+
+
+class RunFilterForm(forms.Form):
+    status = forms.ChoiceField(
+        required=False,
+        choices=[("", "Any status")] + [(s, s.replace("_", " ").capitalize()) for s in STATUSES],
+    )
+    type = forms.CharField(required=False, max_length=255, label="Workflow type")
+    agent = forms.CharField(required=False, max_length=255)
+    range = forms.ChoiceField(required=False, choices=RANGE_CHOICES, label="Started")
+    since = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="From")
+    until = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="To")
+    q = forms.CharField(required=False, max_length=200, label="Search")
+    cursor = forms.CharField(required=False, max_length=2000)
+
+    def clean_cursor(self) -> SortKey | None:
+        text = self.cleaned_data.get("cursor", "")
+        if not text:
+            return None
+        try:
+            return decode_cursor(text)
+        except ValueError:
+            raise forms.ValidationError(
+                "This page link is broken; start from the newest runs."
+            ) from None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since and until and since > until:
+            self.add_error("until", "“To” must be after “From”.")
+        return data
+
+    def filters(self, now: datetime | None = None) -> Filters:
+        data = self.cleaned_data
+        since_ns = until_ns = None
+        window = RANGES.get(data.get("range") or "")
+        if window is not None:
+            since_ns = _ns((now or datetime.now(UTC)) - window)
+        elif data.get("range") == "custom" or data.get("since") or data.get("until"):
+            since_ns = _ns(data["since"]) if data.get("since") else None
+            until_ns = _ns(data["until"]) if data.get("until") else None
+        return Filters(
+            status=data.get("status") or "",
+            workflow_type=(data.get("type") or "").strip(),
+            agent=(data.get("agent") or "").strip(),
+            since_ns=since_ns,
+            until_ns=until_ns,
+            text=(data.get("q") or "").strip(),
+        )
+
+
+def dom_id(workflow_id: str, run_id: str) -> str:
+    """A stable HTML id for a run's row; ids may hold any character, so hash them."""
+    return "run-" + hashlib.sha1(f"{workflow_id}\0{run_id}".encode()).hexdigest()[:16]
+
+
+def run_url(workflow_id: str, run_id: str) -> str:
+    try:
+        return reverse("dash-run", args=[workflow_id, run_id])
+    except NoReverseMatch:
+        # An id the run page's route cannot carry (e.g. one with a slash).
+        return ""
+
+
+@dataclass
+class RunRow:
+    workflow_id: str
+    run_id: str
+    workflow_type: str = ""
+    status: str = UNKNOWN
+    start_ns: int = 0
+    close_ns: int | None = None
+    last_span_ns: int | None = None
+    agents: list[str] = field(default_factory=list)
+    model_calls: int = 0
+    attempts: int = 0
+    failed_attempts: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: Decimal | None = None
+    last_error: str = ""
+    in_temporal: bool = False
+    has_spans: bool = False
+
+    @property
+    def key(self) -> RunKey:
+        return self.workflow_id, self.run_id
+
+    @property
+    def sort_key(self) -> SortKey:
+        return self.start_ns, self.workflow_id, self.run_id
+
+    @property
+    def dom_id(self) -> str:
+        return dom_id(self.workflow_id, self.run_id)
+
+    @property
+    def url(self) -> str:
+        return run_url(self.workflow_id, self.run_id)
+
+    @property
+    def status_label(self) -> str:
+        return self.status.replace("_", " ").capitalize()
+
+    @property
+    def retries(self) -> int:
+        return max(self.attempts - self.model_calls, 0)
+
+    @property
+    def started(self) -> datetime:
+        return datetime.fromtimestamp(self.start_ns / 1e9, tz=UTC)
+
+    @property
+    def duration_ns(self) -> int | None:
+        if self.in_temporal:
+            end = self.close_ns if self.close_ns is not None else time.time_ns()
+            return max(end - self.start_ns, 0)
+        if self.last_span_ns is not None:
+            return max(self.last_span_ns - self.start_ns, 0)
+        return None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "RUNNING"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "workflow_id": self.workflow_id,
+            "run_id": self.run_id,
+            "workflow_type": self.workflow_type,
+            "status": self.status,
+            "start_time": _iso(self.start_ns),
+            "close_time": _iso(self.close_ns) if self.close_ns is not None else None,
+            "duration_ms": None if self.duration_ns is None else self.duration_ns // 1_000_000,
+            "agents": list(self.agents),
+            "model_calls": self.model_calls,
+            "attempts": self.attempts,
+            "retried_attempts": self.retries,
+            "failed_attempts": self.failed_attempts,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "estimated_cost_usd": None
+            if self.cost is None
+            else str(self.cost.quantize(Decimal("0.000001"))),
+            "last_error": self.last_error,
+            "in_temporal": self.in_temporal,
+            "has_spans": self.has_spans,
+            "url": self.url,
+        }
+
+
+@dataclass
+class Page:
+    rows: list[RunRow]
+    next_cursor: str | None
+    temporal_error: str | None
+
+
+# -- Temporal side ---------------------------------------------------------
+
+
+def visibility_query(filters: Filters, cursor: SortKey | None = None) -> str:
+    clauses = []
+    if filters.status:
+        clauses.append(f"ExecutionStatus = {temporal.quote(STATUSES[filters.status])}")
+    if filters.workflow_type:
+        clauses.append(f"WorkflowType = {temporal.quote(filters.workflow_type)}")
+    if filters.since_ns is not None:
+        clauses.append(f"StartTime >= {temporal.quote(_iso(filters.since_ns))}")
+    if filters.until_ns is not None:
+        clauses.append(f"StartTime <= {temporal.quote(_iso(filters.until_ns))}")
+    if cursor is not None:
+        # Inclusive: equal start times are told apart by the ids, here.
+        clauses.append(f"StartTime <= {temporal.quote(_iso(cursor[0] + 1000))}")
+    return " AND ".join(clauses)
+
+
+def _from_visibility(run: temporal.RunSummary) -> RunRow:
+    return RunRow(
+        workflow_id=run.workflow_id,
+        run_id=run.run_id,
+        workflow_type=run.workflow_type,
+        status=run.status,
+        start_ns=_ns(run.start_time),
+        close_ns=_ns(run.close_time) if run.close_time else None,
+        in_temporal=True,
+    )
+
+
+async def _visibility(query: str, limit: int) -> tuple[list[temporal.RunSummary], str | None]:
+    try:
+        return await temporal.list_runs(query, limit), None
+    except temporal.TemporalUnavailable as exc:
+        logger.warning("%s", exc)
+        return [], exc.reason
+    except ValueError as exc:
+        logger.warning("%s", exc)
+        return [], str(exc)
+
+
+async def _visibility_for(keys: set[RunKey], filters: Filters) -> list[temporal.RunSummary]:
+    """Visibility of these runs, in one request (errors mean: status unknown)."""
+    if not keys:
+        return []
+    ids = sorted({w for w, _ in keys})
+    clause = "WorkflowId IN (" + ", ".join(temporal.quote(w) for w in ids) + ")"
+    query = " AND ".join(filter(None, [visibility_query(filters), clause]))
+    found, _ = await _visibility(query, max(len(ids) * 4, VISIBILITY_LIMIT))
+    return [r for r in found if (r.workflow_id, r.run_id) in keys]
+
+
+# -- store side --------------------------------------------------------------
+
+_SUMMARY_COLUMNS = (
+    "workflow_id",
+    "run_id",
+    "workflow_type",
+    "model_calls",
+    "attempts",
+    "failed_attempts",
+    "tokens_in",
+    "tokens_out",
+    "agents",
+    "first_span_ns",
+    "last_span_ns",
+    "last_error",
+)
+
+
+def _store_filtered(filters: Filters) -> QuerySet[RunSummary]:
+    qs = RunSummary.objects.filter(first_span_ns__isnull=False).only(*_SUMMARY_COLUMNS)
+    if filters.workflow_type:
+        qs = qs.filter(workflow_type=filters.workflow_type)
+    if filters.agent:
+        # Agents are a JSON list; match the quoted name as it is stored.
+        qs = qs.filter(agents__icontains=json.dumps(filters.agent))
+    if filters.since_ns is not None:
+        qs = qs.filter(first_span_ns__gte=filters.since_ns)
+    if filters.until_ns is not None:
+        qs = qs.filter(first_span_ns__lte=filters.until_ns)
+    if filters.text:
+        qs = qs.filter(
+            Q(workflow_id__icontains=filters.text) | Q(last_error__icontains=filters.text)
+        )
+    return qs
+
+
+def _store_page(filters: Filters, cursor: SortKey | None, limit: int) -> list[RunSummary]:
+    qs = _store_filtered(filters)
+    if cursor is not None:
+        ns, workflow_id, run_id = cursor
+        qs = qs.filter(
+            Q(first_span_ns__lt=ns)
+            | Q(first_span_ns=ns, workflow_id__lt=workflow_id)
+            | Q(first_span_ns=ns, workflow_id=workflow_id, run_id__lt=run_id)
+        )
+    return list(qs.order_by("-first_span_ns", "-workflow_id", "-run_id")[:limit])
+
+
+def _store_for(keys: set[RunKey], filters: Filters | None = None) -> list[RunSummary]:
+    if not keys:
+        return []
+    qs = _store_filtered(filters) if filters else RunSummary.objects.only(*_SUMMARY_COLUMNS)
+    found = qs.filter(workflow_id__in={w for w, _ in keys}, run_id__in={r for _, r in keys})
+    return [s for s in found if (s.workflow_id, s.run_id) in keys]
+
+
+def _apply_summary(row: RunRow, summary: RunSummary) -> None:
+    row.has_spans = True
+    row.workflow_type = row.workflow_type or summary.workflow_type
+    if not row.in_temporal:
+        row.start_ns = summary.first_span_ns or 0
+    row.last_span_ns = summary.last_span_ns
+    row.agents = list(summary.agents or [])
+    row.model_calls = summary.model_calls
+    row.attempts = summary.attempts
+    row.failed_attempts = summary.failed_attempts
+    row.tokens_in = summary.tokens_in
+    row.tokens_out = summary.tokens_out
+    row.last_error = summary.last_error
+
+
+def _add_costs(rows: list[RunRow]) -> None:
+    """Estimated cost per row, from model tokens per model of the rows' spans."""
+    with_tokens = {r.key: r for r in rows if r.tokens_in or r.tokens_out}
+    if not with_tokens:
+        return
+    tokens: dict[RunKey, dict[str, tuple[int, int]]] = {}
+    sums = (
+        Span.objects.filter(
+            workflow_id__in={w for w, _ in with_tokens},
+            run_id__in={r for _, r in with_tokens},
+            kind__in=MODEL_KINDS,
+        )
+        .values_list("workflow_id", "run_id", "model")
+        .annotate(tin=Sum("tokens_in"), tout=Sum("tokens_out"))
+        .order_by()
+    )
+    for workflow_id, run_id, model, tin, tout in sums:
+        if (workflow_id, run_id) in with_tokens:
+            tokens.setdefault((workflow_id, run_id), {})[model] = (tin or 0, tout or 0)
+    prices = settings.LOOMVIEW_MODEL_PRICES
+    for key, row in with_tokens.items():
+        row.cost = pricing.estimate(tokens.get(key, {}), prices) if key in tokens else None
+
+
+def _matches(row: RunRow, filters: Filters) -> bool:
+    if filters.status and row.status != filters.status:
+        return False
+    if filters.workflow_type and row.workflow_type != filters.workflow_type:
+        return False
+    if filters.agent and filters.agent.lower() not in (a.lower() for a in row.agents):
+        return False
+    if filters.since_ns is not None and row.start_ns < filters.since_ns:
+        return False
+    if filters.until_ns is not None and row.start_ns > filters.until_ns:
+        return False
+    if filters.text:
+        needle = filters.text.lower()
+        if needle not in row.workflow_id.lower() and needle not in row.last_error.lower():
+            return False
+    return True
+
+
+# -- the list --------------------------------------------------------------
+
+
+async def _merge(
+    visible: list[temporal.RunSummary],
+    stored: list[RunSummary],
+    filters: Filters,
+    temporal_error: str | None,
+) -> dict[RunKey, RunRow]:
+    rows: dict[RunKey, RunRow] = {}
+    for run in visible:
+        rows[(run.workflow_id, run.run_id)] = _from_visibility(run)
+    summaries = {(s.workflow_id, s.run_id): s for s in stored}
+    # Runs one side returned and the other did not: look them up by key.
+    missing_in_store = set(rows) - set(summaries)
+    for summary in await sync_to_async(_store_for)(missing_in_store):
+        summaries[(summary.workflow_id, summary.run_id)] = summary
+    missing_in_temporal = set(summaries) - set(rows)
+    if temporal_error is None:
+        for run in await _visibility_for(missing_in_temporal, Filters()):
+            rows[(run.workflow_id, run.run_id)] = _from_visibility(run)
+    for key, summary in summaries.items():
+        row = rows.setdefault(key, RunRow(workflow_id=key[0], run_id=key[1]))
+        _apply_summary(row, summary)
+    return rows
+
+
+async def list_page(
+    filters: Filters, cursor: SortKey | None = None, page_size: int = PAGE_SIZE
+) -> Page:
+    temporal_error: str | None = None
+    visible: list[temporal.RunSummary] = []
+    if not filters.agent:
+        # Runs without spans have no agents, so an agent filter is the store's alone.
+        visible, temporal_error = await _visibility(
+            visibility_query(filters, cursor), VISIBILITY_LIMIT
+        )
+    else:
+        try:
+            await temporal.check_connection()
+        except temporal.TemporalUnavailable as exc:
+            temporal_error = exc.reason
+    visibility_truncated = len(visible) >= VISIBILITY_LIMIT
+    stored = await sync_to_async(_store_page)(filters, cursor, page_size + 1)
+    store_truncated = len(stored) > page_size
+    # Every store row at or above the last one fetched is known; below it,
+    # unfetched store rows may sit between visibility rows, so stop there.
+    horizon = (
+        (stored[-1].first_span_ns or 0, stored[-1].workflow_id, stored[-1].run_id)
+        if (store_truncated)
+        else None
+    )
+
+    merged = await _merge(visible, stored, filters, temporal_error)
+    candidates = sorted(
+        (
+            r
+            for r in merged.values()
+            if (cursor is None or r.sort_key < cursor)
+            and (horizon is None or r.sort_key >= horizon)
+            and _matches(r, filters)
+        ),
+        key=lambda r: r.sort_key,
+        reverse=True,
+    )
+    rows = candidates[:page_size]
+    next_key: SortKey | None = None
+    if len(candidates) > page_size or (visibility_truncated and rows):
+        next_key = rows[-1].sort_key
+    elif horizon is not None:
+        next_key = horizon
+    await sync_to_async(_add_costs)(rows)
+    return Page(rows, encode_cursor(next_key) if next_key else None, temporal_error)
+
+
+async def rows_for(keys: set[RunKey], filters: Filters) -> list[RunRow]:
+    """These runs as rows, if they pass the filters (for live updates)."""
+    stored = await sync_to_async(_store_for)(keys, filters)
+    visible: list[temporal.RunSummary] = []
+    temporal_error = None
+    try:
+        visible = await _visibility_for(keys, filters) if not filters.agent else []
+    except temporal.TemporalUnavailable as exc:
+        temporal_error = exc.reason
+    merged = await _merge(visible, stored, filters, temporal_error)
+    rows = [r for k, r in merged.items() if k in keys and _matches(r, filters)]
+    rows.sort(key=lambda r: r.sort_key, reverse=True)
+    await sync_to_async(_add_costs)(rows)
+    return rows
