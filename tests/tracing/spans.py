@@ -19,7 +19,7 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 SERVICE = "test-worker"
 
 
-def record(build: Callable[[Tracer], None], service: str = SERVICE) -> list[ReadableSpan]:
+def record(build: Callable[[Tracer], object], service: str = SERVICE) -> list[ReadableSpan]:
     """Run build with a real SDK tracer and return the spans it finished."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
@@ -90,12 +90,12 @@ def agent_run(
     ):
         for attempt in range(1, failed_attempts + 2):
             failed = attempt <= failed_attempts
-            activity_attrs = {
+            activity_attrs: dict[str, Any] = {
                 **ids,
                 "temporalActivityID": activity_id,
                 "temporal.activity.attempt": attempt,
             }
-            llm_attrs = {
+            llm_attrs: dict[str, Any] = {
                 "openinference.span.kind": "LLM",
                 "llm.model_name": "demo-model",
                 "llm.token_count.prompt": tokens[0],
