@@ -7,7 +7,9 @@ import json
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
+from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -16,6 +18,7 @@ from django.core.cache import cache
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 
@@ -180,6 +183,8 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
     cost = pricing.estimate(by_model, settings.LOOMVIEW_MODEL_PRICES) if calls else None
     totals.cost = cost.quantize(Decimal("0.0001")) if cost is not None else None
     namespace = temporal.target()[1]
+    tree = run_data.span_tree(spans, t0, t1)
+    span_base = reverse("dash-run-span", args=[workflow_id, run_id, "x"]).removesuffix("x/")
     return {
         "workflow_id": workflow_id,
         "run_id": run_id,
@@ -197,7 +202,8 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         "totals": totals,
         "calls": calls,
         "timeline": _timeline(calls, points, markers, t0, t1),
-        "tree": run_data.span_tree(spans, t0, t1),
+        "tree": tree,
+        "tree_html": render_tree(tree, span_base),
         "history": history,
         "compact": run_data.compact_history(history),
         "has_history": loaded.events is not None,
@@ -212,9 +218,48 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
     }
 
 
-def _q(part: str) -> str:
-    from urllib.parse import quote
+_ROW = (
+    '<a class="span-row{error}" style="--depth:{depth}" href="{url}" hx-get="{url}"'
+    ' hx-target="#span-panel" data-span="{id}"><span class="kind kind-{kind}">{kind}</span>'
+    '<span class="span-name">{name}</span><span class="att">{attempt}</span>'
+    '<span class="dur">{duration}</span>'
+    '<span class="dbar"><i style="left:{offset}%;width:{width}%"></i></span></a>'
+)
 
+
+def render_tree(rows: list[run_data.TreeRow], span_base: str) -> SafeString:
+    """The span tree as nested <details>; every value from a span is HTML-escaped.
+
+    Built here rather than in the template: a run with 500 model calls has
+    thousands of spans, and the template engine would spend most of the
+    page's time on these rows.
+    """
+    parts: list[str] = []
+    for row in rows:
+        span = row.span
+        attempt = f"#{span['activity_id']}·{span['attempt']}" if span["attempt"] else ""
+        link = _ROW.format(
+            error=" is-error" if span["status_code"] == 2 else "",
+            depth=int(row.depth),
+            url=escape(f"{span_base}{quote(span['span_id'], safe='')}/"),
+            id=escape(span["span_id"]),
+            kind=escape(span["kind"]),
+            name=escape(span["name"]),
+            attempt=escape(attempt) if span["activity_id"] else "",
+            duration=escape(row.duration),
+            offset=float(row.offset_pct),
+            width=float(row.width_pct),
+        )
+        if row.has_children:
+            parts.append(f'<details class="node" open><summary>{link}</summary>')
+        else:
+            parts.append(f'<div class="node leaf">{link}</div>')
+        parts.append("</details>" * len(row.closes))
+    # Safe: every value taken from a span went through escape() above.
+    return mark_safe("".join(parts))
+
+
+def _q(part: str) -> str:
     return quote(part, safe="")
 
 

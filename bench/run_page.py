@@ -1,0 +1,305 @@
+"""Server time of the run page for a run with 500 model calls.
+
+    .venv/bin/python bench/run_page.py [--requests 50] [--calls 500] [--mode spans|history]
+
+Builds its own database in a temporary directory: one triage-shaped run with
+``--calls`` model calls (every 25th call fails once and is retried), each with
+the spans the bundled worker emits for it (turn, startActivity,
+executeActivity, generation with input/output messages, StartActivity and
+RunActivity, plus a tool call), about 8 spans per call. It then times
+``GET /runs/<wf>/<run>/`` in-process with Django's test client.
+
+Modes:
+- ``spans`` (default): Temporal is unreachable (a closed port), so the page
+  is built from the span store alone, under its banner.
+- ``history``: a recorded-shape history (3 activity events + a workflow task
+  per call) sits in the history cache, as it does for a closed run after its
+  first view; Temporal is still never contacted.
+
+Target: p95 <= 400 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+TARGET_P95_MS = 400.0
+WORKFLOW_ID = "bench-500-calls"
+RUN_ID = "01a20000-0000-7000-8000-000000000500"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _setup(tmp: Path) -> None:
+    os.environ["DJANGO_SETTINGS_MODULE"] = "dashboard.settings"
+    os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
+    os.environ["LOOMVIEW_DATA_DIR"] = str(tmp)
+    os.environ["TEMPORAL_ADDRESS"] = f"127.0.0.1:{_closed_port()}"
+    os.environ.setdefault("LOOMVIEW_LOG_LEVEL", "ERROR")
+    os.environ["LOOMVIEW_ALLOWED_HOSTS"] = "testserver"
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+
+def _ids(n: int, width: int) -> str:
+    return f"{n:0{width}x}"
+
+
+def _payload(value: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+        "data": base64.b64encode(json.dumps(value).encode()).decode(),
+    }
+
+
+def generate(calls: int) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Spans and history events of one run with `calls` model calls."""
+    from tracing.models import Span
+
+    trace_id = "b" * 32
+    base_attrs = {
+        "temporal.workflow.id": WORKFLOW_ID,
+        "temporal.run.id": RUN_ID,
+        "temporal.workflow.type": "triage",
+        "temporal.task_queue": "bench",
+    }
+    system = "You are the Technical support engineer. " * 8
+    spans: list[Span] = []
+    counter = iter(range(1, 10**9))
+    t0 = 1_750_000_000_000_000_000
+    ms = 1_000_000
+
+    def span(name: str, kind: str, parent: str, start: int, end: int, **extra: Any) -> str:
+        span_id = _ids(next(counter), 16)
+        attrs = {**base_attrs, **extra.pop("attrs", {})}
+        spans.append(
+            Span(
+                trace_id=trace_id,
+                span_id=span_id,
+                parent_span_id=parent,
+                name=name,
+                kind=kind,
+                workflow_id=WORKFLOW_ID,
+                run_id=RUN_ID,
+                start_ns=start,
+                end_ns=end,
+                duration_ns=end - start,
+                data={"attributes": attrs, "events": [], "resource": {"service.name": "bench"}},
+                **extra,
+            )
+        )
+        return span_id
+
+    end_all = t0 + calls * 400 * ms
+    root = span("RunWorkflow:triage", "temporal", "", t0, end_all)
+    agent = span("invoke_agent Technical support", "agent", root, t0, end_all, agent="Tech")
+    events: list[dict[str, Any]] = [
+        {
+            "eventId": "1",
+            "eventTime": "2025-06-15T15:06:40Z",
+            "eventType": "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED",
+            "workflowExecutionStartedEventAttributes": {
+                "workflowType": {"name": "triage"},
+                "taskQueue": {"name": "bench"},
+                "input": {"payloads": [_payload({"prompt": "sync is stuck", "faults": []})]},
+            },
+        }
+    ]
+    for call in range(1, calls + 1):
+        start = t0 + (call - 1) * 400 * ms
+        activity = {
+            "temporal.activity.id": str(call),
+            "temporal.activity.type": "invoke_model_activity",
+        }
+        turn = span("turn", "other", agent, start, start + 380 * ms)
+        starter = span("temporal:startActivity", "custom", turn, start, start + 300 * ms)
+        sched = span("StartActivity:invoke_model_activity", "temporal", root, start, start + ms)
+        attempts = 2 if call % 25 == 0 else 1
+        for attempt in range(1, attempts + 1):
+            a0 = start + (attempt - 1) * 150 * ms
+            failed = attempt < attempts
+            a1 = a0 + (5 if failed else 120) * ms
+            ids = {**activity, "temporal.activity.attempt": attempt}
+            common: dict[str, Any] = {"activity_id": str(call), "attempt": attempt}
+            status = {"status_code": 2, "status_message": "503 model overloaded"} if failed else {}
+            span(
+                "RunActivity:invoke_model_activity",
+                "temporal",
+                sched,
+                a0,
+                a1,
+                attrs=ids,
+                **common,
+                **status,
+            )
+            exe = span("temporal:executeActivity", "custom", starter, a0, a1, attrs=ids, **common)
+            messages = [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"turn {call}"},
+            ]
+            span(
+                "chat loomview-demo-1",
+                "generation",
+                exe,
+                a0,
+                a1,
+                attrs={
+                    **ids,
+                    "gen_ai.input.messages": json.dumps(messages),
+                    "gen_ai.output.messages": json.dumps(
+                        [{"role": "assistant", "content": "ok " * 40}]
+                    ),
+                },
+                model="loomview-demo-1",
+                tokens_in=None if failed else 400 + call,
+                tokens_out=None if failed else 80,
+                **common,
+                **status,
+            )
+        span(
+            "execute_tool search_knowledge_base",
+            "function",
+            turn,
+            start + 320 * ms,
+            start + 330 * ms,
+            tool="search_knowledge_base",
+            attrs={
+                "gen_ai.tool.call.arguments": '{"query": "sync"}',
+                "gen_ai.tool.call.result": "KB-964",
+            },
+        )
+        eid = len(events) + 1
+        retried = start + (attempts - 1) * 150 * ms
+        model_input = {"input": messages_for(call)}
+        events.extend(
+            [
+                event(eid, start, "WORKFLOW_TASK_COMPLETED", {}),
+                event(
+                    eid + 1,
+                    start,
+                    "ACTIVITY_TASK_SCHEDULED",
+                    {
+                        "activityId": str(call),
+                        "activityType": {"name": "invoke_model_activity"},
+                        "input": {"payloads": [_payload(model_input)]},
+                    },
+                ),
+                event(
+                    eid + 2,
+                    retried,
+                    "ACTIVITY_TASK_STARTED",
+                    {"scheduledEventId": str(eid + 1), "attempt": attempts},
+                ),
+                event(
+                    eid + 3,
+                    start + 300 * ms,
+                    "ACTIVITY_TASK_COMPLETED",
+                    {
+                        "scheduledEventId": str(eid + 1),
+                        "result": {"payloads": [_payload({"output": "ok " * 40})]},
+                    },
+                ),
+                event(eid + 4, start + 301 * ms, "WORKFLOW_TASK_SCHEDULED", {}),
+                event(eid + 5, start + 302 * ms, "WORKFLOW_TASK_STARTED", {}),
+            ]
+        )
+    events.append(
+        {
+            "eventId": str(len(events) + 1),
+            "eventTime": stamp(end_all),
+            "eventType": "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
+            "workflowExecutionCompletedEventAttributes": {
+                "result": {"payloads": [_payload("done")]}
+            },
+        }
+    )
+    return spans, events
+
+
+def stamp(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{ns % 10**9:09d}Z"
+
+
+def event(event_id: int, ns: int, kind: str, attributes: dict[str, Any]) -> dict[str, Any]:
+    """A history event in Temporal's JSON shape; kind without the EVENT_TYPE_ prefix."""
+    words = kind.lower().split("_")
+    key = words[0] + "".join(w.title() for w in words[1:]) + "EventAttributes"
+    return {
+        "eventId": str(event_id),
+        "eventTime": stamp(ns),
+        "eventType": f"EVENT_TYPE_{kind}",
+        key: attributes,
+    }
+
+
+def messages_for(call: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"turn {call}: " + "context " * 30}]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--mode", choices=("spans", "history"), default="spans")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="loomview-bench-") as tmp:
+        _setup(Path(tmp))
+        from django.contrib.auth.models import User
+        from django.core.cache import cache
+        from django.test import Client
+
+        from dashboard.run_views import _cache_key
+        from tracing.models import Span
+
+        spans, events = generate(args.calls)
+        Span.objects.bulk_create(spans, batch_size=500)
+        if args.mode == "history":
+            cache.set(_cache_key(WORKFLOW_ID, RUN_ID), events, None)
+        user = User.objects.create_user("bench", password="bench-password-1")
+        client = Client()
+        client.force_login(user)
+        url = f"/runs/{WORKFLOW_ID}/{RUN_ID}/"
+        for _ in range(3):  # warm caches, templates, connections
+            response = client.get(url)
+            assert response.status_code == 200, response.status_code
+        size = len(response.content)
+        timings: list[float] = []
+        for _ in range(args.requests):
+            started = time.perf_counter()
+            response = client.get(url)
+            timings.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 200
+        timings.sort()
+        p50 = statistics.median(timings)
+        p95 = timings[max(0, round(0.95 * len(timings)) - 1)]
+        print(
+            f"run page, {args.calls} model calls, {len(spans)} spans, "
+            f"{len(events) if args.mode == 'history' else 0} history events, mode={args.mode}: "
+            f"{args.requests} requests, p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+            f"max {timings[-1]:.0f} ms, page {size // 1024} KiB "
+            f"(target p95 <= {TARGET_P95_MS:.0f} ms)"
+        )
+        return 0 if p95 <= TARGET_P95_MS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
