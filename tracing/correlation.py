@@ -1,0 +1,380 @@
+"""Weave a run's Temporal history and its spans into one story.
+
+A pure function: no database, no Temporal client. The history says what the
+durable execution did (activities scheduled, the last attempt started, how
+each closed, signals, updates); the spans say what the agent did (generations
+with their messages and tokens, tool calls, handoffs, guardrails). Temporal
+only records the last attempt of an activity (its ActivityTaskStarted, plus
+the failure that ended it), so earlier attempts come from the spans, one
+``RunActivity:invoke_model_activity`` or generation span per attempt carrying
+``temporal.activity.attempt``.
+
+Nothing is dropped: an event without spans, or spans without an event, stay
+in the story with ``matched=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+
+MODEL_ACTIVITY_TYPE = "invoke_model_activity"
+MODEL_KINDS = frozenset({"generation", "response"})
+FAILED_OUTCOMES = frozenset({"failed", "timed_out"})
+_STORY_SPAN_KINDS = {"function": "tool", "handoff": "handoff", "guardrail": "guardrail"}
+_STORY_SPAN_KINDS["custom"] = "custom"
+
+Row = dict[str, Any]
+
+
+@dataclass
+class Attempt:
+    number: int
+    start_ns: int | None = None
+    end_ns: int | None = None
+    outcome: str = "unknown"  # completed, failed, timed_out, canceled, running, unknown
+    failure: str = ""
+    span_ids: list[str] = field(default_factory=list)
+    # True when a span reports this attempt; the history alone shows only the last.
+    matched: bool = False
+
+
+@dataclass
+class ModelCall:
+    activity_id: str
+    scheduled_ns: int | None = None
+    started_ns: int | None = None
+    closed_ns: int | None = None
+    outcome: str = "unknown"
+    failure: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+    agent: str = ""
+    model: str = ""
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    input: Any = None
+    output: Any = None
+    span_ids: list[str] = field(default_factory=list)
+    # True when both the history and the spans know this call.
+    matched: bool = False
+
+
+@dataclass
+class StoryItem:
+    kind: str  # model_call, activity, tool, handoff, guardrail, custom, signal, update
+    time_ns: int | None
+    title: str
+    matched: bool
+    model_call: ModelCall | None = None
+    event_ids: list[int] = field(default_factory=list)
+    span_ids: list[str] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunStory:
+    items: list[StoryItem]
+    model_calls: list[ModelCall]
+    total_model_calls: int = 0
+    total_attempts: int = 0
+    failed_attempts: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+@dataclass
+class _Activity:
+    activity_id: str
+    activity_type: str
+    scheduled_event_id: int
+    scheduled_ns: int
+    started_ns: int | None = None
+    attempt: int | None = None
+    last_failure: str = ""
+    closed_ns: int | None = None
+    outcome: str = "scheduled"
+    failure: str = ""
+    event_ids: list[int] = field(default_factory=list)
+
+
+def _ns(event: HistoryEvent) -> int:
+    return int(event.event_time.ToNanoseconds())
+
+
+def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
+    by_scheduled: dict[int, _Activity] = {}
+    for event in events:
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = event.activity_task_scheduled_event_attributes
+            by_scheduled[event.event_id] = _Activity(
+                attrs.activity_id, attrs.activity_type.name, event.event_id, _ns(event),
+                event_ids=[event.event_id],
+            )  # fmt: skip
+            continue
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            started = event.activity_task_started_event_attributes
+            activity = by_scheduled.get(started.scheduled_event_id)
+            if activity is not None:
+                activity.started_ns = _ns(event)
+                activity.attempt = started.attempt
+                activity.last_failure = started.last_failure.message
+                activity.outcome = "running"
+                activity.event_ids.append(event.event_id)
+            continue
+        closed: tuple[str, Message, str | None] | None = {
+            EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: (
+                "completed", event.activity_task_completed_event_attributes, None
+            ),
+            EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: (
+                "failed", event.activity_task_failed_event_attributes, "failure"
+            ),
+            EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: (
+                "timed_out", event.activity_task_timed_out_event_attributes, "failure"
+            ),
+            EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: (
+                "canceled", event.activity_task_canceled_event_attributes, None
+            ),
+        }.get(kind)  # fmt: skip
+        if closed is None:
+            continue
+        outcome, closed_attrs, failure_field = closed
+        # Every close event's attributes name the scheduled event they close.
+        activity = by_scheduled.get(closed_attrs.scheduled_event_id)  # type: ignore[attr-defined]
+        if activity is None:
+            continue
+        activity.closed_ns = _ns(event)
+        activity.outcome = outcome
+        if failure_field:
+            failure = getattr(closed_attrs, failure_field)
+            activity.failure = failure.message or (
+                failure.cause.message if failure.HasField("cause") else ""
+            )
+        activity.event_ids.append(event.event_id)
+    return sorted(by_scheduled.values(), key=lambda a: a.scheduled_event_id)
+
+
+def _is_model_span(row: Row) -> bool:
+    return row["kind"] in MODEL_KINDS or row["name"].endswith(":" + MODEL_ACTIVITY_TYPE)
+
+
+def _message(attrs: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if attrs.get(key) not in (None, ""):
+            return attrs[key]
+    return None
+
+
+def _agent_of(row: Row, by_id: dict[str, Row]) -> str:
+    node: Row | None = row
+    for _ in range(64):
+        if node is None:
+            return ""
+        if node.get("agent"):
+            return str(node["agent"])
+        node = by_id.get(node["parent_span_id"]) if node["parent_span_id"] else None
+    return ""
+
+
+def _attempts_from_spans(spans: Iterable[Row]) -> dict[int, Attempt]:
+    attempts: dict[int, Attempt] = {}
+    for row in spans:
+        number = row.get("attempt")
+        if number is None:
+            continue
+        attempt = attempts.setdefault(number, Attempt(number, matched=True))
+        attempt.span_ids.append(row["span_id"])
+        # The activity span frames the attempt; a generation span inside it is narrower.
+        if attempt.start_ns is None or row["start_ns"] < attempt.start_ns:
+            attempt.start_ns = row["start_ns"]
+        if attempt.end_ns is None or row["end_ns"] > attempt.end_ns:
+            attempt.end_ns = row["end_ns"]
+        if row["status_code"] == 2:
+            attempt.outcome = "failed"
+            attempt.failure = attempt.failure or row.get("status_message") or "failed"
+        elif attempt.outcome == "unknown":
+            attempt.outcome = "completed"
+    return attempts
+
+
+def _model_call(activity_id: str, spans: list[Row], by_id: dict[str, Row]) -> ModelCall:
+    call = ModelCall(activity_id=activity_id, span_ids=[r["span_id"] for r in spans])
+    generations = [r for r in spans if r["kind"] in MODEL_KINDS]
+    for row in generations:
+        if row.get("tokens_in") is not None:
+            call.tokens_in = (call.tokens_in or 0) + row["tokens_in"]
+        if row.get("tokens_out") is not None:
+            call.tokens_out = (call.tokens_out or 0) + row["tokens_out"]
+    # What the model saw and said: the last attempt that answered.
+    answered = [r for r in generations if r["status_code"] != 2] or generations
+    if answered:
+        final = max(answered, key=lambda r: (r.get("attempt") or 0, r["start_ns"]))
+        attrs = final.get("attributes") or {}
+        call.model = final.get("model") or ""
+        call.input = _message(attrs, "gen_ai.input.messages", "input.value")
+        call.output = _message(attrs, "gen_ai.output.messages", "output.value")
+    for row in generations or spans:
+        call.agent = call.agent or _agent_of(row, by_id)
+    return call
+
+
+def _merge_history(call: ModelCall, activity: _Activity, spans: list[Row]) -> None:
+    call.scheduled_ns = activity.scheduled_ns
+    call.started_ns = activity.started_ns
+    call.closed_ns = activity.closed_ns
+    call.outcome = activity.outcome
+    call.failure = activity.failure
+    call.matched = bool(spans)
+    attempts = _attempts_from_spans(spans)
+    last = activity.attempt
+    if last is not None:
+        # Temporal guarantees attempts 1..last ran; spans may be missing for some.
+        for number in range(1, last + 1):
+            attempts.setdefault(number, Attempt(number))
+        final = attempts[last]
+        final.start_ns = final.start_ns or activity.started_ns
+        final.end_ns = final.end_ns or activity.closed_ns
+        if activity.outcome in ("completed", "failed", "timed_out", "canceled", "running"):
+            final.outcome = activity.outcome
+        if activity.failure:
+            final.failure = activity.failure
+        previous = attempts.get(last - 1)
+        if previous is not None and activity.last_failure and not previous.failure:
+            previous.failure = activity.last_failure
+        for attempt in attempts.values():
+            # An attempt followed by another did not succeed, whatever its spans said.
+            if attempt.number < last and attempt.outcome not in FAILED_OUTCOMES:
+                attempt.outcome = "failed"
+    call.attempts = [attempts[n] for n in sorted(attempts)]
+
+
+def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
+    """The story of one run from its history events and its span rows."""
+    rows = sorted(spans, key=lambda r: (r["start_ns"], r["end_ns"]))
+    by_id = {r["span_id"]: r for r in rows}
+    activities = _activities(events)
+    activity_spans: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.get("activity_id"):
+            activity_spans.setdefault(row["activity_id"], []).append(row)
+
+    items: list[StoryItem] = []
+    model_calls: list[ModelCall] = []
+    used_spans: set[str] = set()
+    known_ids: set[str] = set()
+    for activity in activities:
+        known_ids.add(activity.activity_id)
+        spans_of = activity_spans.get(activity.activity_id, [])
+        used_spans.update(r["span_id"] for r in spans_of)
+        if activity.activity_type == MODEL_ACTIVITY_TYPE:
+            call = _model_call(activity.activity_id, spans_of, by_id)
+            _merge_history(call, activity, spans_of)
+            model_calls.append(call)
+            items.append(
+                StoryItem("model_call", activity.scheduled_ns, call.model or "model call",
+                          call.matched, call, activity.event_ids, call.span_ids)
+            )  # fmt: skip
+        else:
+            items.append(
+                StoryItem("activity", activity.scheduled_ns, activity.activity_type,
+                          bool(spans_of), None, activity.event_ids,
+                          [r["span_id"] for r in spans_of],
+                          {"outcome": activity.outcome, "failure": activity.failure,
+                           "attempt": activity.attempt})
+            )  # fmt: skip
+
+    # Model spans whose activity the history does not know (another run's
+    # history, a truncated one, or spans from before a reset).
+    for activity_id, spans_of in activity_spans.items():
+        if activity_id in known_ids or not any(_is_model_span(r) for r in spans_of):
+            continue
+        used_spans.update(r["span_id"] for r in spans_of)
+        call = _model_call(activity_id, spans_of, by_id)
+        call.attempts = [a for _, a in sorted(_attempts_from_spans(spans_of).items())]
+        call.outcome = call.attempts[-1].outcome if call.attempts else "unknown"
+        call.scheduled_ns = spans_of[0]["start_ns"]
+        model_calls.append(call)
+        items.append(
+            StoryItem("model_call", call.scheduled_ns, call.model or "model call", False, call,
+                      [], call.span_ids)
+        )  # fmt: skip
+
+    for row in rows:
+        kind = _STORY_SPAN_KINDS.get(row["kind"])
+        if kind is None or row["span_id"] in used_spans:
+            continue
+        attrs = row.get("attributes") or {}
+        title = row.get("tool") or row["name"]
+        if kind == "handoff":
+            title = f"{attrs.get('agents.handoff.from', '')} → {attrs.get('agents.handoff.to', '')}"
+        items.append(
+            StoryItem(kind, row["start_ns"], title, False, None, [], [row["span_id"]],
+                      {"agent": _agent_of(row, by_id), "status_code": row["status_code"],
+                       "status_message": row.get("status_message", "")})
+        )  # fmt: skip
+
+    items.extend(_messages(events, rows))
+    items.sort(key=lambda i: (i.time_ns is None, i.time_ns or 0))
+    model_calls.sort(key=lambda c: (c.scheduled_ns is None, c.scheduled_ns or 0))
+    story = RunStory(items=items, model_calls=model_calls)
+    story.total_model_calls = len(model_calls)
+    story.total_attempts = sum(len(c.attempts) for c in model_calls)
+    story.failed_attempts = sum(
+        1 for c in model_calls for a in c.attempts if a.outcome in FAILED_OUTCOMES
+    )
+    story.tokens_in = sum(c.tokens_in or 0 for c in model_calls)
+    story.tokens_out = sum(c.tokens_out or 0 for c in model_calls)
+    return story
+
+
+def _messages(events: Sequence[HistoryEvent], rows: Sequence[Row]) -> list[StoryItem]:
+    """Signals and updates, each matched to the span of the handler that ran it."""
+    handlers: dict[str, list[Row]] = {}
+    for row in rows:
+        prefix, _, name = row["name"].partition(":")
+        if prefix in ("HandleSignal", "HandleUpdate"):
+            handlers.setdefault(f"{prefix}:{name}", []).append(row)
+    items: list[StoryItem] = []
+    for event in events:
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            name = event.workflow_execution_signaled_event_attributes.signal_name
+            items.append(_message_item("signal", name, "HandleSignal", event, handlers, {}))
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+            detail = {"update_id": request.meta.update_id, "state": "accepted"}
+            items.append(
+                _message_item("update", request.input.name, "HandleUpdate", event, handlers, detail)
+            )
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
+            attrs = event.workflow_execution_update_completed_event_attributes
+            failure = attrs.outcome.failure.message if attrs.outcome.HasField("failure") else ""
+            items.append(
+                StoryItem("update", _ns(event), f"update {attrs.meta.update_id} completed", True,
+                          None, [event.event_id], [],
+                          {"update_id": attrs.meta.update_id, "state": "completed",
+                           "failure": failure})
+            )  # fmt: skip
+    return items
+
+
+def _message_item(
+    kind: str,
+    name: str,
+    prefix: str,
+    event: HistoryEvent,
+    handlers: dict[str, list[Row]],
+    detail: dict[str, Any],
+) -> StoryItem:
+    candidates = handlers.get(f"{prefix}:{name}", [])
+    # Handler spans run after the event is recorded; take the first one not yet used.
+    span = candidates.pop(0) if candidates else None
+    return StoryItem(
+        kind, _ns(event), name, span is not None, None, [event.event_id],
+        [span["span_id"]] if span else [], detail,
+    )  # fmt: skip
