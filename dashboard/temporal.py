@@ -11,6 +11,7 @@ import logging
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
@@ -151,3 +152,49 @@ def _forget(client: Client) -> None:
 async def check_connection() -> None:
     """Raise TemporalUnavailable unless the configured server answers."""
     await get_client()
+
+
+class RunNotFound(Exception):
+    """Temporal has no execution with this workflow id and run id."""
+
+
+@dataclass(frozen=True)
+class RunHistory:
+    workflow_id: str
+    run_id: str
+    # Events as Temporal's own JSON (proto3 JSON mapping), payloads still encoded.
+    events: list[dict[str, Any]]
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.events) and self.events[-1].get("eventType", "") in CLOSE_EVENT_TYPES
+
+
+CLOSE_EVENT_TYPES = frozenset(
+    {
+        "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED",
+        "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW",
+    }
+)
+
+
+async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
+    """Every event of one run, as JSON dicts; RunNotFound if Temporal has no such run."""
+    client = await get_client()
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        history = await handle.fetch_history(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise RunNotFound(f"{workflow_id} / {run_id}") from exc
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            # A malformed run id (not a UUID) cannot name a run.
+            raise RunNotFound(f"{workflow_id} / {run_id}") from exc
+        _forget(client)
+        raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
+    events = history.to_json_dict().get("events", [])
+    return RunHistory(workflow_id=workflow_id, run_id=run_id, events=events)

@@ -2,13 +2,26 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import views
+from dashboard import run_views, views
 from tracing import views as tracing_views
 
 urlpatterns = [
     # runs
     path("", views.runs, name="dash-runs"),
     path("api/runs/", views.api_runs, name="dash-api-runs"),
+    # one run
+    path("runs/<str:workflow_id>/<str:run_id>/", run_views.run, name="dash-run"),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/spans/<str:span_id>/",
+        run_views.span_detail,
+        name="dash-run-span",
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/history.json",
+        run_views.history_json,
+        name="dash-run-history-json",
+    ),
+    path("api/runs/<str:workflow_id>/<str:run_id>/", run_views.api_run, name="dash-api-run"),
     # accounts
     path(
         "login/",
