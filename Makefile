@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Reinstall only when the dependency list changes; the stamp keeps `make run` fast.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt install
+.PHONY: run test lint fmt install bench-ingest
 
 run: $(STAMP)
 	$(PY) manage.py runstack
@@ -24,6 +24,10 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 install: $(STAMP)
+
+# Sustained OTLP ingest through daphne; target >= 10,000 spans/s.
+bench-ingest: $(STAMP)
+	$(PY) bench/ingest.py
 
 $(PY):
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)

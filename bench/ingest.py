@@ -11,7 +11,7 @@ connections for the given duration. Every post gets new trace ids (one
 8-byte nonce shared by the batch's trace ids is swapped in the encoded body),
 so each span is a real insert, not a skipped re-delivery.
 
-    .venv/bin/python bench/ingest.py [--seconds 20] [--clients 3]
+    .venv/bin/python bench/ingest.py [--seconds 20] [--clients 2]
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ class Poster(threading.Thread):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--batches", type=int, default=8, help="distinct batch bodies")
     args = parser.parse_args()
 
