@@ -253,9 +253,47 @@ def _merge_history(call: ModelCall, activity: _Activity, spans: list[Row]) -> No
     call.attempts = [attempts[n] for n in sorted(attempts)]
 
 
+def _attach_to_attempts(rows: list[Row]) -> list[Row]:
+    """Stock instrumentations leave model spans without an activity id.
+
+    Temporal's ``RunActivity`` span of each attempt carries the activity id (the
+    ``TracingInterceptor`` not the attempt, so attempts are numbered in start
+    order); a model span belongs to the attempt whose span encloses it in time.
+    """
+    frames: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.get("activity_id") and row["name"].startswith("RunActivity:"):
+            frames.setdefault(row["activity_id"], []).append(row)
+    if not frames:
+        return rows
+    numbered: dict[str, Row] = {}
+    for activity_frames in frames.values():
+        for number, frame in enumerate(sorted(activity_frames, key=lambda r: r["start_ns"]), 1):
+            numbered[frame["span_id"]] = (
+                frame if frame.get("attempt") is not None else {**frame, "attempt": number}
+            )
+    out: list[Row] = []
+    for row in rows:
+        if row["span_id"] in numbered:
+            row = numbered[row["span_id"]]
+        elif row["kind"] in MODEL_KINDS and not row.get("activity_id"):
+            enclosing = [
+                f
+                for f in numbered.values()
+                if f["trace_id"] == row["trace_id"]
+                and f["start_ns"] <= row["start_ns"]
+                and row["end_ns"] <= f["end_ns"]
+            ]
+            if enclosing:
+                frame = min(enclosing, key=lambda f: f["end_ns"] - f["start_ns"])
+                row = {**row, "activity_id": frame["activity_id"], "attempt": frame["attempt"]}
+        out.append(row)
+    return out
+
+
 def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
     """The story of one run from its history events and its span rows."""
-    rows = sorted(spans, key=lambda r: (r["start_ns"], r["end_ns"]))
+    rows = _attach_to_attempts(sorted(spans, key=lambda r: (r["start_ns"], r["end_ns"])))
     by_id = {r["span_id"]: r for r in rows}
     activities = _activities(events)
     activity_spans: dict[str, list[Row]] = {}

@@ -64,6 +64,11 @@ _COLUMNS = [
 ]
 _DATA_KEYS = ("attributes", "events", "links", "resource", "scope")
 _IDS = ("workflow_id", "run_id", "activity_id", "attempt")
+# What re-counting an already stored span in its run summary needs.
+_SUMMARY_INPUT = (
+    "id", "trace_id", "span_id", "parent_span_id", "name", "kind", "agent", "tokens_in",
+    "tokens_out", "status_code", "status_message", "start_ns", "end_ns", *_IDS,
+)  # fmt: skip
 
 # SQLite has one writer at a time anyway; queueing writers here instead of in
 # SQLite's busy handler avoids its back-off sleeps under concurrent exports.
@@ -96,13 +101,14 @@ def ingest(rows: list[dict[str, Any]]) -> IngestResult:
     batch = list(unique.values())
     with _writer():
         _inherit_from_ancestors(batch)
+        _resolve_run_ids(batch)
         inserted = _insert(batch)
-        adopted = _adopt_orphans(inserted)
+        adopted = _adopt_orphans(inserted) + _adopt_runless(inserted)
         result.stored = len(inserted)
         result.duplicates = len(rows) - len(inserted)
         counted = inserted + adopted
         for row in counted:
-            if row["workflow_id"]:
+            if row["workflow_id"] and row["run_id"]:
                 key = (row["workflow_id"], row["run_id"])
                 result.new_spans[key] = result.new_spans.get(key, 0) + 1
         result.runs = _update_summaries(counted)
@@ -167,6 +173,61 @@ def _inherit_from_ancestors(batch: list[dict[str, Any]]) -> None:
             _take_ids(row, source)
 
 
+def _resolve_run_ids(batch: list[dict[str, Any]]) -> None:
+    """Spans that know their workflow but not its run (a client's ``StartWorkflow``
+    and what hangs below it) take the run id of the same workflow in the same trace."""
+    runless = [r for r in batch if r["workflow_id"] and not r["run_id"]]
+    if not runless:
+        return
+    known = {
+        (r["trace_id"], r["workflow_id"]): r["run_id"]
+        for r in batch
+        if r["workflow_id"] and r["run_id"]
+    }
+    missing = {(r["trace_id"], r["workflow_id"]) for r in runless} - known.keys()
+    if missing:
+        stored = (
+            Span.objects.filter(
+                trace_id__in={t for t, _ in missing}, workflow_id__in={w for _, w in missing}
+            )
+            .exclude(run_id="")
+            .values_list("trace_id", "workflow_id", "run_id")
+            .distinct()
+        )
+        for trace_id, workflow_id, run_id in stored:
+            known.setdefault((trace_id, workflow_id), run_id)
+    for row in runless:
+        row["run_id"] = known.get((row["trace_id"], row["workflow_id"]), "")
+
+
+def _adopt_runless(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give stored run-less spans the run id that a newly stored span of their trace has."""
+    carriers = {
+        (r["trace_id"], r["workflow_id"]): r["run_id"]
+        for r in inserted
+        if r["workflow_id"] and r["run_id"]
+    }
+    if not carriers:
+        return []
+    runless = [
+        row
+        for row in Span.objects.filter(
+            run_id="",
+            workflow_id__in={w for _, w in carriers},
+            trace_id__in={t for t, _ in carriers},
+        ).values(*_SUMMARY_INPUT)
+        if (row["trace_id"], row["workflow_id"]) in carriers
+    ]
+    updates: dict[str, list[int]] = {}
+    for row in runless:
+        row["run_id"] = carriers[(row["trace_id"], row["workflow_id"])]
+        row.setdefault("workflow_type", "")
+        updates.setdefault(row["run_id"], []).append(row["id"])
+    for run_id, ids in updates.items():
+        Span.objects.filter(id__in=ids).update(run_id=run_id)
+    return runless
+
+
 def _fetch_nodes(keys: set[SpanKey]) -> dict[SpanKey, dict[str, Any]]:
     traces = {t for t, _ in keys}
     spans = {s for _, s in keys}
@@ -226,13 +287,7 @@ def _adopt_orphans(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not carriers:
         return []
     traces = {t for t, _ in carriers}
-    orphans = list(
-        Span.objects.filter(workflow_id="", trace_id__in=traces).values(
-            "id", "trace_id", "span_id", "parent_span_id", "name", "kind", "agent",
-            "tokens_in", "tokens_out", "status_code", "status_message", "start_ns",
-            "end_ns", *_IDS,
-        )
-    )  # fmt: skip
+    orphans = list(Span.objects.filter(workflow_id="", trace_id__in=traces).values(*_SUMMARY_INPUT))
     if not orphans:
         return []
     nodes: dict[SpanKey, dict[str, Any]] = dict(carriers)
@@ -277,7 +332,8 @@ def is_model_span(row: dict[str, Any]) -> bool:
 def _update_summaries(rows: Iterable[dict[str, Any]]) -> dict[RunKey, dict[str, Any]]:
     groups: dict[RunKey, list[dict[str, Any]]] = {}
     for row in rows:
-        if row["workflow_id"]:
+        # A span whose run is not known yet is counted when it gets one.
+        if row["workflow_id"] and row["run_id"]:
             groups.setdefault((row["workflow_id"], row["run_id"]), []).append(row)
     if not groups:
         return {}
