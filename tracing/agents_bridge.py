@@ -361,6 +361,14 @@ class OtelBridgeProcessor(TracingProcessor):
         events = ()
         if error:
             message = str(error.get("message") or "error")
+            detail = (
+                (error.get("data") or {}).get("error")
+                if isinstance(error.get("data"), Mapping)
+                else None
+            )
+            if detail and str(detail) not in message:
+                # "Error in agent run" says little; the SDK keeps the cause in data.
+                message = f"{message}: {detail}"
             status = Status(StatusCode.ERROR, message)
             attributes["error.type"] = message[:200]
             if error.get("data"):

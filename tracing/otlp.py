@@ -48,6 +48,9 @@ KINDS = frozenset(
         "custom",
         "trace",
         "mcp_tools",
+        # A Runner.run and one turn of its agent loop (Agents SDK 0.20+).
+        "task",
+        "turn",
         "temporal",
         "other",
     }

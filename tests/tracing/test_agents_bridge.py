@@ -86,3 +86,40 @@ def test_huge_payloads_are_clipped() -> None:
     )
     assert len(attrs["gen_ai.tool.call.arguments"]) < 40_000
     assert attrs["gen_ai.tool.call.arguments"].endswith("[truncated]")
+
+
+def test_processor_nests_spans_under_their_trace_and_keeps_error_causes() -> None:
+    from agents.tracing import SpanError
+    from agents.tracing.provider import DefaultTraceProvider
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tracing.agents_bridge import OtelBridgeProcessor
+
+    memory = InMemorySpanExporter()
+    provider = DefaultTraceProvider()
+    provider.set_processors([OtelBridgeProcessor(SimpleSpanProcessor(memory), Resource.create())])
+    with (
+        provider.create_trace("Support run") as run_trace,
+        provider.create_span(AgentSpanData(name="Triage"), parent=run_trace) as agent,
+    ):
+        with provider.create_span(
+            FunctionSpanData(name="lookup", input="{}", output="ok"), parent=agent
+        ):
+            pass
+        agent.set_error(SpanError(message="Error in agent run", data={"error": "model down"}))
+    spans = {s.name: s for s in memory.get_finished_spans()}
+    root, agent_span, tool = (
+        spans["Support run"],
+        spans["invoke_agent Triage"],
+        spans["execute_tool lookup"],
+    )
+    assert root.parent is None and root.attributes is not None
+    assert root.attributes["agents.span.type"] == "trace"
+    assert agent_span.parent is not None and agent_span.parent.span_id == root.context.span_id
+    assert tool.parent is not None and tool.parent.span_id == agent_span.context.span_id
+    assert {s.context.trace_id for s in spans.values()} == {root.context.trace_id}
+    assert agent_span.status.description == "Error in agent run: model down"
+    assert tool.start_time is not None and root.start_time is not None
+    assert root.start_time <= tool.start_time
