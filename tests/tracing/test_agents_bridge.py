@@ -119,6 +119,8 @@ def test_processor_nests_spans_under_their_trace_and_keeps_error_causes() -> Non
     assert root.attributes["agents.span.type"] == "trace"
     assert agent_span.parent is not None and agent_span.parent.span_id == root.context.span_id
     assert tool.parent is not None and tool.parent.span_id == agent_span.context.span_id
+    listing = spans["mcp list_tools docs"]
+    assert listing.parent is not None and listing.parent.span_id == agent_span.context.span_id
     assert {s.context.trace_id for s in spans.values()} == {root.context.trace_id}
     assert agent_span.status.description == "Error in agent run: model down"
     assert tool.start_time is not None and root.start_time is not None
