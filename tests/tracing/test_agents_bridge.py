@@ -108,6 +108,10 @@ def test_processor_nests_spans_under_their_trace_and_keeps_error_causes() -> Non
             FunctionSpanData(name="lookup", input="{}", output="ok"), parent=agent
         ):
             pass
+        with provider.create_span(
+            MCPListToolsSpanData(server="docs", result=["search"]), parent=agent
+        ):
+            pass
         agent.set_error(SpanError(message="Error in agent run", data={"error": "model down"}))
     spans = {s.name: s for s in memory.get_finished_spans()}
     root, agent_span, tool = (
