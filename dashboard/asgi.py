@@ -9,12 +9,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from tracing.forwarder import FORWARDER_CHANNEL, ForwarderConsumer  # noqa: E402
 
 http_app = (
     ASGIStaticFilesHandler(django_asgi_app) if settings.LOOMVIEW_SERVE_STATIC else django_asgi_app
@@ -26,5 +27,7 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
+        # Background work (`manage.py runforwarder`), not served by daphne.
+        "channel": ChannelNameRouter({FORWARDER_CHANNEL: ForwarderConsumer.as_asgi()}),
     }
 )

@@ -15,6 +15,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import envbool, envlist, envstr
 from dashboard.pricing import PRICES_ENV, load_prices
+from tracing.exporters import EXPORTERS_ENV, load_exporters
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOOMVIEW_DATA_DIR = Path(envstr("LOOMVIEW_DATA_DIR", str(BASE_DIR / ".data"))).resolve()
@@ -56,6 +57,8 @@ LOOMVIEW_SERVE_STATIC = envbool("LOOMVIEW_SERVE_STATIC", True)
 LOOMVIEW_TEMPORAL_UI_URL = envstr("LOOMVIEW_TEMPORAL_UI_URL", "http://127.0.0.1:8233").rstrip("/")
 # USD per million (input, output) tokens for the runs list's cost estimate.
 LOOMVIEW_MODEL_PRICES = load_prices(envstr(PRICES_ENV, ""))
+# OTLP collectors the forwarder sends every stored span to (JSON list).
+LOOMVIEW_EXPORTERS = load_exporters(envstr(EXPORTERS_ENV, ""))
 
 INSTALLED_APPS = [
     "daphne",

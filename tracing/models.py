@@ -113,3 +113,65 @@ class RunSummary(models.Model):
     @property
     def last_span(self) -> datetime | None:
         return ns_to_datetime(self.last_span_ns)
+
+
+class ExportCursor(models.Model):
+    """Where continuous forwarding to one collector stands.
+
+    Spans are forwarded in ``Span.id`` order; everything at or below
+    ``last_span_id`` is delivered (or, if the collector rejected it for good,
+    counted in ``rejected``). The cursor moves only after the collector has
+    answered, in the same transaction as the counters, so a crash or restart
+    re-sends at most the batch in flight: at least once, never lost.
+    """
+
+    collector = models.CharField(max_length=64, unique=True)
+    last_span_id = models.BigIntegerField(default=0)
+    delivered = models.BigIntegerField(default=0)
+    rejected = models.BigIntegerField(default=0)
+    # Spans passed over because the collector's workflow type filter excludes them.
+    skipped = models.BigIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    failures = models.IntegerField(default=0)
+    retry_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    # Which forwarder process serves this collector, until when: one at a time.
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.collector} @ {self.last_span_id}"
+
+
+class RunExport(models.Model):
+    """A one-off export of one run's spans to a collector, run by the forwarder."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+    workflow_id = models.CharField(max_length=1000)
+    run_id = models.CharField(max_length=255)
+    collector = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, default=PENDING)
+    total = models.IntegerField(default=0)
+    sent = models.IntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "id"], name="runexport_status")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} / {self.run_id} → {self.collector} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.DONE, self.FAILED)
+
+    @property
+    def percent(self) -> int:
+        return 100 if self.total == 0 else min(100, self.sent * 100 // self.total)

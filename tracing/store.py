@@ -83,10 +83,20 @@ class IngestResult:
     new_spans: dict[RunKey, int] = field(default_factory=dict)
 
 
+# PostgreSQL advisory lock key for span writers (any constant; "loomspan").
+_SPAN_WRITER_LOCK = 0x6C6F6F6D7370616E
+
+
 @contextmanager
 def _writer() -> Iterator[None]:
     lock = _sqlite_writer if connection.vendor == "sqlite" else nullcontext()
     with lock, transaction.atomic():
+        if connection.vendor == "postgresql":
+            # The forwarder (tracing.forwarder) reads spans by id above a
+            # cursor, so ids must become visible in order: one span writer at
+            # a time, as SQLite has anyway.
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SPAN_WRITER_LOCK])
         yield
 
 

@@ -17,6 +17,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from tracing import otlp
+
 
 def _value(value: AnyValue) -> Any:
     kind = value.WhichOneof("value")
@@ -25,6 +27,10 @@ def _value(value: AnyValue) -> Any:
     if kind == "kvlist_value":
         return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
     return getattr(value, kind) if kind else None
+
+
+def _attrs(key_values: Any) -> str:
+    return repr(sorted((kv.key, _value(kv.value)) for kv in key_values))
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,11 @@ class CollectedSpan:
     status_message: str
     attributes: dict[str, Any]
     service_name: str
+    span_kind: int = 0
+    events: tuple[Any, ...] = ()
+    links: tuple[Any, ...] = ()
+    resource: tuple[tuple[str, Any], ...] = ()
+    scope: str = ""
 
     @property
     def kind(self) -> str:
@@ -58,6 +69,10 @@ class Collector:
     spans: list[CollectedSpan] = field(default_factory=list)
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Set while running to change the answer (e.g. 503, then 200 again).
+    status: int | None = None
+    retry_after: str | None = None
+    headers: list[dict[str, str]] = field(default_factory=list)
 
     def add(self, request: ExportTraceServiceRequest) -> None:
         rows = []
@@ -77,6 +92,17 @@ class Collector:
                             status_message=span.status.message,
                             attributes={kv.key: _value(kv.value) for kv in span.attributes},
                             service_name=str(resource.get("service.name", "")),
+                            span_kind=span.kind,
+                            events=tuple(
+                                (e.name, e.time_unix_nano, _attrs(e.attributes))
+                                for e in span.events
+                            ),
+                            links=tuple(
+                                (link.trace_id.hex(), link.span_id.hex(), _attrs(link.attributes))
+                                for link in span.links
+                            ),
+                            resource=tuple(sorted((k, repr(v)) for k, v in resource.items())),
+                            scope=scope_spans.scope.name,
                         )
                     )
         with self.lock:
@@ -125,13 +151,17 @@ def running_collector(status: int = 200) -> Iterator[Collector]:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            if status == 200:
+            content_type = self.headers.get("Content-Type", "application/x-protobuf")
+            request = otlp.parse_request(body, content_type)
+            collector.headers.append(dict(self.headers.items()))
+            answer = collector.status if collector.status is not None else status
+            if answer == 200:
                 collector.add(request)
             payload = ExportTraceServiceResponse().SerializeToString()
-            self.send_response(status)
+            self.send_response(answer)
             self.send_header("Content-Type", "application/x-protobuf")
+            if collector.retry_after is not None and answer != 200:
+                self.send_header("Retry-After", collector.retry_after)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

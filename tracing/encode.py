@@ -1,0 +1,156 @@
+"""Stored span rows back into OTLP: the other direction of tracing.otlp.
+
+Pure functions, no transport. A row rebuilt here keeps what the receiver was
+sent: the same trace, span and parent ids, times, kind, status, attributes,
+events, links, resource and scope, so a collector that gets a span twice (the
+forwarder delivers at least once) sees the same span. Two things are added on
+the way out: the ``temporal.*`` correlation attributes for spans that got them
+from an ancestor (stock instrumentation spans), so downstream backends can
+filter by workflow id, and redaction, because an app that is not the bundled
+worker may have sent secrets in the clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+    KeyValueList,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+
+from tracing.redact import redact_attributes, redact_text
+
+_INT64 = (-(2**63), 2**63 - 1)
+# (column, attribute added when the span does not carry either spelling)
+_CORRELATION = (
+    ("workflow_id", "temporal.workflow.id", "temporalWorkflowID"),
+    ("run_id", "temporal.run.id", "temporalRunID"),
+    ("activity_id", "temporal.activity.id", "temporalActivityID"),
+    ("attempt", "temporal.activity.attempt", "temporal.activity.attempt"),
+)
+
+
+def any_value(value: Any) -> AnyValue:
+    if value is None:
+        return AnyValue()
+    if value.__class__ is str:
+        return AnyValue(string_value=value)
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return AnyValue(int_value=value)
+        return AnyValue(string_value=str(value))
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, list | tuple):
+        return AnyValue(array_value=ArrayValue(values=[any_value(v) for v in value]))
+    if isinstance(value, dict):
+        return AnyValue(kvlist_value=KeyValueList(values=key_values(value)))
+    return AnyValue(string_value=str(value))
+
+
+def key_values(attributes: dict[str, Any]) -> list[KeyValue]:
+    return [KeyValue(key=key, value=any_value(value)) for key, value in attributes.items()]
+
+
+def export_attributes(row: dict[str, Any]) -> dict[str, Any]:
+    """The span's attributes, redacted, with its Temporal ids when it only inherited them."""
+    attrs = redact_attributes(row["attributes"])
+    if row.get("workflow_id"):
+        for column, name, alias in _CORRELATION:
+            value = row.get(column)
+            if value not in (None, "") and name not in attrs and alias not in attrs:
+                attrs[name] = value
+    return attrs
+
+
+def _span(row: dict[str, Any]) -> Span:
+    return Span(
+        trace_id=bytes.fromhex(row["trace_id"]),
+        span_id=bytes.fromhex(row["span_id"]),
+        parent_span_id=bytes.fromhex(row["parent_span_id"]) if row["parent_span_id"] else b"",
+        name=row["name"],
+        kind=row["span_kind"],
+        start_time_unix_nano=row["start_ns"],
+        end_time_unix_nano=row["end_ns"],
+        attributes=key_values(export_attributes(row)),
+        events=[
+            Span.Event(
+                name=event.get("name", ""),
+                time_unix_nano=event.get("time_ns", 0),
+                attributes=key_values(redact_attributes(event.get("attributes"))),
+            )
+            for event in row["events"]
+        ],
+        links=[
+            Span.Link(
+                trace_id=bytes.fromhex(link["trace_id"]),
+                span_id=bytes.fromhex(link["span_id"]),
+                attributes=key_values(redact_attributes(link.get("attributes"))),
+            )
+            for link in row["links"]
+        ],
+        status=Status(
+            code=row["status_code"],
+            message=redact_text(row["status_message"]) if row["status_message"] else "",
+        ),
+    )
+
+
+def request_from_rows(rows: Iterable[dict[str, Any]]) -> ExportTraceServiceRequest:
+    """One export request; spans grouped by resource, then by instrumentation scope."""
+    groups: dict[str, dict[str, list[Span]]] = {}
+    resources: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        resource = row["resource"]
+        key = json.dumps(resource, sort_keys=True, default=str)
+        if key not in resources:
+            resources[key] = resource
+            groups[key] = {}
+        groups[key].setdefault(row["scope"] or "", []).append(_span(row))
+    request = ExportTraceServiceRequest()
+    for key, scopes in groups.items():
+        request.resource_spans.append(
+            ResourceSpans(
+                resource=Resource(attributes=key_values(redact_attributes(resources[key]))),
+                scope_spans=[
+                    ScopeSpans(scope=InstrumentationScope(name=scope), spans=spans)
+                    for scope, spans in scopes.items()
+                ],
+            )
+        )
+    return request
+
+
+def span_count(request: ExportTraceServiceRequest) -> int:
+    return sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+
+
+def _b64_to_hex(obj: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        if key in obj:
+            obj[key] = base64.b64decode(obj[key]).hex()
+
+
+def to_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
+    """OTLP/JSON: lowerCamelCase names, integer enums and hex ids, as the OTLP spec says."""
+    document = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for resource_spans in document.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                _b64_to_hex(span, "traceId", "spanId", "parentSpanId")
+                for link in span.get("links", []):
+                    _b64_to_hex(link, "traceId", "spanId")
+    return document
