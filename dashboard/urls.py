@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import run_views, views
+from dashboard import export_views, run_views, views
 from tracing import views as tracing_views
 
 urlpatterns = [
@@ -22,6 +22,24 @@ urlpatterns = [
         name="dash-run-history-json",
     ),
     path("api/runs/<str:workflow_id>/<str:run_id>/", run_views.api_run, name="dash-api-run"),
+    # exports to OTLP collectors
+    path("exports/", export_views.exports, name="dash-exports"),
+    path("exports/jobs/<int:job_id>/", export_views.run_export_job, name="dash-export-job"),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/otlp.json",
+        export_views.run_otlp_json,
+        name="dash-run-otlp-json",
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/export/",
+        export_views.run_export,
+        name="dash-run-export",
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/export/panel/",
+        export_views.run_export_panel,
+        name="dash-run-export-panel",
+    ),
     # accounts
     path(
         "login/",

@@ -56,7 +56,7 @@ _KEYS = frozenset(
 @dataclass(frozen=True)
 class Exporter:
     name: str
-    endpoint: str
+    endpoint: str = field(repr=False)  # may hold a password: see display_endpoint
     protocol: str = HTTP_PROTOBUF
     headers: dict[str, str] = field(default_factory=dict, hash=False, repr=False)
     insecure: bool = False
