@@ -13,8 +13,8 @@ Modes:
 - ``spans`` (default): Temporal is unreachable (a closed port), so the page
   is built from the span store alone, under its banner.
 - ``history``: a recorded-shape history (3 activity events + a workflow task
-  per call) sits in the history cache, as it does for a closed run after its
-  first view; Temporal is still never contacted.
+  per call) sits in the history cache as serialized protobuf, as it does for
+  a closed run after its first view; Temporal is still never contacted.
 
 Target: p95 <= 400 ms.
 """
@@ -266,6 +266,8 @@ def main() -> int:
         from django.contrib.auth.models import User
         from django.core.cache import cache
         from django.test import Client
+        from google.protobuf import json_format
+        from temporalio.api.history.v1 import History
 
         from dashboard.run_views import _cache_key
         from tracing.models import Span
@@ -273,7 +275,9 @@ def main() -> int:
         spans, events = generate(args.calls)
         Span.objects.bulk_create(spans, batch_size=500)
         if args.mode == "history":
-            cache.set(_cache_key(WORKFLOW_ID, RUN_ID), events, None)
+            # Cached as the run page caches a closed run: serialized History protobuf.
+            history = json_format.ParseDict({"events": events}, History())
+            cache.set(_cache_key(WORKFLOW_ID, RUN_ID), history.SerializeToString(), None)
         user = User.objects.create_user("bench", password="bench-password-1")
         client = Client()
         client.force_login(user)

@@ -29,7 +29,7 @@ COALESCE_SECONDS = 0.25
 
 def signature(loaded: run_views.Loaded) -> str:
     """What the page has seen: event and span counts, also sent by the page itself."""
-    events = -1 if loaded.events is None else len(loaded.events)
+    events = -1 if loaded.history is None else len(loaded.events)
     return f"{events}-{len(loaded.spans)}"
 
 

@@ -1,35 +1,42 @@
-"""What the run page shows, built from a run's Temporal history and its stored spans.
+"""What the run page shows, shaped from a run's history and the story correlate() tells.
 
 Pure functions, no I/O: the views fetch the history (dashboard.temporal) and
-the spans (tracing.store) and hand both here. Either may be missing: without
-a history (Temporal unreachable) the page is built from spans alone, without
-spans (tracing off) from the history alone.
-
-Temporal's history records only the last attempt of an activity (its
-``ActivityTaskStarted`` carries the attempt number and the previous
-failure), so earlier attempts and their times come from the spans: one
-``RunActivity:invoke_model_activity`` (or generation) span per attempt, with
-``temporal.activity.id`` and ``temporal.activity.attempt``.
+the spans (tracing.store), tracing.correlation.correlate() weaves them into a
+RunStory (model calls, attempts, tools, handoffs, signals, updates, totals),
+and this module only turns those into what the templates and the timeline
+draw: decoded payloads, header facts, the history listing, span tree rows and
+chart data. Either input may be missing: without a history (Temporal
+unreachable) the page is built from spans alone, without spans (tracing off)
+from the history alone.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
-MODEL_ACTIVITY = "invoke_model_activity"
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.failure.v1 import Failure
+from temporalio.api.history.v1 import HistoryEvent
+
+from tracing.correlation import FAILED_OUTCOMES, RunStory
+
 _PREFIX = "EVENT_TYPE_"
 CLOSE_STATUS = {
-    "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED": "COMPLETED",
-    "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED": "FAILED",
-    "EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT": "TIMED_OUT",
-    "EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED": "CANCELED",
-    "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED": "TERMINATED",
-    "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW": "CONTINUED_AS_NEW",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED: "COMPLETED",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED: "FAILED",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT: "TIMED_OUT",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED: "CANCELED",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED: "TERMINATED",
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW: "CONTINUED_AS_NEW",
 }
 # Events that say nothing an engineer debugging a run needs; the full view keeps them.
 _NOISE = ("WORKFLOW_TASK_",)
@@ -98,36 +105,45 @@ def maybe_json(text: Any) -> Any:
 # -- history ----------------------------------------------------------------
 
 
-def event_ns(event: dict[str, Any]) -> int | None:
-    stamp = event.get("eventTime")
-    if not stamp:
-        return None
-    # Proto JSON times carry nanoseconds; datetime keeps microseconds, enough here.
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    base = datetime.fromisoformat(head).replace(tzinfo=UTC)
-    nanos = int((frac + "000000000")[:9]) if frac else 0
-    return int(base.timestamp()) * 1_000_000_000 + nanos
+def event_ns(event: HistoryEvent) -> int:
+    return int(event.event_time.ToNanoseconds())
+
+
+def event_type_name(event: HistoryEvent) -> str:
+    try:
+        return EventType.Name(event.event_type)
+    except ValueError:  # an event type newer than our protos
+        return f"{_PREFIX}{event.event_type}"
 
 
 def event_label(event_type: str) -> str:
     return event_type.removeprefix(_PREFIX).replace("_", " ").title().replace(" ", "")
 
 
-def _attributes(event: dict[str, Any]) -> dict[str, Any]:
-    for key, value in event.items():
-        if key.endswith("EventAttributes") and isinstance(value, dict):
-            return value
-    return {}
+def _attributes(event: HistoryEvent) -> Message | None:
+    name = event.WhichOneof("attributes")
+    return getattr(event, name) if name else None
 
 
-def failure_message(failure: dict[str, Any] | None) -> str:
+def _present(message: Message | None, name: str) -> Any:
+    """A message field if the message has it and it is set, else None."""
+    if message is None or name not in message.DESCRIPTOR.fields_by_name:
+        return None
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """Temporal's proto JSON of a message (what `temporal workflow show -o json` prints)."""
+    return json_format.MessageToDict(message)
+
+
+def failure_message(failure: Failure | None) -> str:
     """A failure and its causes as one line each, outermost first."""
     lines: list[str] = []
-    while failure and len(lines) < 8:
-        kind = (failure.get("applicationFailureInfo") or {}).get("type", "")
-        message = failure.get("message", "")
-        lines.append(f"{kind}: {message}" if kind else message)
-        failure = failure.get("cause")
+    while failure is not None and len(lines) < 8:
+        kind = _present(failure, "application_failure_info")
+        lines.append(f"{kind.type}: {failure.message}" if kind and kind.type else failure.message)
+        failure = _present(failure, "cause")
     return "\n".join(line for line in lines if line)
 
 
@@ -153,44 +169,52 @@ class Header:
         return self.status == "RUNNING"
 
 
-def header_from_history(events: list[dict[str, Any]]) -> Header:
+def header_from_history(events: Sequence[HistoryEvent]) -> Header:
     header = Header()
     if not events:
         return header
     first = events[0]
-    attrs = _attributes(first)
     header.status = "RUNNING"
-    header.workflow_type = (attrs.get("workflowType") or {}).get("name", "")
-    header.task_queue = (attrs.get("taskQueue") or {}).get("name", "")
     header.start_ns = event_ns(first)
-    if "input" in attrs:
-        header.input = decode_payloads(attrs["input"])
-        header.has_input = True
+    if first.HasField("workflow_execution_started_event_attributes"):
+        attrs = first.workflow_execution_started_event_attributes
+        header.workflow_type = attrs.workflow_type.name
+        header.task_queue = attrs.task_queue.name
+        if attrs.HasField("input"):
+            header.input = decode_payloads(to_json(attrs.input))
+            header.has_input = True
     last = events[-1]
-    status = CLOSE_STATUS.get(last.get("eventType", ""))
+    status = CLOSE_STATUS.get(last.event_type)
     if status:
         header.status = status
         header.close_ns = event_ns(last)
         close = _attributes(last)
-        if "result" in close:
-            header.result = decode_payloads(close["result"])
+        result = _present(close, "result")
+        if result is not None:
+            header.result = decode_payloads(to_json(result))
             header.has_result = True
-        if "failure" in close:
-            header.failure = failure_message(close["failure"])
+        header.failure = failure_message(_present(close, "failure"))
     return header
 
 
-@dataclass
-class HistoryEvent:
-    event_id: int
-    ns: int | None
-    event_type: str
-    label: str
-    attributes: Any
+class HistoryRow:
+    """One event in the history listing; its JSON attributes are made only when shown."""
+
+    def __init__(self, event: HistoryEvent) -> None:
+        self.event = event
+        self.event_id = event.event_id
+        self.ns = event_ns(event)
+        self.event_type = event_type_name(event)
+        self.label = event_label(self.event_type)
 
     @property
     def time(self) -> datetime | None:
         return ns_to_datetime(self.ns)
+
+    @cached_property
+    def attributes(self) -> Any:
+        attrs = _attributes(self.event)
+        return decode_payloads(to_json(attrs)) if attrs is not None else {}
 
     @property
     def details(self) -> str:
@@ -203,95 +227,54 @@ class ActivityGroup:
 
     activity_id: str
     activity_type: str
-    scheduled: HistoryEvent
-    started: HistoryEvent | None = None
-    closed: HistoryEvent | None = None
+    scheduled: HistoryRow
+    started: HistoryRow | None = None
+    closed: HistoryRow | None = None
     attempt: int = 1
     last_failure: str = ""
     failure: str = ""
     outcome: str = "scheduled"
-    input: Any = None
-    result: Any = None
 
     @property
     def first_id(self) -> int:
         return self.scheduled.event_id
 
 
-def full_history(events: list[dict[str, Any]]) -> list[HistoryEvent]:
-    return [
-        HistoryEvent(
-            event_id=int(e.get("eventId", 0)),
-            ns=event_ns(e),
-            event_type=e.get("eventType", ""),
-            label=event_label(e.get("eventType", "")),
-            attributes=decode_payloads(_attributes(e)),
-        )
-        for e in events
-    ]
+def full_history(events: Sequence[HistoryEvent]) -> list[HistoryRow]:
+    return [HistoryRow(e) for e in events]
 
 
-def compact_history(history: list[HistoryEvent]) -> list[ActivityGroup | HistoryEvent]:
+def compact_history(history: list[HistoryRow]) -> list[ActivityGroup | HistoryRow]:
     """Activities folded into one row each; workflow-task bookkeeping left out."""
-    rows: list[ActivityGroup | HistoryEvent] = []
+    rows: list[ActivityGroup | HistoryRow] = []
     by_scheduled: dict[int, ActivityGroup] = {}
-    for event in history:
-        kind = event.event_type.removeprefix(_PREFIX)
-        attrs = event.attributes if isinstance(event.attributes, dict) else {}
+    for row in history:
+        kind = row.event_type.removeprefix(_PREFIX)
         if kind == "ACTIVITY_TASK_SCHEDULED":
-            group = ActivityGroup(
-                activity_id=str(attrs.get("activityId", "")),
-                activity_type=(attrs.get("activityType") or {}).get("name", ""),
-                scheduled=event,
-                input=attrs.get("input"),
-            )
-            by_scheduled[event.event_id] = group
+            scheduled = row.event.activity_task_scheduled_event_attributes
+            group = ActivityGroup(scheduled.activity_id, scheduled.activity_type.name, row)
+            by_scheduled[row.event_id] = group
             rows.append(group)
         elif kind.startswith("ACTIVITY_TASK_"):
-            group_or_none = by_scheduled.get(int(attrs.get("scheduledEventId", 0) or 0))
+            attrs = _attributes(row.event)
+            group_or_none = by_scheduled.get(getattr(attrs, "scheduled_event_id", 0))
             if group_or_none is None:
-                rows.append(event)
+                rows.append(row)
                 continue
             group = group_or_none
             if kind == "ACTIVITY_TASK_STARTED":
-                group.started = event
-                group.attempt = int(attrs.get("attempt", 1) or 1)
-                group.last_failure = failure_message(attrs.get("lastFailure"))
+                started = row.event.activity_task_started_event_attributes
+                group.started = row
+                group.attempt = started.attempt or 1
+                group.last_failure = failure_message(_present(started, "last_failure"))
                 group.outcome = "started"
             else:
-                group.closed = event
+                group.closed = row
                 group.outcome = kind.removeprefix("ACTIVITY_TASK_").lower()
-                group.failure = failure_message(attrs.get("failure"))
-                group.result = attrs.get("result")
+                group.failure = failure_message(_present(attrs, "failure"))
         elif not kind.startswith(_NOISE):
-            rows.append(event)
+            rows.append(row)
     return rows
-
-
-@dataclass
-class Marker:
-    ns: int
-    kind: str  # signal, update
-    label: str
-    detail: str
-
-
-def markers_from_history(history: list[HistoryEvent]) -> list[Marker]:
-    markers: list[Marker] = []
-    for event in history:
-        attrs = event.attributes if isinstance(event.attributes, dict) else {}
-        if event.ns is None:
-            continue
-        if event.event_type == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED":
-            name = attrs.get("signalName", "")
-            markers.append(Marker(event.ns, "signal", f"signal {name}", pretty(attrs.get("input"))))
-        elif event.event_type == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED":
-            request = (attrs.get("acceptedRequest") or {}).get("input") or {}
-            name = request.get("name", "")
-            markers.append(
-                Marker(event.ns, "update", f"update {name}", pretty(request.get("args")))
-            )
-    return markers
 
 
 # -- spans ------------------------------------------------------------------
@@ -299,182 +282,6 @@ def markers_from_history(history: list[HistoryEvent]) -> list[Marker]:
 
 def ns_to_datetime(ns: int | None) -> datetime | None:
     return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
-
-
-@dataclass
-class Attempt:
-    attempt: int
-    start_ns: int
-    end_ns: int
-    failed: bool
-    error: str = ""
-    span_id: str = ""
-
-
-@dataclass
-class ModelCall:
-    activity_id: str
-    agent: str = ""
-    model: str = ""
-    tokens_in: int = 0
-    tokens_out: int = 0
-    attempts: list[Attempt] = field(default_factory=list)
-    scheduled_ns: int | None = None
-    closed_ns: int | None = None
-    generation_span_id: str = ""
-    input: Any = None
-    output: Any = None
-
-    @property
-    def failed_attempts(self) -> int:
-        return sum(1 for a in self.attempts if a.failed)
-
-    @property
-    def start_ns(self) -> int:
-        starts = [a.start_ns for a in self.attempts]
-        if self.scheduled_ns is not None:
-            starts.append(self.scheduled_ns)
-        return min(starts) if starts else 0
-
-    @property
-    def sort_key(self) -> tuple[int, int]:
-        return (int(self.activity_id) if self.activity_id.isdigit() else 1 << 62, self.start_ns)
-
-
-@dataclass
-class Point:
-    """A tool call or handoff on the timeline."""
-
-    kind: str
-    label: str
-    agent: str
-    start_ns: int
-    end_ns: int
-    failed: bool
-    span_id: str
-    detail: str = ""
-
-
-def _agent_of(row: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> str:
-    node: dict[str, Any] | None = row
-    hops = 0
-    while node is not None and hops < 64:
-        if node["kind"] == "agent" and node["agent"]:
-            return str(node["agent"])
-        node = by_id.get(node["parent_span_id"])
-        hops += 1
-    return str(row.get("agent") or "")
-
-
-def _is_model_activity_span(row: dict[str, Any]) -> bool:
-    return bool(row["activity_id"]) and (
-        row["kind"] in ("generation", "response")
-        or row["name"] == f"RunActivity:{MODEL_ACTIVITY}"
-        or (row.get("attributes") or {}).get("temporal.activity.type") == MODEL_ACTIVITY
-    )
-
-
-def model_calls(
-    spans: list[dict[str, Any]], history: list[HistoryEvent] | None = None
-) -> list[ModelCall]:
-    """Model calls in activity-id order, each with every attempt seen in spans or history."""
-    by_id = {r["span_id"]: r for r in spans}
-    calls: dict[str, ModelCall] = {}
-    # Which activity ids are model calls: history says so for sure; spans too.
-    for row in spans:
-        if not _is_model_activity_span(row):
-            continue
-        call = calls.setdefault(row["activity_id"], ModelCall(row["activity_id"]))
-        attempt_no = int(row["attempt"] or 1)
-        failed = row["status_code"] == 2
-        existing = next((a for a in call.attempts if a.attempt == attempt_no), None)
-        # The outermost span of an attempt (RunActivity) gives its times; any
-        # failing span inside marks it failed.
-        if existing is None:
-            existing = Attempt(attempt_no, row["start_ns"], row["end_ns"], failed, "", "")
-            call.attempts.append(existing)
-        if row["name"].startswith("RunActivity:") or not existing.span_id:
-            existing.start_ns = min(existing.start_ns, row["start_ns"])
-            existing.end_ns = max(existing.end_ns, row["end_ns"])
-            existing.span_id = row["span_id"]
-        if failed:
-            existing.failed = True
-            if row["kind"] in ("generation", "response") or not existing.error:
-                existing.error = row["status_message"] or existing.error
-        if row["kind"] in ("generation", "response"):
-            call.model = row["model"] or call.model
-            call.agent = call.agent or _agent_of(row, by_id)
-            if not failed:
-                call.tokens_in += row["tokens_in"] or 0
-                call.tokens_out += row["tokens_out"] or 0
-                call.generation_span_id = row["span_id"]
-                attrs = row.get("attributes") or {}
-                call.input = maybe_json(
-                    attrs.get("gen_ai.input.messages", attrs.get("input.value"))
-                )
-                call.output = maybe_json(
-                    attrs.get("gen_ai.output.messages", attrs.get("output.value"))
-                )
-            elif not call.generation_span_id:
-                call.generation_span_id = row["span_id"]
-    for group in compact_history(history or []):
-        if not isinstance(group, ActivityGroup) or group.activity_type != MODEL_ACTIVITY:
-            continue
-        call = calls.setdefault(group.activity_id, ModelCall(group.activity_id))
-        call.scheduled_ns = group.scheduled.ns
-        call.closed_ns = group.closed.ns if group.closed else None
-        if group.started is not None and group.started.ns is not None:
-            last = next((a for a in call.attempts if a.attempt == group.attempt), None)
-            failed = group.outcome in ("failed", "timed_out")
-            if last is None:
-                end = call.closed_ns or group.started.ns
-                call.attempts.append(
-                    Attempt(group.attempt, group.started.ns, end, failed, group.failure)
-                )
-            elif failed and not last.error:
-                last.failed, last.error = True, group.failure
-            if group.last_failure:
-                previous = next((a for a in call.attempts if a.attempt == group.attempt - 1), None)
-                if previous is not None and not previous.error:
-                    previous.failed, previous.error = True, group.last_failure
-    for call in calls.values():
-        call.attempts.sort(key=lambda a: a.attempt)
-    return sorted(calls.values(), key=lambda c: c.sort_key)
-
-
-def points(spans: list[dict[str, Any]]) -> list[Point]:
-    by_id = {r["span_id"]: r for r in spans}
-    found: list[Point] = []
-    for row in spans:
-        attrs = row.get("attributes") or {}
-        if row["kind"] == "function":
-            found.append(
-                Point(
-                    "tool",
-                    row["tool"] or row["name"],
-                    _agent_of(row, by_id),
-                    row["start_ns"],
-                    row["end_ns"],
-                    row["status_code"] == 2,
-                    row["span_id"],
-                    str(attrs.get("gen_ai.tool.call.arguments", ""))[:300],
-                )
-            )
-        elif row["kind"] == "handoff":
-            source = str(attrs.get("agents.handoff.from", row["agent"]))
-            target = str(attrs.get("agents.handoff.to", ""))
-            found.append(
-                Point(
-                    "handoff",
-                    f"{source} → {target}",
-                    source or _agent_of(row, by_id),
-                    row["start_ns"],
-                    row["end_ns"],
-                    row["status_code"] == 2,
-                    row["span_id"],
-                )
-            )
-    return found
 
 
 @dataclass
@@ -544,7 +351,7 @@ def format_duration(ns: int) -> str:
     return f"{int(ms // 60_000)} m {ms % 60_000 / 1000:.0f} s"
 
 
-# -- totals and cost ----------------------------------------------------------
+# -- the story: totals and chart data ------------------------------------------
 
 
 @dataclass
@@ -558,12 +365,90 @@ class Totals:
     spans: int = 0
 
 
-def totals(calls: list[ModelCall], span_count: int) -> Totals:
-    result = Totals(spans=span_count)
-    for call in calls:
-        result.model_calls += 1
-        result.attempts += len(call.attempts)
-        result.failed_attempts += call.failed_attempts
-        result.tokens_in += call.tokens_in
-        result.tokens_out += call.tokens_out
-    return result
+def totals(story: RunStory, span_count: int) -> Totals:
+    return Totals(
+        model_calls=story.total_model_calls,
+        attempts=story.total_attempts,
+        failed_attempts=story.failed_attempts,
+        tokens_in=story.tokens_in,
+        tokens_out=story.tokens_out,
+        spans=span_count,
+    )
+
+
+def _ms(ns: int, t0: int) -> float:
+    return round((ns - t0) / 1e6, 3)
+
+
+def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
+    """Compact data for static/js/timeline.js: times in ms from the run's start."""
+    lanes: list[str] = []
+
+    def lane(agent: str) -> int:
+        name = agent or "(no agent)"
+        if name not in lanes:
+            lanes.append(name)
+        return lanes.index(name)
+
+    attempts = []
+    call_rows = []
+    for index, call in enumerate(story.model_calls):
+        lane_no = lane(call.agent)
+        call_rows.append(
+            {
+                "id": call.activity_id,
+                "agent": call.agent,
+                "model": call.model,
+                "in": call.tokens_in or 0,
+                "out": call.tokens_out or 0,
+                "span": call.model_span_id or next(iter(call.span_ids), ""),
+            }
+        )
+        for attempt in call.attempts:
+            if attempt.start_ns is None:
+                continue  # Temporal says it ran; nothing says when.
+            end = attempt.end_ns
+            if end is None:
+                end = t1 if attempt.outcome == "running" else attempt.start_ns
+            attempts.append(
+                {
+                    "c": index,
+                    "l": lane_no,
+                    "n": attempt.number,
+                    "s": _ms(attempt.start_ns, t0),
+                    "e": _ms(max(end, attempt.start_ns), t0),
+                    "f": attempt.outcome in FAILED_OUTCOMES,
+                    "err": attempt.failure[:500],
+                    "span": attempt.model_span_id or next(iter(attempt.span_ids), ""),
+                }
+            )
+    points = []
+    marks = []
+    for item in story.items:
+        if item.time_ns is None:
+            continue
+        if item.kind in ("tool", "handoff"):
+            points.append(
+                {
+                    "k": item.kind,
+                    "l": lane(item.detail.get("agent", "")),
+                    "s": _ms(item.time_ns, t0),
+                    "e": _ms(max(item.end_ns or item.time_ns, item.time_ns), t0),
+                    "f": item.detail.get("status_code") == 2,
+                    "label": item.title,
+                    "detail": str(item.detail.get("arguments", ""))[:300],
+                    "span": next(iter(item.span_ids), ""),
+                }
+            )
+        elif item.kind in ("signal", "update") and item.detail.get("state") != "completed":
+            marks.append(
+                {"k": item.kind, "t": _ms(item.time_ns, t0), "label": f"{item.kind} {item.title}"}
+            )
+    return {
+        "duration": _ms(t1, t0),
+        "lanes": lanes,
+        "calls": call_rows,
+        "attempts": attempts,
+        "points": points,
+        "marks": marks,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
@@ -21,9 +22,11 @@ from django.urls import reverse
 from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
+from temporalio.api.history.v1 import History, HistoryEvent
 
 from dashboard import auth, pricing, run_data, temporal
 from tracing import store
+from tracing.correlation import FAILED_OUTCOMES, ModelCall, correlate
 from tracing.models import Span
 
 logger = logging.getLogger(__name__)
@@ -37,122 +40,57 @@ class HtmxHttpRequest(HttpRequest):
 
 @dataclass
 class Loaded:
-    events: list[dict[str, Any]] | None
+    history: History | None
     temporal_error: str | None
     spans: list[dict[str, Any]]
+
+    @property
+    def events(self) -> Sequence[HistoryEvent]:
+        return self.history.events if self.history is not None else ()
 
 
 def _cache_key(workflow_id: str, run_id: str) -> str:
     digest = hashlib.sha256(f"{workflow_id}\0{run_id}".encode()).hexdigest()
-    return f"loomview:history:{digest}"
+    # Serialized History protobuf: parsing it back is far faster than JSON.
+    return f"loomview:history-pb:{digest}"
 
 
-async def load_history(workflow_id: str, run_id: str) -> list[dict[str, Any]] | None:
-    """A run's events, from cache once closed; None if Temporal has no such run.
+async def load_history(workflow_id: str, run_id: str) -> History | None:
+    """A run's history, from cache once closed; None if Temporal has no such run.
 
     Raises temporal.TemporalUnavailable.
     """
     key = _cache_key(workflow_id, run_id)
     cached = await cache.aget(key)
-    if cached is not None:
-        return list(cached)
+    if isinstance(cached, bytes):
+        return History.FromString(cached)
     try:
-        history = await temporal.fetch_history(workflow_id, run_id)
+        fetched = await temporal.fetch_history(workflow_id, run_id)
     except temporal.RunNotFound:
         return None
-    if history.closed:
+    if fetched.closed:
         # A closed run's history never changes again.
-        await cache.aset(key, history.events, HISTORY_CACHE_SECONDS)
-    return history.events
+        await cache.aset(key, fetched.history.SerializeToString(), HISTORY_CACHE_SECONDS)
+    return fetched.history
 
 
 async def load(workflow_id: str, run_id: str) -> Loaded:
-    events: list[dict[str, Any]] | None = None
+    history: History | None = None
     error: str | None = None
     try:
-        events = await load_history(workflow_id, run_id)
+        history = await load_history(workflow_id, run_id)
     except temporal.TemporalUnavailable as exc:
         logger.warning("%s", exc)
         error = exc.reason
     spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
-    return Loaded(events, error, spans)
-
-
-def _ms(ns: int, t0: int) -> float:
-    return round((ns - t0) / 1e6, 3)
-
-
-def _timeline(
-    calls: list[run_data.ModelCall],
-    points: list[run_data.Point],
-    markers: list[run_data.Marker],
-    t0: int,
-    t1: int,
-) -> dict[str, Any]:
-    """Compact data for static/js/timeline.js: times in ms from the run's start."""
-    lanes: list[str] = []
-
-    def lane(agent: str) -> int:
-        name = agent or "(no agent)"
-        if name not in lanes:
-            lanes.append(name)
-        return lanes.index(name)
-
-    attempts = []
-    call_rows = []
-    for index, call in enumerate(calls):
-        lane_no = lane(call.agent)
-        call_rows.append(
-            {
-                "id": call.activity_id,
-                "agent": call.agent,
-                "model": call.model,
-                "in": call.tokens_in,
-                "out": call.tokens_out,
-                "span": call.generation_span_id,
-            }
-        )
-        for attempt in call.attempts:
-            attempts.append(
-                {
-                    "c": index,
-                    "l": lane_no,
-                    "n": attempt.attempt,
-                    "s": _ms(attempt.start_ns, t0),
-                    "e": _ms(max(attempt.end_ns, attempt.start_ns), t0),
-                    "f": attempt.failed,
-                    "err": attempt.error[:500],
-                    "span": attempt.span_id,
-                }
-            )
-    tools = [
-        {
-            "k": p.kind,
-            "l": lane(p.agent),
-            "s": _ms(p.start_ns, t0),
-            "e": _ms(max(p.end_ns, p.start_ns), t0),
-            "f": p.failed,
-            "label": p.label,
-            "detail": p.detail,
-            "span": p.span_id,
-        }
-        for p in points
-    ]
-    marks = [{"k": m.kind, "t": _ms(m.ns, t0), "label": m.label} for m in markers]
-    return {
-        "duration": _ms(t1, t0),
-        "lanes": lanes,
-        "calls": call_rows,
-        "attempts": attempts,
-        "points": tools,
-        "marks": marks,
-    }
+    return Loaded(history, error, spans)
 
 
 def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
     """Everything the run template renders, from history and spans."""
-    events = loaded.events or []
+    events = loaded.events
     spans = loaded.spans
+    story = correlate(events, spans)
     history = run_data.full_history(events)
     header = run_data.header_from_history(events)
     if not events:
@@ -161,25 +99,25 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         )
         header.workflow_type = str(attrs.get("temporal.workflow.type", ""))
         header.task_queue = str(attrs.get("temporal.task_queue", ""))
-    calls = run_data.model_calls(spans, history)
-    points = run_data.points(spans)
-    markers = run_data.markers_from_history(history)
     starts = [s["start_ns"] for s in spans]
     ends = [s["end_ns"] for s in spans]
-    if header.start_ns is not None:
-        starts.append(header.start_ns)
-    if header.close_ns is not None:
-        ends.append(header.close_ns)
-    ends.extend(e.ns for e in history if e.ns is not None)
+    if events:
+        # Events are in time order: the first and last bound the whole history.
+        starts.append(history[0].ns)
+        ends.append(history[-1].ns)
     t0 = min(starts) if starts else 0
     t1 = max([*ends, t0 + 1])
     if header.start_ns is None and spans:
         header.start_ns = t0
-    totals = run_data.totals(calls, len(spans))
+    totals = run_data.totals(story, len(spans))
     by_model: dict[str, tuple[int, int]] = {}
-    for call in calls:
+    for call in story.model_calls:
         tokens = by_model.get(call.model, (0, 0))
-        by_model[call.model] = (tokens[0] + call.tokens_in, tokens[1] + call.tokens_out)
+        by_model[call.model] = (
+            tokens[0] + (call.tokens_in or 0),
+            tokens[1] + (call.tokens_out or 0),
+        )
+    calls = story.model_calls
     cost = pricing.estimate(by_model, settings.LOOMVIEW_MODEL_PRICES) if calls else None
     totals.cost = cost.quantize(Decimal("0.0001")) if cost is not None else None
     namespace = temporal.target()[1]
@@ -201,16 +139,16 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         "result_json": run_data.pretty(header.result) if header.has_result else "",
         "totals": totals,
         "calls": calls,
-        "timeline": _timeline(calls, points, markers, t0, t1),
+        "timeline": run_data.timeline(story, t0, t1),
         "tree": tree,
         "tree_html": render_tree(tree, span_base),
         "history": history,
         "compact": run_data.compact_history(history),
-        "has_history": loaded.events is not None,
-        "live_sig": f"{-1 if loaded.events is None else len(loaded.events)}-{len(spans)}",
+        "has_history": loaded.history is not None,
+        "live_sig": f"{-1 if loaded.history is None else len(events)}-{len(spans)}",
         "temporal_error": loaded.temporal_error,
         "temporal_address": temporal.target()[0],
-        "is_open": header.is_open or (loaded.events is None and not header.close_ns),
+        "is_open": header.is_open or (loaded.history is None and not header.close_ns),
         "temporal_link": (
             f"{settings.LOOMVIEW_TEMPORAL_UI_URL}/namespaces/{_q(namespace)}"
             f"/workflows/{_q(workflow_id)}/{_q(run_id)}/history"
@@ -251,7 +189,9 @@ def render_tree(rows: list[run_data.TreeRow], span_base: str) -> SafeString:
             width=float(row.width_pct),
         )
         if row.has_children:
-            parts.append(f'<details class="node" open><summary>{link}</summary>')
+            # The twisty sits outside the link, so clicking it folds the node.
+            twisty = f'<i class="tw" style="--depth:{int(row.depth)}" aria-hidden="true"></i>'
+            parts.append(f'<details class="node" open><summary>{twisty}{link}</summary>')
         else:
             parts.append(f'<div class="node leaf">{link}</div>')
         parts.append("</details>" * len(row.closes))
@@ -265,9 +205,9 @@ def _q(part: str) -> str:
 
 async def _run_or_404(workflow_id: str, run_id: str) -> Loaded:
     loaded = await load(workflow_id, run_id)
-    if loaded.events is None and not loaded.spans and loaded.temporal_error is None:
+    if loaded.history is None and not loaded.spans and loaded.temporal_error is None:
         raise Http404("no such run")
-    if loaded.events is None and not loaded.spans:
+    if loaded.history is None and not loaded.spans:
         # Temporal is down and we have nothing stored: still nothing to show.
         raise Http404("no such run")
     return loaded
@@ -356,13 +296,14 @@ async def span_detail(
 @require_GET
 async def history_json(request: HttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
     try:
-        events = await load_history(workflow_id, run_id)
+        history = await load_history(workflow_id, run_id)
     except temporal.TemporalUnavailable as exc:
         return JsonResponse({"error": f"Temporal is unreachable: {exc.reason}"}, status=503)
-    if events is None:
+    if history is None:
         raise Http404("no such run")
+    # Proto JSON, as `temporal workflow show -o json` and WorkflowHistory.to_json_dict give it.
     response = HttpResponse(
-        json.dumps({"events": events}, indent=2), content_type="application/json"
+        json.dumps(run_data.to_json(history), indent=2), content_type="application/json"
     )
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in workflow_id)[:100]
     response["Content-Disposition"] = f'attachment; filename="{safe_name}-history.json"'
@@ -376,7 +317,7 @@ def _api_authenticated(request: HttpRequest) -> bool:
 def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
     header: run_data.Header = ctx["header"]
     totals: run_data.Totals = ctx["totals"]
-    calls: list[run_data.ModelCall] = ctx["calls"]
+    calls: list[ModelCall] = ctx["calls"]
     return {
         "workflow_id": ctx["workflow_id"],
         "run_id": ctx["run_id"],
@@ -405,16 +346,20 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
                 "model": c.model,
                 "tokens_in": c.tokens_in,
                 "tokens_out": c.tokens_out,
+                "outcome": c.outcome,
+                "matched": c.matched,
                 "scheduled_time": _iso(c.scheduled_ns),
                 "closed_time": _iso(c.closed_ns),
                 "attempts": [
                     {
-                        "attempt": a.attempt,
+                        "attempt": a.number,
+                        "outcome": a.outcome,
                         "start_time": _iso(a.start_ns),
                         "end_time": _iso(a.end_ns),
-                        "failed": a.failed,
-                        "error": a.error or None,
-                        "span_id": a.span_id or None,
+                        "failed": a.outcome in FAILED_OUTCOMES,
+                        "error": a.failure or None,
+                        "span_id": a.model_span_id or next(iter(a.span_ids), None),
+                        "matched": a.matched,
                     }
                     for a in c.attempts
                 ],

@@ -11,8 +11,9 @@ import logging
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
 from temporalio.service import RPCError, RPCStatusCode
@@ -162,28 +163,29 @@ class RunNotFound(Exception):
 class RunHistory:
     workflow_id: str
     run_id: str
-    # Events as Temporal's own JSON (proto3 JSON mapping), payloads still encoded.
-    events: list[dict[str, Any]]
+    # Temporal's own protobuf; json_format.MessageToDict gives its proto JSON.
+    history: History
 
     @property
     def closed(self) -> bool:
-        return bool(self.events) and self.events[-1].get("eventType", "") in CLOSE_EVENT_TYPES
+        events = self.history.events
+        return bool(events) and events[-1].event_type in CLOSE_EVENT_TYPES
 
 
 CLOSE_EVENT_TYPES = frozenset(
     {
-        "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED",
-        "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED",
-        "EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT",
-        "EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED",
-        "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED",
-        "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW",
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
     }
 )
 
 
 async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
-    """Every event of one run, as JSON dicts; RunNotFound if Temporal has no such run."""
+    """Every event of one run; RunNotFound if Temporal has no such run."""
     client = await get_client()
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
@@ -196,5 +198,4 @@ async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
             raise RunNotFound(f"{workflow_id} / {run_id}") from exc
         _forget(client)
         raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
-    events = history.to_json_dict().get("events", [])
-    return RunHistory(workflow_id=workflow_id, run_id=run_id, events=events)
+    return RunHistory(workflow_id, run_id, History(events=history.events))

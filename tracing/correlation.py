@@ -31,6 +31,29 @@ _STORY_SPAN_KINDS["custom"] = "custom"
 
 Row = dict[str, Any]
 
+# Enum members as plain ints: attribute access on the generated enum wrapper
+# costs more than the rest of the loop over a long history.
+_SCHEDULED = int(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+_STARTED = int(EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED)
+# Close event type -> (outcome, attributes field, failure field).
+_CLOSED: dict[int, tuple[str, str, str | None]] = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: (
+        "completed", "activity_task_completed_event_attributes", None
+    ),
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: (
+        "failed", "activity_task_failed_event_attributes", "failure"
+    ),
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: (
+        "timed_out", "activity_task_timed_out_event_attributes", "failure"
+    ),
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: (
+        "canceled", "activity_task_canceled_event_attributes", None
+    ),
+}  # fmt: skip
+_SIGNALED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+_UPDATE_ACCEPTED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
+_UPDATE_COMPLETED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED)
+
 
 @dataclass
 class Attempt:
@@ -40,6 +63,8 @@ class Attempt:
     outcome: str = "unknown"  # completed, failed, timed_out, canceled, running, unknown
     failure: str = ""
     span_ids: list[str] = field(default_factory=list)
+    # The attempt's generation/response span: what the model was asked and said.
+    model_span_id: str = ""
     # True when a span reports this attempt; the history alone shows only the last.
     matched: bool = False
 
@@ -60,6 +85,8 @@ class ModelCall:
     input: Any = None
     output: Any = None
     span_ids: list[str] = field(default_factory=list)
+    # The generation span of the last attempt that answered (else the last one).
+    model_span_id: str = ""
     # True when both the history and the spans know this call.
     matched: bool = False
 
@@ -74,6 +101,8 @@ class StoryItem:
     event_ids: list[int] = field(default_factory=list)
     span_ids: list[str] = field(default_factory=list)
     detail: dict[str, Any] = field(default_factory=dict)
+    # When it ended, if known: the span's end, or the activity's close event.
+    end_ns: int | None = None
 
 
 @dataclass
@@ -110,14 +139,14 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
     by_scheduled: dict[int, _Activity] = {}
     for event in events:
         kind = event.event_type
-        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        if kind == _SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             by_scheduled[event.event_id] = _Activity(
                 attrs.activity_id, attrs.activity_type.name, event.event_id, _ns(event),
                 event_ids=[event.event_id],
             )  # fmt: skip
             continue
-        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+        if kind == _STARTED:
             started = event.activity_task_started_event_attributes
             activity = by_scheduled.get(started.scheduled_event_id)
             if activity is not None:
@@ -127,23 +156,11 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
                 activity.outcome = "running"
                 activity.event_ids.append(event.event_id)
             continue
-        closed: tuple[str, Message, str | None] | None = {
-            EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: (
-                "completed", event.activity_task_completed_event_attributes, None
-            ),
-            EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: (
-                "failed", event.activity_task_failed_event_attributes, "failure"
-            ),
-            EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: (
-                "timed_out", event.activity_task_timed_out_event_attributes, "failure"
-            ),
-            EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: (
-                "canceled", event.activity_task_canceled_event_attributes, None
-            ),
-        }.get(kind)  # fmt: skip
+        closed = _CLOSED.get(kind)
         if closed is None:
             continue
-        outcome, closed_attrs, failure_field = closed
+        outcome, attrs_field, failure_field = closed
+        closed_attrs: Message = getattr(event, attrs_field)
         # Every close event's attributes name the scheduled event they close.
         activity = by_scheduled.get(closed_attrs.scheduled_event_id)  # type: ignore[attr-defined]
         if activity is None:
@@ -189,6 +206,8 @@ def _attempts_from_spans(spans: Iterable[Row]) -> dict[int, Attempt]:
             continue
         attempt = attempts.setdefault(number, Attempt(number, matched=True))
         attempt.span_ids.append(row["span_id"])
+        if row["kind"] in MODEL_KINDS and not attempt.model_span_id:
+            attempt.model_span_id = row["span_id"]
         # The activity span frames the attempt; a generation span inside it is narrower.
         if attempt.start_ns is None or row["start_ns"] < attempt.start_ns:
             attempt.start_ns = row["start_ns"]
@@ -216,6 +235,7 @@ def _model_call(activity_id: str, spans: list[Row], by_id: dict[str, Row]) -> Mo
         final = max(answered, key=lambda r: (r.get("attempt") or 0, r["start_ns"]))
         attrs = final.get("attributes") or {}
         call.model = final.get("model") or ""
+        call.model_span_id = final["span_id"]
         call.input = _message(attrs, "gen_ai.input.messages", "input.value")
         call.output = _message(attrs, "gen_ai.output.messages", "output.value")
     for row in generations or spans:
@@ -315,7 +335,8 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
             model_calls.append(call)
             items.append(
                 StoryItem("model_call", activity.scheduled_ns, call.model or "model call",
-                          call.matched, call, activity.event_ids, call.span_ids)
+                          call.matched, call, activity.event_ids, call.span_ids,
+                          end_ns=activity.closed_ns)
             )  # fmt: skip
         else:
             items.append(
@@ -323,7 +344,7 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
                           bool(spans_of), None, activity.event_ids,
                           [r["span_id"] for r in spans_of],
                           {"outcome": activity.outcome, "failure": activity.failure,
-                           "attempt": activity.attempt})
+                           "attempt": activity.attempt}, activity.closed_ns)
             )  # fmt: skip
 
     # Model spans whose activity the history does not know (another run's
@@ -339,7 +360,7 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
         model_calls.append(call)
         items.append(
             StoryItem("model_call", call.scheduled_ns, call.model or "model call", False, call,
-                      [], call.span_ids)
+                      [], call.span_ids, end_ns=max(r["end_ns"] for r in spans_of))
         )  # fmt: skip
 
     for row in rows:
@@ -353,7 +374,9 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
         items.append(
             StoryItem(kind, row["start_ns"], title, False, None, [], [row["span_id"]],
                       {"agent": _agent_of(row, by_id), "status_code": row["status_code"],
-                       "status_message": row.get("status_message", "")})
+                       "status_message": row.get("status_message", ""),
+                       "arguments": _message(attrs, "gen_ai.tool.call.arguments") or ""},
+                      row["end_ns"])
         )  # fmt: skip
 
     items.extend(_messages(events, rows))
@@ -380,16 +403,16 @@ def _messages(events: Sequence[HistoryEvent], rows: Sequence[Row]) -> list[Story
     items: list[StoryItem] = []
     for event in events:
         kind = event.event_type
-        if kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+        if kind == _SIGNALED:
             name = event.workflow_execution_signaled_event_attributes.signal_name
             items.append(_message_item("signal", name, "HandleSignal", event, handlers, {}))
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+        elif kind == _UPDATE_ACCEPTED:
             request = event.workflow_execution_update_accepted_event_attributes.accepted_request
             detail = {"update_id": request.meta.update_id, "state": "accepted"}
             items.append(
                 _message_item("update", request.input.name, "HandleUpdate", event, handlers, detail)
             )
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
+        elif kind == _UPDATE_COMPLETED:
             attrs = event.workflow_execution_update_completed_event_attributes
             failure = attrs.outcome.failure.message if attrs.outcome.HasField("failure") else ""
             items.append(

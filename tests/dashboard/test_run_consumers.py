@@ -6,10 +6,11 @@ from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
+from temporalio.api.history.v1 import History
 
 from dashboard import run_views
 from dashboard.routing import websocket_urlpatterns
-from tests.dashboard.run_fixtures import recorded, store_spans
+from tests.dashboard.run_fixtures import history_proto, recorded, store_spans
 from tracing.groups import run_group
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def open_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The recorded run as seen while still open: its history without the close event."""
     run = recorded()
-    run["live_events"] = run["history"][:-1]
+    run["live_events"] = history_proto(run).events[:-1]
 
-    async def fake(workflow_id: str, run_id: str) -> list[dict[str, Any]]:
-        return list(run["live_events"])
+    async def fake(workflow_id: str, run_id: str) -> History:
+        return History(events=run["live_events"])
 
     monkeypatch.setattr(run_views, "load_history", fake)
     return run
@@ -66,7 +67,7 @@ async def test_new_spans_and_events_push_oob_partials(open_run: dict[str, Any]) 
         assert "RunWorkflow:triage" in html
 
         # The run completes: the next poll of Temporal picks up the close event.
-        open_run["live_events"] = open_run["history"]
+        open_run["live_events"] = history_proto(open_run).events
         html = await comm.receive_from(timeout=5)
         assert 'data-status="COMPLETED"' in html
     finally:

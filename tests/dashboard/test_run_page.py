@@ -1,4 +1,5 @@
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -6,9 +7,9 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
 
-from dashboard import run_data, temporal
+from dashboard import temporal
 from dashboard.models import ApiToken
-from tests.dashboard.run_fixtures import recorded, store_spans
+from tests.dashboard.run_fixtures import history_proto, recorded, store_spans
 from tracing.models import Span
 
 pytestmark = pytest.mark.django_db
@@ -29,7 +30,7 @@ def history_calls(monkeypatch: pytest.MonkeyPatch, run: dict[str, Any]) -> list[
         calls.append(run_id)
         if (workflow_id, run_id) != (run["workflow_id"], run["run_id"]):
             raise temporal.RunNotFound(run_id)
-        return temporal.RunHistory(workflow_id, run_id, run["history"])
+        return temporal.RunHistory(workflow_id, run_id, history_proto(run))
 
     monkeypatch.setattr(temporal, "fetch_history", fake)
     return calls
@@ -60,24 +61,45 @@ def test_header_shows_status_totals_input_result_and_temporal_link(
     assert "Temporal is unreachable" not in body
 
 
-def test_model_calls_have_every_attempt_with_its_failure(run: dict[str, Any]) -> None:
-    history = run_data.full_history(run["history"])
-    spans = [
-        {**row, "attributes": row["data"]["attributes"], "events": [], "resource": {}}
-        for row in run["spans"]
-    ]
-    calls = run_data.model_calls(spans, history)
-    assert [c.activity_id for c in calls] == ["1", "2", "4", "5"]
+def test_model_calls_have_every_attempt_with_its_failure(
+    client: Client, user: User, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    store_spans(run)
+    client.force_login(user)
+    calls = client.get(f"/api{url(run)}").json()["model_calls"]
+    assert [c["activity_id"] for c in calls] == ["1", "2", "4", "5"]
     first = calls[0]
-    assert [a.attempt for a in first.attempts] == [1, 2, 3]
-    assert [a.failed for a in first.attempts] == [True, True, False]
-    assert "503 Service Unavailable" in first.attempts[0].error
+    assert [a["attempt"] for a in first["attempts"]] == [1, 2, 3]
+    assert [a["failed"] for a in first["attempts"]] == [True, True, False]
+    assert "503 Service Unavailable" in first["attempts"][0]["error"]
     # Retry backoff: the second attempt starts well after the first ended.
-    assert first.attempts[1].start_ns - first.attempts[0].end_ns > 100_000_000
-    assert first.agent == "Triage agent"
-    assert calls[1].agent == "Technical support"
-    assert first.scheduled_ns is not None and first.closed_ns is not None
-    assert (first.tokens_in, first.tokens_out) == (61, 52)
+    ends = [datetime.fromisoformat(a["end_time"]) for a in first["attempts"]]
+    starts = [datetime.fromisoformat(a["start_time"]) for a in first["attempts"]]
+    assert (starts[1] - ends[0]).total_seconds() > 0.1
+    assert first["agent"] == "Triage agent"
+    assert calls[1]["agent"] == "Technical support"
+    assert first["scheduled_time"] is not None and first["closed_time"] is not None
+    assert (first["tokens_in"], first["tokens_out"]) == (61, 52)
+
+
+def test_timeline_draws_attempts_tools_and_handoffs_from_the_story(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    spans = {s.span_id: s for s in store_spans(run)}
+    timeline = logged_in_client.get(url(run)).context["timeline"]
+    assert timeline["lanes"] == ["Triage agent", "Technical support"]
+    first = [a for a in timeline["attempts"] if a["c"] == 0]
+    assert [(a["n"], a["f"]) for a in first] == [(1, True), (2, True), (3, False)]
+    # A bar opens its attempt's generation span, with the model's error.
+    assert {spans[a["span"]].kind for a in first} == {"generation"}
+    assert "503 Service Unavailable" in first[0]["err"]
+    points = [(p["k"], p["label"]) for p in timeline["points"]]
+    assert points == [
+        ("handoff", "Triage agent → Technical support"),
+        ("tool", "check_service_status"),
+        ("tool", "search_knowledge_base"),
+    ]
+    assert timeline["marks"] == []
 
 
 def test_unknown_run_is_a_styled_404(

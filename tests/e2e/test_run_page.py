@@ -265,6 +265,29 @@ def test_running_run_updates_live(
     page.evaluate("window.__sameDocument = true")
     page.screenshot(path=str(results_dir / "run-live-waiting.png"), full_page=True)
 
+    # Select a span, and fold a node that does not hold it.
+    page.locator("#run-trace .span-row", has_text="chat loomview-demo-1").first.click()
+    expect(page.locator("#span-panel [data-span-detail]")).to_be_visible()
+    selected = page.locator("#span-panel [data-span-detail]").get_attribute("data-span-detail")
+    expect(page.locator(f'#run-trace .span-row.selected[data-span="{selected}"]')).to_have_count(1)
+    folded = page.evaluate(
+        """() => {
+        const chosen = document.querySelector("#run-trace .span-row.selected");
+        const node = [...document.querySelectorAll("#run-trace details.node")]
+          .find((n) => !n.contains(chosen));
+        return node.querySelector(":scope > summary > .span-row").dataset.span;
+    }"""
+    )
+    node = page.locator(f'#run-trace details.node:has(> summary > [data-span="{folded}"])')
+    node.locator(":scope > summary > .tw").click()
+    is_open = (
+        "(id) => document.querySelector(`#run-trace [data-span='${id}']`).closest('details').open"
+    )
+    assert page.evaluate(is_open, folded) is False
+    expect(page.locator("#span-panel [data-span-detail]")).to_have_attribute(
+        "data-span-detail", selected or ""
+    )
+
     async def approve() -> None:
         client = await connect_client(temporal_server.address)
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
@@ -276,6 +299,9 @@ def test_running_run_updates_live(
     expect(page.locator("svg.tl-svg .tl-signal")).to_have_count(1, timeout=10_000)
     expect(page.locator('[data-total="model_calls"]')).not_to_have_text("1", timeout=10_000)
     assert page.evaluate("window.__sameDocument") is True
+    # The live re-renders swapped the tree in; the fold and the selection survived.
+    assert page.evaluate(is_open, folded) is False
+    expect(page.locator(f'#run-trace .span-row.selected[data-span="{selected}"]')).to_have_count(1)
     page.screenshot(path=str(results_dir / "run-live-completed.png"), full_page=True)
     assert problems == []
     context.close()

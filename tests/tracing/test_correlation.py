@@ -108,6 +108,10 @@ def test_failed_attempts_come_from_spans_and_the_last_from_history() -> None:
     assert call.input == '[{"role": "user"}]' and call.output == '[{"role": "assistant"}]'
     assert (call.tokens_in, call.tokens_out) == (120, 30)
     assert call.agent == "Triage"
+    # The page opens an attempt's generation span, and the call's last answer.
+    assert [a.model_span_id for a in call.attempts] == ["g11", "g12", "g13"]
+    assert call.model_span_id == "g13"
+    assert story.items[0].end_ns == 41 * S
     assert (story.total_model_calls, story.total_attempts, story.failed_attempts) == (1, 3, 2)
     assert (story.tokens_in, story.tokens_out) == (120, 30)
 
@@ -133,7 +137,8 @@ def test_history_attempts_without_spans_are_kept_unmatched() -> None:
 def test_spans_without_events_are_kept_unmatched() -> None:
     rows = [
         *attempt_spans("9", 1, 5 * S, tokens_in=10, tokens_out=2),
-        span("f1", "get_weather", "function", 7 * S, 8 * S, tool="get_weather"),
+        span("f1", "get_weather", "function", 7 * S, 8 * S, tool="get_weather",
+             attributes={"gen_ai.tool.call.arguments": '{"city": "Oslo"}'}),
         span("h1", "handoff", "handoff", 9 * S, 9 * S,
              attributes={"agents.handoff.from": "Triage", "agents.handoff.to": "Billing"}),
     ]  # fmt: skip
@@ -147,6 +152,8 @@ def test_spans_without_events_are_kept_unmatched() -> None:
         ("handoff", "Triage → Billing", False),
     ]
     assert story.tokens_in == 10
+    assert [i.end_ns for i in story.items] == [6 * S, 8 * S, 9 * S]
+    assert story.items[1].detail["arguments"] == '{"city": "Oslo"}'
 
 
 def test_story_orders_calls_tools_signals_and_updates() -> None:
