@@ -13,7 +13,6 @@ worker may have sent secrets in the clear.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,9 +28,10 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from tracing.redact import redact_attributes, redact_text
+from tracing.redact import REDACTED, is_secret_name, redact_attributes, redact_text, redact_value
 
 _INT64 = (-(2**63), 2**63 - 1)
+_REDACTED_VALUE = AnyValue(string_value=REDACTED)
 # (column, attribute added when the span does not carry either spelling)
 _CORRELATION = (
     ("workflow_id", "temporal.workflow.id", "temporalWorkflowID"),
@@ -65,15 +65,27 @@ def key_values(attributes: dict[str, Any]) -> list[KeyValue]:
     return [KeyValue(key=key, value=any_value(value)) for key, value in attributes.items()]
 
 
-def export_attributes(row: dict[str, Any]) -> dict[str, Any]:
+def export_attributes(row: dict[str, Any]) -> list[KeyValue]:
     """The span's attributes, redacted, with its Temporal ids when it only inherited them."""
-    attrs = redact_attributes(row["attributes"])
+    attrs = row["attributes"]
+    # One pass (redaction and encoding together): this is the forwarder's hot path.
+    result = [
+        KeyValue(
+            key=key,
+            value=_REDACTED_VALUE
+            if is_secret_name(key)
+            else AnyValue(string_value=redact_text(value))
+            if value.__class__ is str
+            else any_value(redact_value(value)),
+        )
+        for key, value in attrs.items()
+    ]
     if row.get("workflow_id"):
         for column, name, alias in _CORRELATION:
             value = row.get(column)
             if value not in (None, "") and name not in attrs and alias not in attrs:
-                attrs[name] = value
-    return attrs
+                result.append(KeyValue(key=name, value=any_value(value)))
+    return result
 
 
 def _span(row: dict[str, Any]) -> Span:
@@ -85,7 +97,7 @@ def _span(row: dict[str, Any]) -> Span:
         kind=row["span_kind"],
         start_time_unix_nano=row["start_ns"],
         end_time_unix_nano=row["end_ns"],
-        attributes=key_values(export_attributes(row)),
+        attributes=export_attributes(row),
         events=[
             Span.Event(
                 name=event.get("name", ""),
@@ -111,20 +123,22 @@ def _span(row: dict[str, Any]) -> Span:
 
 def request_from_rows(rows: Iterable[dict[str, Any]]) -> ExportTraceServiceRequest:
     """One export request; spans grouped by resource, then by instrumentation scope."""
-    groups: dict[str, dict[str, list[Span]]] = {}
-    resources: dict[str, dict[str, Any]] = {}
+    # A batch has a handful of distinct resources: compare dicts, don't serialize them.
+    resources: list[dict[str, Any]] = []
+    groups: list[dict[str, list[Span]]] = []
     for row in rows:
         resource = row["resource"]
-        key = json.dumps(resource, sort_keys=True, default=str)
-        if key not in resources:
-            resources[key] = resource
-            groups[key] = {}
-        groups[key].setdefault(row["scope"] or "", []).append(_span(row))
+        index = next((i for i, seen in enumerate(resources) if seen == resource), -1)
+        if index < 0:
+            index = len(resources)
+            resources.append(resource)
+            groups.append({})
+        groups[index].setdefault(row["scope"] or "", []).append(_span(row))
     request = ExportTraceServiceRequest()
-    for key, scopes in groups.items():
+    for resource, scopes in zip(resources, groups, strict=True):
         request.resource_spans.append(
             ResourceSpans(
-                resource=Resource(attributes=key_values(redact_attributes(resources[key]))),
+                resource=Resource(attributes=key_values(redact_attributes(resource))),
                 scope_spans=[
                     ScopeSpans(scope=InstrumentationScope(name=scope), spans=spans)
                     for scope, spans in scopes.items()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -36,7 +37,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from channels.worker import Worker
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -80,6 +81,30 @@ class CollectorState:
 def backoff_seconds(failures: int) -> float:
     delay = min(BACKOFF_MAX_SECONDS, BACKOFF_INITIAL_SECONDS * 2 ** max(0, failures - 1))
     return delay * random.uniform(0.8, 1.2)
+
+
+def read_after(span_id: int, limit: int) -> list[dict[str, Any]]:
+    """The next spans after ``span_id``, in id order, as tracing.otlp rows.
+
+    Plain SQL and json.loads: Django's per-row converters cost a fifth of the
+    forwarder's time at 10,000 spans/s.
+    """
+    table = connection.ops.quote_name(Span._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(f) for f in _FIELDS)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {table} WHERE id > %s ORDER BY id LIMIT %s", [span_id, limit]
+        )
+        fetched = cursor.fetchall()
+    data_at = _FIELDS.index("data")
+    rows = []
+    for values in fetched:
+        row = dict(zip(_FIELDS, values, strict=True))
+        data = values[data_at]
+        row["data"] = json.loads(data) if isinstance(data, str | bytes) else data
+        row["inherited"] = bool(row["inherited"])
+        rows.append(_row(row))
+    return rows
 
 
 def _row(values: dict[str, Any]) -> dict[str, Any]:
@@ -185,12 +210,7 @@ def _fail(name: str, owner: str, outcome: transport.Outcome, failures: int) -> f
 def forward_batch(state: CollectorState, cursor: ExportCursor) -> float:
     """Send the next batch after the cursor; returns how long to wait before the next."""
     exporter = state.exporter
-    values = (
-        Span.objects.filter(id__gt=cursor.last_span_id)
-        .order_by("id")
-        .values(*_FIELDS)[: exporter.batch_size]
-    )
-    rows = [_row(v) for v in values]
+    rows = read_after(cursor.last_span_id, exporter.batch_size)
     if not rows:
         state.hold = None
         return IDLE_SECONDS
