@@ -11,11 +11,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -59,10 +60,9 @@ def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"daphne did not become healthy:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
-def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboard]:
-    data_dir = tmp_path_factory.mktemp("e2e-data")
-    temporal_address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+@contextmanager
+def running_dashboard(data_dir: Path, temporal_address: str) -> Iterator[LiveDashboard]:
+    """daphne serving the dashboard on a free port, with its own migrated database."""
     env = {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{data_dir / 'e2e.sqlite3'}",
@@ -70,6 +70,7 @@ def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDas
         "LOOMVIEW_ADMIN_PASSWORD": ADMIN_PASSWORD,
         "LOOMVIEW_DEBUG": "0",
         "TEMPORAL_ADDRESS": temporal_address,
+        "TEMPORAL_NAMESPACE": "default",
         "PYTHONPATH": str(BASE_DIR),
     }
     manage = [sys.executable, str(BASE_DIR / "manage.py")]
@@ -98,6 +99,41 @@ def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDas
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="session")
+def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboard]:
+    """The dashboard with no Temporal behind it (nothing listens at its address)."""
+    with running_dashboard(
+        tmp_path_factory.mktemp("e2e-data"), f"127.0.0.1:{_free_port()}"
+    ) as live:
+        yield live
+
+
+def watch_problems(page: Page, http_errors: bool = True) -> list[str]:
+    """Console errors, page errors and (optionally) HTTP errors the page runs into."""
+    problems: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"console: {message.text}")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    if http_errors:
+        page.on(
+            "response",
+            lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None,
+        )
+    return problems
+
+
+def log_in(page: Page, live: LiveDashboard) -> None:
+    page.goto(f"{live.url}/login/")
+    page.get_by_label("Username").fill(live.username)
+    page.get_by_label("Password").fill(live.password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{live.url}/")
 
 
 # Function scope on purpose: sync Playwright runs an event loop in the main

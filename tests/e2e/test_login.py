@@ -1,9 +1,9 @@
 import re
 from pathlib import Path
 
-from playwright.sync_api import Browser, ConsoleMessage, expect
+from playwright.sync_api import Browser, expect
 
-from tests.e2e.conftest import LiveDashboard
+from tests.e2e.conftest import LiveDashboard, watch_problems
 
 
 def test_login_through_the_form_lands_on_the_runs_list(
@@ -11,22 +11,7 @@ def test_login_through_the_form_lands_on_the_runs_list(
 ) -> None:
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
-    problems: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            problems.append(f"console: {message.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on(
-        "response",
-        lambda response: (
-            problems.append(f"HTTP {response.status} {response.url}")
-            if response.status >= 400
-            else None
-        ),
-    )
+    problems = watch_problems(page)
 
     page.goto(f"{live_dashboard.url}/")
     expect(page).to_have_url(re.compile(r"/login/\?next=/$"))

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -18,10 +16,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, expect
 
 from tests.conftest import TemporalServer, WorkerFactory, WorkerProcess, connect_client
-from tests.e2e.conftest import ADMIN_PASSWORD, BASE_DIR, LiveDashboard, _free_port, _wait_healthy
+from tests.e2e.conftest import LiveDashboard, log_in, running_dashboard, watch_problems
 from worker.inputs import AgentRunInput, ApprovalInput, Decision
 
 pytestmark = pytest.mark.timeout(240)
@@ -40,39 +38,8 @@ def stack(
     temporal_server: TemporalServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveDashboard]:
     """daphne talking to the real Temporal dev server, with an empty span store."""
-    data_dir = tmp_path_factory.mktemp("e2e-run")
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{data_dir / 'e2e.sqlite3'}",
-        "LOOMVIEW_DATA_DIR": str(data_dir),
-        "LOOMVIEW_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "TEMPORAL_ADDRESS": temporal_server.address,
-        "TEMPORAL_NAMESPACE": "default",
-        "PYTHONPATH": str(BASE_DIR),
-    }
-    manage = [sys.executable, str(BASE_DIR / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=BASE_DIR, check=True)
-    subprocess.run([*manage, "ensure_admin"], env=env, cwd=BASE_DIR, check=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = data_dir / "daphne.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*DAPHNE, "-p", str(port), "dashboard.asgi:application"],
-            env=env,
-            cwd=BASE_DIR,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_healthy(url, server, log)
-        yield LiveDashboard(url, "admin", ADMIN_PASSWORD, temporal_server.address)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    with running_dashboard(tmp_path_factory.mktemp("e2e-run"), temporal_server.address) as live:
+        yield live
 
 
 def traced_worker(worker_factory: WorkerFactory, stack: LiveDashboard) -> WorkerProcess:
@@ -81,26 +48,6 @@ def traced_worker(worker_factory: WorkerFactory, stack: LiveDashboard) -> Worker
         LOOMVIEW_OTLP_ENDPOINT=f"{stack.url}/v1/traces",
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
-
-
-def watch_problems(page: Page) -> list[str]:
-    problems: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            problems.append(f"console: {message.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    return problems
-
-
-def log_in(page: Page, stack: LiveDashboard) -> None:
-    page.goto(f"{stack.url}/login/")
-    page.get_by_label("Username").fill(stack.username)
-    page.get_by_label("Password").fill(stack.password)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{stack.url}/")
 
 
 def hostile_span(workflow_id: str, run_id: str) -> dict[str, Any]:
@@ -178,7 +125,7 @@ def test_triage_run_with_a_failed_attempt(
 
     context = chromium.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
-    problems = watch_problems(page)
+    problems = watch_problems(page, http_errors=False)
     log_in(page, stack)
     run_url = f"{stack.url}/runs/{workflow_id}/{run_id}/"
     # The exporter batches every 100 ms; wait until the model spans have all arrived.
@@ -256,7 +203,7 @@ def test_running_run_updates_live(
     run_id = in_thread(start)
     context = chromium.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
-    problems = watch_problems(page)
+    problems = watch_problems(page, http_errors=False)
     log_in(page, stack)
     page.goto(f"{stack.url}/runs/{workflow_id}/{run_id}/")
     expect(page.locator('[data-status="RUNNING"]')).to_be_visible()

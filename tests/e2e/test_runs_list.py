@@ -1,7 +1,6 @@
 """The runs list against the real stack: Temporal dev server, a traced worker, daphne, Chromium."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -10,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, expect
 
 from tests.conftest import TEMPORAL_BIN, TemporalServer, WorkerFactory, WorkerProcess
-from tests.e2e.conftest import ADMIN_PASSWORD, BASE_DIR, LiveDashboard, _free_port, _wait_healthy
+from tests.e2e.conftest import LiveDashboard, log_in, running_dashboard, watch_problems
 
 DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
 
@@ -21,39 +20,8 @@ DAPHNE = [sys.executable, "-m", "daphne", "-b", "127.0.0.1"]
 @pytest.fixture
 def traced_stack(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[LiveDashboard]:
     """daphne reading the real Temporal server, with its own database."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'runs-e2e.sqlite3'}",
-        "LOOMVIEW_DATA_DIR": str(tmp_path),
-        "LOOMVIEW_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "TEMPORAL_ADDRESS": temporal_server.address,
-        "TEMPORAL_NAMESPACE": "default",
-        "PYTHONPATH": str(BASE_DIR),
-    }
-    manage = [sys.executable, str(BASE_DIR / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=BASE_DIR, check=True)
-    subprocess.run([*manage, "ensure_admin"], env=env, cwd=BASE_DIR, check=True)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "daphne.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [*DAPHNE, "-p", str(port), "dashboard.asgi:application"],
-            env=env,
-            cwd=BASE_DIR,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_healthy(url, server, log)
-        yield LiveDashboard(url, "admin", ADMIN_PASSWORD, temporal_server.address)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with running_dashboard(tmp_path, temporal_server.address) as live:
+        yield live
 
 
 def start_workflow(address: str, worker: WorkerProcess, kind: str, workflow_id: str) -> None:
@@ -66,22 +34,6 @@ def start_workflow(address: str, worker: WorkerProcess, kind: str, workflow_id: 
         check=True,
         capture_output=True,
     )
-
-
-def watch_for_problems(page: Page) -> list[str]:
-    problems: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            problems.append(f"console: {message.text}")
-
-    page.on("console", on_console)
-    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on(
-        "response",
-        lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None,
-    )
-    return problems
 
 
 def test_runs_list_filters_and_live_updates(
@@ -103,11 +55,8 @@ def test_runs_list_filters_and_live_updates(
 
     context = chromium.new_context(viewport={"width": 1440, "height": 860})
     page = context.new_page()
-    problems = watch_for_problems(page)
-    page.goto(f"{traced_stack.url}/login/")
-    page.get_by_label("Username").fill(traced_stack.username)
-    page.get_by_label("Password").fill(traced_stack.password)
-    page.get_by_role("button", name="Sign in").click()
+    problems = watch_problems(page)
+    log_in(page, traced_stack)
     expect(page.get_by_role("heading", name="Runs")).to_be_visible()
 
     rows = page.locator("#runs-rows tr.run-row")
