@@ -1,7 +1,7 @@
 """`make run`: the whole embedded stack in one terminal.
 
 Migrates, bootstraps the admin user, then runs the Temporal dev server, the
-bundled worker, the dashboard (daphne) and a readiness step under honcho, which
+bundled worker, the dashboard (daphne), the span forwarder and a readiness step under honcho, which
 prefixes every line with its process name and stops all of them when one
 exits or on Ctrl-C / SIGTERM.
 """
@@ -149,6 +149,13 @@ class Command(BaseCommand):
             shlex.join(
                 [python, "-m", "daphne", "-b", host, "-p", str(port), "dashboard.asgi:application"]
             ),
+            env=env,
+            cwd=str(base_dir),
+        )
+        # Forwards stored spans to LOOMVIEW_EXPORTERS (tracing.forwarder); idle without any.
+        manager.add_process(
+            "forwarder",
+            shlex.join([python, str(base_dir / "manage.py"), "runforwarder"]),
             env=env,
             cwd=str(base_dir),
         )
