@@ -8,7 +8,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from html import escape
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +18,8 @@ from django.core.cache import cache
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 from django.views.decorators.http import require_GET
 from django_htmx.middleware import HtmxDetails
 from temporalio.api.history.v1 import History, HistoryEvent
@@ -165,6 +165,13 @@ _ROW = (
 )
 
 
+_BRANCH = (
+    '<details class="node" open><summary>'
+    '<i class="tw" style="--depth:{depth}" aria-hidden="true"></i>{link}</summary>'
+)
+_CLOSE = SafeString("</details>")
+
+
 def render_tree(rows: list[run_data.TreeRow], span_base: str) -> SafeString:
     """The span tree as nested <details>; every value from a span is HTML-escaped.
 
@@ -176,27 +183,27 @@ def render_tree(rows: list[run_data.TreeRow], span_base: str) -> SafeString:
     for row in rows:
         span = row.span
         attempt = f"#{span['activity_id']}·{span['attempt']}" if span["attempt"] else ""
-        link = _ROW.format(
+        # format_html escapes every argument: span values are untrusted text.
+        link = format_html(
+            _ROW,
             error=" is-error" if span["status_code"] == 2 else "",
             depth=int(row.depth),
-            url=escape(f"{span_base}{quote(span['span_id'], safe='')}/"),
-            id=escape(span["span_id"]),
-            kind=escape(span["kind"]),
-            name=escape(span["name"]),
-            attempt=escape(attempt) if span["activity_id"] else "",
-            duration=escape(row.duration),
+            url=f"{span_base}{quote(span['span_id'], safe='')}/",
+            id=span["span_id"],
+            kind=span["kind"],
+            name=span["name"],
+            attempt=attempt if span["activity_id"] else "",
+            duration=row.duration,
             offset=float(row.offset_pct),
             width=float(row.width_pct),
         )
         if row.has_children:
             # The twisty sits outside the link, so clicking it folds the node.
-            twisty = f'<i class="tw" style="--depth:{int(row.depth)}" aria-hidden="true"></i>'
-            parts.append(f'<details class="node" open><summary>{twisty}{link}</summary>')
+            parts.append(format_html(_BRANCH, depth=int(row.depth), link=link))
         else:
-            parts.append(f'<div class="node leaf">{link}</div>')
-        parts.append("</details>" * len(row.closes))
-    # Safe: every value taken from a span went through escape() above.
-    return mark_safe("".join(parts))
+            parts.append(format_html('<div class="node leaf">{}</div>', link))
+        parts.append(_CLOSE * len(row.closes))
+    return format_html_join("", "{}", ((part,) for part in parts))
 
 
 def _q(part: str) -> str:
