@@ -13,7 +13,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard.env import envbool, envlist, envstr
+from dashboard.env import envbool, envint, envlist, envstr
 from dashboard.pricing import PRICES_ENV, load_prices
 from tracing.exporters import EXPORTERS_ENV, load_exporters
 
@@ -57,6 +57,10 @@ LOOMVIEW_SERVE_STATIC = envbool("LOOMVIEW_SERVE_STATIC", True)
 LOOMVIEW_TEMPORAL_UI_URL = envstr("LOOMVIEW_TEMPORAL_UI_URL", "http://127.0.0.1:8233").rstrip("/")
 # USD per million (input, output) tokens for the runs list's cost estimate.
 LOOMVIEW_MODEL_PRICES = load_prices(envstr(PRICES_ENV, ""))
+# The OTLP receiver: the bearer token exporters must send (empty: none), and the
+# largest body it accepts, checked on the wire and again after gunzip.
+LOOMVIEW_OTLP_TOKEN = envstr("LOOMVIEW_OTLP_TOKEN", "")
+LOOMVIEW_OTLP_MAX_BODY_BYTES = envint("LOOMVIEW_OTLP_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1)
 # OTLP collectors the forwarder sends every stored span to (JSON list).
 LOOMVIEW_EXPORTERS = load_exporters(envstr(EXPORTERS_ENV, ""))
 

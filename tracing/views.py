@@ -12,13 +12,14 @@ import logging
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from tracing import conf, otlp, store
+from tracing import otlp, store
 from tracing.groups import run_group, runs_group
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ async def receive_traces(request: HttpRequest) -> HttpResponse:
     content_type = request.content_type.lower() if request.content_type else ""
     reply_type = content_type if content_type in otlp.CONTENT_TYPES else otlp.JSON
 
-    token = conf.otlp_token()
+    token = settings.LOOMVIEW_OTLP_TOKEN
     if token and not _authorized(request, token):
         response = _status(401, UNAUTHENTICATED, "missing or wrong bearer token", reply_type)
         response["WWW-Authenticate"] = "Bearer"
@@ -95,7 +96,7 @@ async def receive_traces(request: HttpRequest) -> HttpResponse:
         message = f"unsupported Content-Encoding {encoding!r}; send gzip or none"
         return _status(415, INVALID_ARGUMENT, message, reply_type)
 
-    limit = conf.max_body_bytes()
+    limit = settings.LOOMVIEW_OTLP_MAX_BODY_BYTES
     too_large = f"body exceeds {limit} bytes"
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
