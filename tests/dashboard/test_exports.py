@@ -113,3 +113,11 @@ def test_run_export_runs_in_the_background_with_progress(
     assert "done" in progress and "every 1s" not in progress
     bad = logged_in_client.post("/runs/wf-1/run-1/export/", {"collector": "nope"})
     assert bad.status_code == 400
+
+
+def test_run_export_panel_offers_the_collectors_and_the_download(
+    logged_in_client: Client, configured: list[Exporter], stored_run: list[dict[str, Any]]
+) -> None:
+    html = logged_in_client.get("/runs/wf-1/run-1/export/panel/").content.decode()
+    assert 'href="/runs/wf-1/run-1/otlp.json"' in html
+    assert '<option value="tempo">' in html and '<option value="jaeger">' in html
