@@ -38,3 +38,46 @@ class ApiToken(models.Model):
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = cls.objects.create(user=user, name=name, token_hash=hash_token(raw))
         return token, raw
+
+
+OPERATE_RUNS = "dashboard.operate_runs"
+
+
+class AuditEntry(models.Model):
+    """One action a user took on Temporal through Loomview, whatever its outcome.
+
+    Written once and never edited: the admin shows it read-only and no view
+    changes or deletes it.
+    """
+
+    class Outcome(models.TextChoices):
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+        DENIED = "denied", "Denied"
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # Kept beside the foreign key so the entry still names its author after
+    # the account is deleted.
+    username = models.CharField(max_length=150, db_index=True)
+    action = models.CharField(max_length=32, db_index=True)
+    workflow_id = models.CharField(max_length=1000, blank=True, db_index=True)
+    run_id = models.CharField(max_length=64, blank=True, db_index=True)
+    payload = models.JSONField(default=dict, blank=True)
+    outcome = models.CharField(max_length=8, choices=Outcome.choices)
+    message = models.TextField(blank=True)
+    # The run an action created: a reset, a run again, a start.
+    new_workflow_id = models.CharField(max_length=1000, blank=True)
+    new_run_id = models.CharField(max_length=64, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        permissions = [
+            ("operate_runs", "Can act on runs: signal, query, update, reset, stop, start")
+        ]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.created:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.outcome}"

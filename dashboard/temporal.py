@@ -8,14 +8,24 @@ the `temporal` CLI all agree on where the server is.
 
 import asyncio
 import logging
+import uuid
 import weakref
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import History
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 logger = logging.getLogger(__name__)
@@ -199,3 +209,270 @@ async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
         _forget(client)
         raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
     return RunHistory(workflow_id, run_id, History(events=history.events))
+
+
+# Acting on runs. Every call below carries the acting user's identity, so
+# Temporal's own history says who signalled, reset or stopped a run.
+
+ACTION_TIMEOUT = timedelta(seconds=5)
+# A query or update is answered by a worker; none polling should not hang a page.
+WORKER_ANSWER_TIMEOUT = timedelta(seconds=4)
+UPDATE_TIMEOUT = timedelta(seconds=30)
+INTERNAL_PREFIX = "__"
+
+
+class ActionFailed(Exception):
+    """Temporal (or the workflow) refused an action; the message is for the user."""
+
+
+def identity_for(username: str) -> str:
+    return f"loomview:{username}"
+
+
+async def get_client_as(identity: str) -> Client:
+    """A client whose requests carry `identity`; one per identity, cached like get_client."""
+    config = connect_config()
+    key = (config["target_host"], config["namespace"], identity)
+    per_loop = _identity_clients.setdefault(asyncio.get_running_loop(), {})
+    client = per_loop.get(key)
+    if client is not None:
+        return client
+    try:
+        client = await asyncio.wait_for(
+            Client.connect(**config, identity=identity), timeout=CONNECT_TIMEOUT.total_seconds()
+        )
+    except TimeoutError:
+        raise TemporalUnavailable(key[0], "connection timed out") from None
+    except (RuntimeError, RPCError) as exc:
+        raise TemporalUnavailable(key[0], str(exc)) from exc
+    per_loop[key] = client
+    return client
+
+
+_identity_clients: (
+    "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], Client]]"
+)
+_identity_clients = weakref.WeakKeyDictionary()
+
+
+def _failed(client: Client, exc: RPCError) -> Exception:
+    """The user-facing exception for an RPC error; forgets a client whose server is gone."""
+    if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.UNKNOWN):
+        for per_loop in _identity_clients.values():
+            for key, cached in list(per_loop.items()):
+                if cached is client:
+                    del per_loop[key]
+        return TemporalUnavailable(client.service_client.config.target_host, exc.message)
+    if exc.status == RPCStatusCode.DEADLINE_EXCEEDED:
+        return ActionFailed("Temporal did not answer in time (is a worker polling the task queue?)")
+    if exc.status == RPCStatusCode.NOT_FOUND:
+        return ActionFailed(f"the run is not open or does not exist: {exc.message}")
+    return ActionFailed(exc.message or exc.status.name)
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """The handlers a workflow declares, from its `__temporal_workflow_metadata` query."""
+
+    signals: list[str]
+    queries: list[str]
+    updates: list[str]
+
+
+async def workflow_definitions(workflow_id: str, run_id: str) -> Definitions | None:
+    """What the workflow accepts, or None if no worker answered the metadata query."""
+    from temporalio.api.sdk.v1 import WorkflowMetadata
+
+    client = await get_client()
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        metadata = await handle.query(
+            "__temporal_workflow_metadata",
+            result_type=WorkflowMetadata,
+            rpc_timeout=WORKER_ANSWER_TIMEOUT,
+        )
+    except (RPCError, WorkflowQueryFailedError) as exc:
+        logger.info("no workflow metadata for %s / %s: %s", workflow_id, run_id, exc)
+        return None
+    definition = metadata.definition
+
+    def public(names: list[str]) -> list[str]:
+        return sorted(name for name in names if name and not name.startswith(INTERNAL_PREFIX))
+
+    return Definitions(
+        signals=public([d.name for d in definition.signal_definitions]),
+        queries=public([d.name for d in definition.query_definitions]),
+        updates=public([d.name for d in definition.update_definitions]),
+    )
+
+
+def _args(payload: Any) -> list[Any]:
+    return [] if payload is None else [payload]
+
+
+async def send_signal(
+    identity: str, workflow_id: str, run_id: str, name: str, payload: Any
+) -> None:
+    client = await get_client_as(identity)
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        await handle.signal(name, args=_args(payload), rpc_timeout=ACTION_TIMEOUT)
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+
+
+async def run_query(identity: str, workflow_id: str, run_id: str, name: str, payload: Any) -> Any:
+    client = await get_client_as(identity)
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        return await handle.query(name, args=_args(payload), rpc_timeout=WORKER_ANSWER_TIMEOUT)
+    except WorkflowQueryFailedError as exc:
+        raise ActionFailed(f"the query failed: {exc.message}") from exc
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+
+
+async def run_update(identity: str, workflow_id: str, run_id: str, name: str, payload: Any) -> Any:
+    client = await get_client_as(identity)
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        return await handle.execute_update(name, args=_args(payload), rpc_timeout=UPDATE_TIMEOUT)
+    except WorkflowUpdateFailedError as exc:
+        message = getattr(exc.cause, "message", None) or str(exc.cause)
+        raise ActionFailed(f"the workflow rejected the update: {message}") from exc
+    except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+        raise ActionFailed("the update did not complete in time") from exc
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+
+
+async def cancel_run(identity: str, workflow_id: str, run_id: str, reason: str) -> None:
+    client = await get_client_as(identity)
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        await handle.cancel(reason=reason, rpc_timeout=ACTION_TIMEOUT)
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+
+
+async def terminate_run(identity: str, workflow_id: str, run_id: str, reason: str) -> None:
+    client = await get_client_as(identity)
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        await handle.terminate(reason=reason, rpc_timeout=ACTION_TIMEOUT)
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+
+
+async def reset_run(
+    identity: str, workflow_id: str, run_id: str, workflow_task_finish_event_id: int, reason: str
+) -> str:
+    """Reset the run to a workflow task; returns the new run's id."""
+    from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
+    from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
+
+    client = await get_client_as(identity)
+    request = ResetWorkflowExecutionRequest(
+        namespace=client.namespace,
+        workflow_execution=ExecutionRef(workflow_id=workflow_id, run_id=run_id),
+        reason=reason,
+        workflow_task_finish_event_id=workflow_task_finish_event_id,
+        request_id=str(uuid.uuid4()),
+        identity=identity,
+    )
+    try:
+        response = await client.workflow_service.reset_workflow_execution(
+            request, retry=True, timeout=ACTION_TIMEOUT
+        )
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+    return response.run_id
+
+
+async def start_run(
+    identity: str,
+    workflow_type: str,
+    args: list[Any],
+    workflow_id: str,
+    task_queue: str,
+) -> str:
+    """Start a workflow; `args` may hold RawValue payloads to pass through as they are."""
+    client = await get_client_as(identity)
+    try:
+        handle = await client.start_workflow(
+            workflow_type,
+            args=args,
+            id=workflow_id,
+            task_queue=task_queue,
+            rpc_timeout=ACTION_TIMEOUT,
+        )
+    except WorkflowAlreadyStartedError as exc:
+        raise ActionFailed(f"a run with workflow id {workflow_id!r} is already open") from exc
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+    return handle.first_execution_run_id or handle.result_run_id or ""
+
+
+@dataclass(frozen=True)
+class PendingActivity:
+    activity_id: str
+    activity_type: str
+    state: str
+    attempt: int
+    maximum_attempts: int
+    last_failure: str
+    scheduled: datetime | None
+    last_started: datetime | None
+    next_attempt: datetime | None
+
+
+@dataclass(frozen=True)
+class RunNow:
+    """What an open run is doing right now."""
+
+    status: str
+    pending: list[PendingActivity]
+    stack_trace: str | None
+
+
+def _when(ts: Any) -> datetime | None:
+    return ts.ToDatetime(tzinfo=UTC) if ts.seconds or ts.nanos else None
+
+
+async def run_now(workflow_id: str, run_id: str) -> RunNow:
+    """Pending activities from describe() and the `__stack_trace` query (None if unanswered)."""
+    from temporalio.api.enums.v1 import PendingActivityState
+
+    client = await get_client()
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        description = await handle.describe(rpc_timeout=ACTION_TIMEOUT)
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise RunNotFound(f"{workflow_id} / {run_id}") from exc
+        _forget(client)
+        raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
+    pending = [
+        PendingActivity(
+            activity_id=p.activity_id,
+            activity_type=p.activity_type.name,
+            state=PendingActivityState.Name(p.state)
+            .removeprefix("PENDING_ACTIVITY_STATE_")
+            .lower(),
+            attempt=p.attempt,
+            maximum_attempts=p.maximum_attempts,
+            last_failure=p.last_failure.message if p.HasField("last_failure") else "",
+            scheduled=_when(p.scheduled_time),
+            last_started=_when(p.last_started_time),
+            next_attempt=_when(p.next_attempt_schedule_time),
+        )
+        for p in description.raw_description.pending_activities
+    ]
+    status = (description.status or WorkflowExecutionStatus.RUNNING).name
+    stack: str | None = None
+    if status == "RUNNING":
+        try:
+            stack = str(await handle.query("__stack_trace", rpc_timeout=WORKER_ANSWER_TIMEOUT))
+        except (RPCError, WorkflowQueryFailedError) as exc:
+            logger.info("no stack trace for %s / %s: %s", workflow_id, run_id, exc)
+    return RunNow(status=status, pending=pending, stack_trace=stack)

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import export_views, run_views, views
+from dashboard import action_views, export_views, run_views, views
 from tracing import views as tracing_views
 
 urlpatterns = [
@@ -22,6 +22,44 @@ urlpatterns = [
         name="dash-run-history-json",
     ),
     path("api/runs/<str:workflow_id>/<str:run_id>/", run_views.api_run, name="dash-api-run"),
+    # acting on runs (operators), and the audit log of every action
+    path("runs/new/", action_views.new_run, name="dash-run-new"),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/actions/",
+        action_views.run_actions,
+        name="dash-run-actions",
+    ),
+    path("runs/<str:workflow_id>/<str:run_id>/now/", action_views.run_now, name="dash-run-now"),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/signal/",
+        action_views.run_signal,
+        name="dash-run-signal",
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/query/", action_views.run_query, name="dash-run-query"
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/update/",
+        action_views.run_update,
+        name="dash-run-update",
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/reset/", action_views.run_reset, name="dash-run-reset"
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/again/", action_views.run_again, name="dash-run-again"
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/cancel/",
+        action_views.run_cancel,
+        name="dash-run-cancel",
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/terminate/",
+        action_views.run_terminate,
+        name="dash-run-terminate",
+    ),
+    path("audit/", action_views.audit, name="dash-audit"),
     # exports to OTLP collectors
     path("exports/", export_views.exports, name="dash-exports"),
     path("exports/jobs/<int:job_id>/", export_views.run_export_job, name="dash-export-job"),

@@ -1,0 +1,228 @@
+"""Acting on runs, the parts without I/O: reset points, payload parsing, audit rows.
+
+The views (dashboard.action_views) validate a request with these helpers
+before anything reaches Temporal (dashboard.temporal), so a bad request is
+refused whole, never half-done.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.history.v1 import HistoryEvent
+
+from dashboard.models import AuditEntry
+
+MODEL_ACTIVITY = "invoke_model_activity"
+MAX_PAYLOAD_CHARS = 64 * 1024
+MAX_REASON_CHARS = 500
+NAME_RE = re.compile(r"^[A-Za-z_][\w.\-:]{0,199}$")
+
+# Payload examples for the bundled workflows' handlers, filled into the forms.
+EXAMPLES: dict[tuple[str, str, str], Any] = {
+    ("approval", "signal", "approve"): {"comment": "Looks good", "by": "{user}"},
+    ("approval", "signal", "reject"): {"comment": "Not now", "by": "{user}"},
+    ("conversation", "signal", "user_message"): "Hello again",
+    ("conversation", "update", "send_message"): "What is the status of my ticket?",
+}
+# Handlers that take no argument: the payload box stays empty.
+NO_ARGUMENT = {
+    ("approval", "query", "status"),
+    ("conversation", "query", "history"),
+    ("conversation", "signal", "end"),
+}
+
+_FAILURE_EVENTS = frozenset(
+    {
+        EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+    }
+)
+
+
+class InvalidAction(ValueError):
+    """A request that must not reach Temporal; the message is for the form."""
+
+
+def example_payload(workflow_type: str, kind: str, name: str, username: str) -> str:
+    if (workflow_type, kind, name) in NO_ARGUMENT:
+        return ""
+    example = EXAMPLES.get((workflow_type, kind, name))
+    if example is None:
+        return ""
+    if isinstance(example, dict):
+        example = {k: v.replace("{user}", username) for k, v in example.items()}
+    return json.dumps(example)
+
+
+def examples_for(workflow_type: str, kind: str, names: Sequence[str], username: str) -> list[Any]:
+    """(name, example JSON) for each handler name, for the form's <option>s."""
+    return [(name, example_payload(workflow_type, kind, name, username)) for name in names]
+
+
+def parse_payload(raw: str) -> Any:
+    """The JSON argument of a signal, query or update; None when the box is empty."""
+    text = raw.strip()
+    if not text:
+        return None
+    if len(text) > MAX_PAYLOAD_CHARS:
+        raise InvalidAction(f"the payload is over {MAX_PAYLOAD_CHARS // 1024} KiB")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidAction(
+            f"the payload is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
+
+
+def check_name(kind: str, name: str, known: Sequence[str] | None) -> str:
+    """A handler name the workflow declares, or any well-formed one if that is unknown."""
+    name = name.strip()
+    if not name:
+        raise InvalidAction(f"choose a {kind}")
+    if not NAME_RE.match(name) or name.startswith("__"):
+        raise InvalidAction(f"{name!r} is not a {kind} name Loomview sends")
+    if known is not None and name not in known:
+        declared = ", ".join(known) or "none"
+        raise InvalidAction(f"this workflow has no {kind} {name!r} (it declares: {declared})")
+    return name
+
+
+def check_reason(raw: str) -> str:
+    reason = " ".join(raw.split())
+    if not reason:
+        raise InvalidAction("a reason is required")
+    if len(reason) > MAX_REASON_CHARS:
+        raise InvalidAction(f"the reason is over {MAX_REASON_CHARS} characters")
+    return reason
+
+
+def attributed(reason: str, username: str) -> str:
+    """The reason Temporal records: the user's words and who said them."""
+    return f"{reason} (by {username} via Loomview)"
+
+
+@dataclass(frozen=True)
+class ResetPoint:
+    event_id: int  # the WorkflowTaskCompleted event to reset to
+    label: str
+    kind: str  # "call" | "last-good"
+
+
+def reset_points(events: Sequence[HistoryEvent]) -> list[ResetPoint]:
+    """Where a run can be reset to: before each model call, and the last good point."""
+    points: list[ResetPoint] = []
+    seen: set[int] = set()
+    for event in events:
+        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            continue
+        attrs = event.activity_task_scheduled_event_attributes
+        if attrs.activity_type.name != MODEL_ACTIVITY:
+            continue
+        # The workflow task that scheduled this call: resetting to it replays
+        # everything before and runs the call again.
+        finish = attrs.workflow_task_completed_event_id
+        if finish in seen:
+            # Calls scheduled together (parallel agents) share one point.
+            continue
+        seen.add(finish)
+        points.append(
+            ResetPoint(finish, f"Before model call {attrs.activity_id} (event {finish})", "call")
+        )
+    last_good = last_good_point(events)
+    if last_good is not None:
+        points.append(
+            ResetPoint(
+                last_good, f"Last good point before the failure (event {last_good})", "last-good"
+            )
+        )
+    return points
+
+
+def last_good_point(events: Sequence[HistoryEvent]) -> int | None:
+    """The last WorkflowTaskCompleted before the run's first failure; None if nothing failed."""
+    completed: int | None = None
+    for event in events:
+        if event.event_type in _FAILURE_EVENTS:
+            return completed
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            completed = event.event_id
+    return None
+
+
+def check_reset_point(raw: str, points: Sequence[ResetPoint]) -> int:
+    try:
+        event_id = int(raw)
+    except ValueError:
+        raise InvalidAction("choose a reset point") from None
+    if event_id not in {p.event_id for p in points}:
+        raise InvalidAction(f"event {event_id} is not a reset point of this run")
+    return event_id
+
+
+@dataclass(frozen=True)
+class StartedWith:
+    """What a run was started with, to start it again the same way."""
+
+    workflow_type: str
+    task_queue: str
+    payloads: list[Payload]
+
+
+def started_with(events: Sequence[HistoryEvent]) -> StartedWith | None:
+    if not events or events[0].event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+        return None
+    attrs = events[0].workflow_execution_started_event_attributes
+    return StartedWith(
+        workflow_type=attrs.workflow_type.name,
+        task_queue=attrs.task_queue.name,
+        payloads=list(attrs.input.payloads),
+    )
+
+
+def reset_from(events: Sequence[HistoryEvent]) -> str | None:
+    """The run this one was reset from, as Temporal records it (base run id)."""
+    for event in events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            attrs = event.workflow_task_failed_event_attributes
+            if attrs.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW:
+                return attrs.base_run_id or None
+    return None
+
+
+def again_id(workflow_id: str, suffix: str) -> str:
+    """A new workflow id for a run again: the old one without an earlier -again- suffix."""
+    base = re.sub(r"-again-[0-9a-f]{6}$", "", workflow_id)
+    return f"{base}-again-{suffix}"
+
+
+@dataclass(frozen=True)
+class RunLink:
+    label: str  # "Reset from", "Reset to", "Run again of", "Run again as"
+    workflow_id: str
+    run_id: str
+
+
+def run_links(workflow_id: str, run_id: str, base_run_id: str | None) -> list[RunLink]:
+    """Runs this one came from or led to, through resets and runs again."""
+    links: list[RunLink] = []
+    made = AuditEntry.objects.filter(
+        outcome=AuditEntry.Outcome.OK, action__in=["reset", "run_again"]
+    )
+    for entry in made.filter(new_run_id=run_id, new_workflow_id=workflow_id):
+        label = "Reset from" if entry.action == "reset" else "Run again of"
+        links.append(RunLink(label, entry.workflow_id, entry.run_id))
+    if base_run_id and not any(link.label == "Reset from" for link in links):
+        links.append(RunLink("Reset from", workflow_id, base_run_id))
+    for entry in made.filter(workflow_id=workflow_id, run_id=run_id):
+        label = "Reset to" if entry.action == "reset" else "Run again as"
+        links.append(RunLink(label, entry.new_workflow_id, entry.new_run_id))
+    return links
