@@ -16,14 +16,15 @@ first), and at query time by walking the tree.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from django.db import connection, transaction
+from django.utils import timezone
 
 from tracing.models import RunSummary, Span
 
@@ -272,7 +273,9 @@ def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in batch if (r["trace_id"], r["span_id"]) in inserted_keys]
 
 
-_compact_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+def _compact_json(value: Any) -> str:
+    # orjson is ~15x faster than json here, about a tenth of the cost of a span.
+    return orjson.dumps(value).decode()
 
 
 def _adapt_json(value: Any) -> Any:
@@ -347,30 +350,16 @@ def _update_summaries(rows: Iterable[dict[str, Any]]) -> dict[RunKey, dict[str, 
             groups.setdefault((row["workflow_id"], row["run_id"]), []).append(row)
     if not groups:
         return {}
-    existing = {
-        (s.workflow_id, s.run_id): s
-        for s in RunSummary.objects.filter(workflow_id__in={w for w, _ in groups})
-        if (s.workflow_id, s.run_id) in groups
-    }
-    created: list[RunSummary] = []
-    changed: list[RunSummary] = []
+    existing = _load_summaries(groups.keys())
+    summaries: list[RunSummary] = []
     for key, group in groups.items():
         summary = existing.get(key)
         if summary is None:
             summary = RunSummary(workflow_id=key[0], run_id=key[1], agents=[], model_attempts={})
-            created.append(summary)
-        else:
-            changed.append(summary)
         apply_rows(summary, group)
-    # One upsert for new and changed summaries alike; bulk_update would build
-    # a CASE expression per field and row, which costs more than the spans.
-    RunSummary.objects.bulk_create(
-        [*created, *changed],
-        update_conflicts=True,
-        unique_fields=["workflow_id", "run_id"],
-        update_fields=[*_SUMMARY_FIELDS, "updated_at"],
-    )
-    return {(s.workflow_id, s.run_id): summary_dict(s) for s in [*created, *changed]}
+        summaries.append(summary)
+    _upsert_summaries(summaries)
+    return {(s.workflow_id, s.run_id): summary_dict(s) for s in summaries}
 
 
 _SUMMARY_FIELDS = [
@@ -388,6 +377,64 @@ _SUMMARY_FIELDS = [
     "last_error_ns",
     "model_attempts",
 ]
+
+
+# Plain SQL for the summaries as for the spans: the ORM's query building was a
+# tenth of ingest's time for a score of rows per batch.
+_SUMMARY_JSON = frozenset({"agents", "model_attempts"})
+
+
+def _load_summaries(keys: Iterable[RunKey]) -> dict[RunKey, RunSummary]:
+    wanted = set(keys)
+    workflow_ids = sorted({w for w, _ in wanted})
+    marker = "?" if connection.vendor == "sqlite" else "%s"
+    quote = connection.ops.quote_name
+    columns = ["workflow_id", "run_id", *_SUMMARY_FIELDS]
+    sql = (
+        f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(RunSummary._meta.db_table)} "
+        f"WHERE workflow_id IN ({', '.join([marker] * len(workflow_ids))})"
+    )
+    found: dict[RunKey, RunSummary] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, workflow_ids)
+        for values in cursor.fetchall():
+            fields = dict(zip(columns, values, strict=True))
+            if (fields["workflow_id"], fields["run_id"]) not in wanted:
+                continue
+            for name in _SUMMARY_JSON:
+                if isinstance(fields[name], str | bytes):
+                    fields[name] = orjson.loads(fields[name])
+            found[(fields["workflow_id"], fields["run_id"])] = RunSummary(**fields)
+    return found
+
+
+def _upsert_summaries(summaries: list[RunSummary]) -> None:
+    sqlite = connection.vendor == "sqlite"
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    params: list[Any] = []
+    for summary in summaries:
+        params += [summary.workflow_id, summary.run_id]
+        for name in _SUMMARY_FIELDS:
+            value = getattr(summary, name)
+            if name in _SUMMARY_JSON:
+                value = _compact_json(value) if sqlite else _adapt_json(value)
+            params.append(value)
+        params.append(now)
+    with connection.cursor() as cursor:
+        cursor.execute(_upsert_sql(len(summaries), "?" if sqlite else "%s"), params)
+
+
+@functools.cache
+def _upsert_sql(rows: int, marker: str) -> str:
+    quote = connection.ops.quote_name
+    columns = ["workflow_id", "run_id", *_SUMMARY_FIELDS, "updated_at"]
+    placeholder = "(" + ", ".join([marker] * len(columns)) + ")"
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns[2:])
+    return (
+        f"INSERT INTO {quote(RunSummary._meta.db_table)} "
+        f"({', '.join(quote(c) for c in columns)}) VALUES {', '.join([placeholder] * rows)} "
+        f"ON CONFLICT (workflow_id, run_id) DO UPDATE SET {updates}"
+    )
 
 
 def apply_rows(summary: RunSummary, rows: list[dict[str, Any]]) -> None:
