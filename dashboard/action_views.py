@@ -7,6 +7,7 @@ identity, and recorded in the audit log whatever its outcome.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -15,6 +16,7 @@ from asgiref.sync import sync_to_async
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Q
@@ -36,6 +38,9 @@ from worker.inputs import AgentRunInput, ApprovalInput, ConversationInput
 
 AUDIT_PAGE_SIZE = 25
 RUN_AUDIT_ROWS = 8
+# Handlers rarely change within a run (dynamic registration is the exception).
+DEFINITIONS_CACHE_OPEN = 30
+DEFINITIONS_CACHE = 24 * 3600
 TABS = ("signal", "query", "update", "retry", "stop")
 
 
@@ -80,6 +85,18 @@ async def _audit(
         new_workflow_id=new_workflow_id,
         new_run_id=new_run_id,
     )
+
+
+async def _definitions(workflow_id: str, run_id: str, is_open: bool) -> temporal.Definitions | None:
+    """The workflow's handlers, cached: asking means a worker replays the run."""
+    key = "loomview:defs:" + hashlib.sha256(f"{workflow_id}\0{run_id}".encode()).hexdigest()
+    cached = await cache.aget(key)
+    if isinstance(cached, temporal.Definitions):
+        return cached
+    definitions = await temporal.workflow_definitions(workflow_id, run_id)
+    if definitions is not None:
+        await cache.aset(key, definitions, DEFINITIONS_CACHE_OPEN if is_open else DEFINITIONS_CACHE)
+    return definitions
 
 
 async def _history_or_none(workflow_id: str, run_id: str) -> list[HistoryEvent] | None:
@@ -127,7 +144,7 @@ async def _panel_ctx(
     is_open = bool(events) and header.is_open
     definitions = None
     if can_operate and events:
-        definitions = await temporal.workflow_definitions(workflow_id, run_id)
+        definitions = await _definitions(workflow_id, run_id, is_open)
     username = user.get_username()
     ctx.update(
         {
@@ -160,7 +177,11 @@ async def _panel_ctx(
     }
     tabs = ["signal", "query", "update", "retry", "stop"] if is_open else ["query", "retry"]
     ctx["tabs"] = tabs
-    ctx["tab"] = tab if tab in tabs else tabs[0]
+    # Open: the first thing one usually does; closed: retry.
+    default = (
+        ("signal" if definitions is None or definitions.signals else "stop") if is_open else "retry"
+    )
+    ctx["tab"] = tab if tab in tabs else default
     return ctx
 
 
@@ -203,15 +224,17 @@ async def run_actions(request: HtmxHttpRequest, workflow_id: str, run_id: str) -
 @login_required
 async def run_now(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
     """Pending activities and the stack trace of an open run; polled while it runs."""
+    pending_only = request.GET.get("part") == "pending"
     ctx: dict[str, Any] = {"workflow_id": workflow_id, "run_id": run_id, "now": None, "error": ""}
     try:
-        ctx["now"] = await temporal.run_now(workflow_id, run_id)
+        ctx["now"] = await temporal.run_now(workflow_id, run_id, with_stack=not pending_only)
     except temporal.TemporalUnavailable as exc:
         ctx["error"] = f"Temporal is unreachable at {exc.address}: {exc.reason}"
     except temporal.RunNotFound:
         ctx["error"] = "Temporal does not know this run."
     if request.htmx:
-        return render(request, "dashboard/run_actions.html#run-now", ctx)
+        part = "run-pending" if pending_only else "run-now"
+        return render(request, f"dashboard/run_actions.html#{part}", ctx)
     return render(request, "dashboard/run_actions.html", {**ctx, "now_only": True})
 
 
@@ -228,7 +251,7 @@ async def _handler_action(
     try:
         argument = actions.parse_payload(raw)
         audit_payload["payload"] = argument
-        definitions = await temporal.workflow_definitions(workflow_id, run_id)
+        definitions = await _definitions(workflow_id, run_id, is_open=True)
         known = None
         if definitions is not None:
             known = {"signal": definitions.signals, "query": definitions.queries}.get(
@@ -452,7 +475,7 @@ BUNDLED = {
 
 
 class StartRunForm(forms.Form):
-    workflow = forms.ChoiceField(choices=list(BUNDLED.items()))
+    workflow = forms.ChoiceField(choices=list(BUNDLED.items()), widget=forms.RadioSelect)
     prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False)
     faults = forms.CharField(
         required=False,

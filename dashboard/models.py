@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 
 from django.conf import settings
@@ -81,3 +82,7 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.outcome}"
+
+    @property
+    def payload_json(self) -> str:
+        return json.dumps(self.payload, ensure_ascii=False) if self.payload else ""

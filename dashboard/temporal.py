@@ -8,6 +8,7 @@ the `temporal` CLI all agree on where the server is.
 
 import asyncio
 import logging
+import re
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -435,12 +436,23 @@ class RunNow:
     stack_trace: str | None
 
 
+def _without_query_task(stack: str) -> str:
+    """The workflow's own tasks: the Python SDK also lists the task answering this query."""
+    chunks = re.split(r"(?m)^(?=Stack for )", stack)
+    kept = [c.rstrip() for c in chunks if c.strip() and "query: __stack_trace" not in c]
+    return "\n\n".join(kept)
+
+
 def _when(ts: Any) -> datetime | None:
     return ts.ToDatetime(tzinfo=UTC) if ts.seconds or ts.nanos else None
 
 
-async def run_now(workflow_id: str, run_id: str) -> RunNow:
-    """Pending activities from describe() and the `__stack_trace` query (None if unanswered)."""
+async def run_now(workflow_id: str, run_id: str, with_stack: bool = True) -> RunNow:
+    """Pending activities from describe() and the `__stack_trace` query (None if unanswered).
+
+    The stack trace is asked for only `with_stack`: a traced worker records
+    every query it answers as a span of the run.
+    """
     from temporalio.api.enums.v1 import PendingActivityState
 
     client = await get_client()
@@ -470,9 +482,11 @@ async def run_now(workflow_id: str, run_id: str) -> RunNow:
     ]
     status = (description.status or WorkflowExecutionStatus.RUNNING).name
     stack: str | None = None
-    if status == "RUNNING":
+    if status == "RUNNING" and with_stack:
         try:
-            stack = str(await handle.query("__stack_trace", rpc_timeout=WORKER_ANSWER_TIMEOUT))
+            stack = _without_query_task(
+                str(await handle.query("__stack_trace", rpc_timeout=WORKER_ANSWER_TIMEOUT))
+            )
         except (RPCError, WorkflowQueryFailedError) as exc:
             logger.info("no stack trace for %s / %s: %s", workflow_id, run_id, exc)
     return RunNow(status=status, pending=pending, stack_trace=stack)

@@ -35,16 +35,15 @@
   function refreshIfStatusChanged() {
     var card = document.getElementById("run-actions");
     var status = document.querySelector("#run-header [data-status]");
-    if (!card || !status || !card.dataset.status) return;
-    if (card.dataset.status === status.dataset.status) return;
-    card.dataset.status = status.dataset.status;
+    if (!card || !status || !card.dataset.runStatus) return;
+    if (card.dataset.runStatus === status.dataset.status) return;
+    card.dataset.runStatus = status.dataset.status;
     var active = card.querySelector('[data-tab][aria-selected="true"]');
-    var url = card.getAttribute("hx-get") + (active ? "?tab=" + encodeURIComponent(active.dataset.tab) : "");
+    var url = card.dataset.actionsUrl + (active ? "?tab=" + encodeURIComponent(active.dataset.tab) : "");
     window.htmx.ajax("GET", url, { target: "#run-actions", swap: "outerHTML" });
+    // "Right now" is about an open run; its pending list stops polling by itself.
     var now = document.getElementById("run-now");
-    if (now && now.getAttribute("hx-get")) {
-      window.htmx.ajax("GET", now.getAttribute("hx-get"), { target: "#run-now", swap: "outerHTML" });
-    }
+    if (now && status.dataset.status !== "RUNNING") now.hidden = true;
   }
 
   document.addEventListener("htmx:oobAfterSwap", refreshIfStatusChanged);

@@ -285,6 +285,8 @@ def test_bad_json_and_unknown_signals_are_refused_before_temporal(
 
 def test_query_shows_the_result(ops: Client, worker: WorkerProcess, on_temporal: str) -> None:
     workflow_id, run_id = waiting_approval(on_temporal, worker)
+    panel = ops.get(url(workflow_id, run_id, "actions"), headers=HTMX).content.decode()
+    assert '<option value="status"' in panel
     response = ops.post(url(workflow_id, run_id, "query"), {"name": "status"}, headers=HTMX)
     body = response.content.decode()
     assert "Query status answered." in body
@@ -579,10 +581,17 @@ def test_right_now_shows_pending_activities_and_the_stack_trace(
         time.sleep(0.3)
     assert "invoke_model_activity" in body
     assert "data-stack-trace" in body
+    assert "query: __stack_trace" not in body  # the task answering the query is left out
     assert 'hx-trigger="every 2s"' in body
+    pending = ops.get(url(workflow_id, run_id, "now") + "?part=pending", headers=HTMX)
+    assert "invoke_model_activity" in pending.content.decode()
+    assert "data-stack-trace" not in pending.content.decode()  # polling asks no query
     ops.post(url(workflow_id, run_id, "terminate"), {"reason": "done looking"})
+    pending = ops.get(url(workflow_id, run_id, "now") + "?part=pending", headers=HTMX)
+    assert "The run is terminated." in pending.content.decode()
+    assert "every 2s" not in pending.content.decode()
     body = ops.get(url(workflow_id, run_id, "now"), headers=HTMX).content.decode()
-    assert "the run is terminated" in body and "every 2s" not in body
+    assert body.strip() == '<section id="run-now" hidden></section>'
 
 
 def test_audit_page_filters_and_pages(ops: Client, operator: User) -> None:

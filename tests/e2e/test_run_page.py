@@ -151,7 +151,7 @@ def test_triage_run_with_a_failed_attempt(
 
     # Zoom in and back out.
     page.get_by_role("button", name="Zoom in").click()
-    page.get_by_role("button", name="Reset").click()
+    page.get_by_role("button", name="Reset", exact=True).click()
     assert bars.count() >= calls
 
     # A span's detail opens in the side panel.
