@@ -169,7 +169,7 @@ _BRANCH = (
     '<details class="node" open><summary>'
     '<i class="tw" style="--depth:{depth}" aria-hidden="true"></i>{link}</summary>'
 )
-_CLOSE = SafeString("</details>")
+_CLOSE = "</details>"
 
 
 def render_tree(rows: list[run_data.TreeRow], span_base: str) -> SafeString:
@@ -202,7 +202,8 @@ def render_tree(rows: list[run_data.TreeRow], span_base: str) -> SafeString:
             parts.append(format_html(_BRANCH, depth=int(row.depth), link=link))
         else:
             parts.append(format_html('<div class="node leaf">{}</div>', link))
-        parts.append(_CLOSE * len(row.closes))
+        # A constant, not span data (a SafeString times n would be a plain str).
+        parts.append(SafeString(_CLOSE * len(row.closes)))
     return format_html_join("", "{}", ((part,) for part in parts))
 
 

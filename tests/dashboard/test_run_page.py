@@ -159,6 +159,19 @@ def test_model_output_with_markup_is_escaped_everywhere(
     assert "&lt;b onmouseover=alert(2)&gt;hi&lt;/b&gt;" in detail
 
 
+def test_span_tree_is_well_formed_and_escapes_span_names(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    span = _hostile_span(run)
+    span.name = "<img src=x onerror=alert(3)>"
+    span.save()
+    body = logged_in_client.get(url(run)).content.decode()
+    assert "<img src=x onerror=alert(3)>" not in body
+    assert "&lt;img src=x onerror=alert(3)&gt;" in body
+    assert "&lt;/details&gt;" not in body
+    assert body.count("<details") == body.count("</details>") > 0
+
+
 def test_span_detail_is_a_fragment_for_htmx_and_a_page_without(
     logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
 ) -> None:
