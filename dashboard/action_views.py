@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from asgiref.sync import sync_to_async
 from django import forms
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.cache import cache
@@ -30,9 +31,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.common import RawValue
 
 from dashboard import actions, run_data, run_views, temporal
-from dashboard.env import envstr
 from dashboard.models import OPERATE_RUNS, AuditEntry
-from worker.config import DEFAULT_TASK_QUEUE
 from worker.faults import FaultSpecError, parse_faults
 from worker.inputs import AgentRunInput, ApprovalInput, ConversationInput
 
@@ -519,7 +518,7 @@ async def new_run(request: HtmxHttpRequest) -> HttpResponse:
         form = StartRunForm(
             initial={
                 "workflow": request.GET.get("workflow", "triage"),
-                "task_queue": envstr("LOOMVIEW_TASK_QUEUE", DEFAULT_TASK_QUEUE),
+                "task_queue": settings.LOOMVIEW_TASK_QUEUE,
             }
         )
         return render(request, "dashboard/run_new.html", {"form": form, "can_operate": can_operate})

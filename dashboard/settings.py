@@ -57,6 +57,8 @@ LOOMVIEW_SERVE_STATIC = envbool("LOOMVIEW_SERVE_STATIC", True)
 LOOMVIEW_TEMPORAL_UI_URL = envstr("LOOMVIEW_TEMPORAL_UI_URL", "http://127.0.0.1:8233").rstrip("/")
 # USD per million (input, output) tokens for the runs list's cost estimate.
 LOOMVIEW_MODEL_PRICES = load_prices(envstr(PRICES_ENV, ""))
+# Where "Start a run" sends the bundled workflows (the worker reads the same variable).
+LOOMVIEW_TASK_QUEUE = envstr("LOOMVIEW_TASK_QUEUE", "loomview-agents")
 # The OTLP receiver: the bearer token exporters must send (empty: none), and the
 # largest body it accepts, checked on the wire and again after gunzip.
 LOOMVIEW_OTLP_TOKEN = envstr("LOOMVIEW_OTLP_TOKEN", "")

@@ -73,3 +73,11 @@ def test_secret_key_is_generated_once_with_mode_0600(tmp_path: Path) -> None:
     key_file = tmp_path / "secret-key"
     assert key_file.read_text().strip() == keys[0]
     assert key_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_start_form_default_task_queue_is_the_workers() -> None:
+    from django.conf import settings
+
+    from worker.config import DEFAULT_TASK_QUEUE
+
+    assert settings.LOOMVIEW_TASK_QUEUE == DEFAULT_TASK_QUEUE
