@@ -69,6 +69,11 @@ class CorrelatingSpanProcessor(SpanProcessor):
             span.set_attributes(extra)
 
 
+# Temporal's built-in queries (__stack_trace, __temporal_workflow_metadata) are how
+# tools look at a run; the dashboard's own polling would fill its traces with them.
+_TOOLING_QUERY_PREFIX = "HandleQuery:__"
+
+
 class RedactingSpanProcessor(SpanProcessor):
     """Hands a copy of each finished span, with secrets redacted, to the next processor."""
 
@@ -76,6 +81,8 @@ class RedactingSpanProcessor(SpanProcessor):
         self._next = next_processor
 
     def on_end(self, span: ReadableSpan) -> None:
+        if span.name.startswith(_TOOLING_QUERY_PREFIX):
+            return
         self._next.on_end(redact_span(span))
 
     def shutdown(self) -> None:

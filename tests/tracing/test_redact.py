@@ -47,3 +47,19 @@ def test_redact_span_covers_attributes_and_status() -> None:
         clean.status.description
     )
     assert clean.context == span.context
+
+
+def test_temporal_tooling_queries_are_not_exported() -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tracing.otel import RedactingSpanProcessor
+
+    memory = InMemorySpanExporter()
+    processor = RedactingSpanProcessor(SimpleSpanProcessor(memory))
+    for name in ("HandleQuery:__stack_trace", "HandleQuery:status", "RunWorkflow:triage"):
+        processor.on_end(ReadableSpan(name=name, context=SpanContext(1, 2, is_remote=False)))
+    assert [s.name for s in memory.get_finished_spans()] == [
+        "HandleQuery:status",
+        "RunWorkflow:triage",
+    ]
