@@ -1,5 +1,5 @@
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanContext, Status, StatusCode
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
 from tracing.otel import redact_span
 from tracing.redact import REDACTED, redact_attributes, redact_text
@@ -58,7 +58,8 @@ def test_temporal_tooling_queries_are_not_exported() -> None:
     memory = InMemorySpanExporter()
     processor = RedactingSpanProcessor(SimpleSpanProcessor(memory))
     for name in ("HandleQuery:__stack_trace", "HandleQuery:status", "RunWorkflow:triage"):
-        processor.on_end(ReadableSpan(name=name, context=SpanContext(1, 2, is_remote=False)))
+        context = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(1))
+        processor.on_end(ReadableSpan(name=name, context=context))
     assert [s.name for s in memory.get_finished_spans()] == [
         "HandleQuery:status",
         "RunWorkflow:triage",
