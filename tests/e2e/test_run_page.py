@@ -138,7 +138,7 @@ def test_triage_run_with_a_failed_attempt(
             break
         page.wait_for_timeout(500)
 
-    expect(page.locator('[data-status="COMPLETED"]')).to_be_visible()
+    expect(page.locator('#run-header [data-status="COMPLETED"]')).to_be_visible()
     expect(page.locator(".failed-count")).to_have_text("1 failed")
     bars = page.locator("svg.tl-svg rect.tl-attempt")
     expect(bars.first).to_be_visible()
@@ -206,7 +206,7 @@ def test_running_run_updates_live(
     problems = watch_problems(page, http_errors=False)
     log_in(page, stack)
     page.goto(f"{stack.url}/runs/{workflow_id}/{run_id}/")
-    expect(page.locator('[data-status="RUNNING"]')).to_be_visible()
+    expect(page.locator('#run-header [data-status="RUNNING"]')).to_be_visible()
     # The drafting model call shows up without a reload.
     expect(page.locator("svg.tl-svg rect.tl-attempt").first).to_be_visible(timeout=20_000)
     page.evaluate("window.__sameDocument = true")
@@ -242,7 +242,7 @@ def test_running_run_updates_live(
         await handle.result()
 
     in_thread(approve)
-    expect(page.locator('[data-status="COMPLETED"]')).to_be_visible(timeout=20_000)
+    expect(page.locator('#run-header [data-status="COMPLETED"]')).to_be_visible(timeout=20_000)
     expect(page.locator("svg.tl-svg .tl-signal")).to_have_count(1, timeout=10_000)
     expect(page.locator('[data-total="model_calls"]')).not_to_have_text("1", timeout=10_000)
     assert page.evaluate("window.__sameDocument") is True
