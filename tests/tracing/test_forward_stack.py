@@ -205,8 +205,14 @@ async def test_outage_and_forwarder_restart_lose_nothing(
 
     # The permanently rejecting collector shows why and does not retry.
     wait(lambda: "HTTP 400" in collector_row(page(), "rejecting"), 30, "the rejection")
+
+    def all_rejected() -> bool:
+        # Batches are rejected one after another (spans awaiting an ancestor come last).
+        return int(cells(collector_row(page(), "rejecting"))[6]) == len(stack.spans())
+
+    wait(all_rejected, 30, "every span rejected")
     rejecting = cells(collector_row(page(), "rejecting"))
-    assert int(rejecting[6]) == len(stack.spans()) and int(rejecting[5]) == 0
+    assert "HTTP 400" in rejecting[8] and int(rejecting[5]) == 0
 
     # The forwarder dies; more runs happen; a new forwarder takes over.
     stack.kill_forwarder()
