@@ -1,7 +1,8 @@
 """Forwarding on the real stack: worker → daphne's receiver → store → ``runforwarder`` → collectors.
 
-The gRPC collector is down while runs produce spans and the forwarder is
-killed and restarted in between; when the collector comes back it gets every
+The gRPC collector is down while runs produce spans; the forwarder, then the
+whole dashboard (daphne and forwarder), are killed with SIGKILL and restarted
+in between; when the collector comes back it gets every
 stored span, ids and attributes unchanged, and the Exports page showed the
 backlog and the error meanwhile. A collector that rejects everything shows its
 error without holding up the other one.
@@ -45,7 +46,27 @@ class Stack:
     env: dict[str, str]
     db: Path
     log_dir: Path
+    port: int
     forwarder: subprocess.Popen[bytes] | None = None
+    daphne: subprocess.Popen[bytes] | None = None
+
+    def start_daphne(self) -> None:
+        with (self.log_dir / "daphne.log").open("ab") as log:
+            self.daphne = subprocess.Popen(
+                [*DAPHNE, "-p", str(self.port), "dashboard.asgi:application"],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port)
+
+    def kill_dashboard(self) -> None:
+        """SIGKILL both dashboard processes: the web server and the forwarder."""
+        for process in (self.daphne, self.forwarder):
+            assert process is not None
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
 
     def start_forwarder(self) -> None:
         with (self.log_dir / "forwarder.log").open("ab") as log:
@@ -117,21 +138,13 @@ def stack(tmp_path: Path, grpc_port: int, http_rejecting: Collector) -> Iterator
     subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=ROOT, check=True)
     subprocess.run([*manage, "ensure_admin"], env=env, cwd=ROOT, check=True, capture_output=True)
     port = free_port()
-    with (tmp_path / "daphne.log").open("wb") as log:
-        daphne = subprocess.Popen(
-            [*DAPHNE, "-p", str(port), "dashboard.asgi:application"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    running = Stack(url=f"http://127.0.0.1:{port}", env=env, db=db, log_dir=tmp_path)
+    running = Stack(url=f"http://127.0.0.1:{port}", env=env, db=db, log_dir=tmp_path, port=port)
     try:
-        wait_for_port(port)
+        running.start_daphne()
         running.start_forwarder()
         yield running
     finally:
-        for process in (running.forwarder, daphne):
+        for process in (running.forwarder, running.daphne):
             if process is not None and process.poll() is None:
                 process.terminate()
                 process.wait(timeout=15)
@@ -218,6 +231,12 @@ async def test_outage_and_forwarder_restart_lose_nothing(
     stack.kill_forwarder()
     await run_triage(temporal_client, worker.task_queue, stack)
     stack.start_forwarder()
+    # Then the whole dashboard is killed and restarted, still during the outage.
+    stack.kill_dashboard()
+    stack.start_daphne()
+    stack.start_forwarder()
+    session = stack.session()
+    await run_triage(temporal_client, worker.task_queue, stack)
 
     with running_grpc_collector(grpc_port) as backend_collector:
         stored = stack.spans()
