@@ -27,6 +27,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 
+from dashboard.templatetags.runs_format import duration_ns
 from tracing.correlation import FAILED_OUTCOMES, RunStory
 
 _PREFIX = "EVENT_TYPE_"
@@ -334,21 +335,10 @@ def span_tree(spans: list[dict[str, Any]], t0: int, t1: int) -> list[TreeRow]:
                 closes=range(0 if has_children else depth - next_depth),
                 offset_pct=round(min(offset, 99.7), 2),
                 width_pct=round(min(width, 100 - min(offset, 99.7)), 2),
-                duration=format_duration(row["end_ns"] - row["start_ns"]),
+                duration=duration_ns(row["end_ns"] - row["start_ns"]),
             )
         )
     return rows
-
-
-def format_duration(ns: int) -> str:
-    ms = ns / 1e6
-    if ms < 10:
-        return f"{ms:.1f} ms"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.2f} s"
-    return f"{int(ms // 60_000)} m {ms % 60_000 / 1000:.0f} s"
 
 
 # -- the story: totals and chart data ------------------------------------------

@@ -29,6 +29,8 @@ def duration_ns(value: int | None) -> str:
     if value is None:
         return "—"
     ms = value / 1e6
+    if ms < 10:
+        return f"{ms:.1f} ms"  # span trees are full of sub-10 ms tool and handoff spans
     if ms < 1000:
         return f"{ms:.0f} ms"
     seconds = ms / 1000
