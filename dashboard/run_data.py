@@ -16,7 +16,7 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
@@ -29,6 +29,7 @@ from temporalio.api.history.v1 import HistoryEvent
 
 from dashboard.templatetags.runs_format import duration_ns
 from tracing.correlation import FAILED_OUTCOMES, RunStory
+from tracing.models import ns_to_datetime
 
 _PREFIX = "EVENT_TYPE_"
 CLOSE_STATUS = {
@@ -279,10 +280,6 @@ def compact_history(history: list[HistoryRow]) -> list[ActivityGroup | HistoryRo
 
 
 # -- spans ------------------------------------------------------------------
-
-
-def ns_to_datetime(ns: int | None) -> datetime | None:
-    return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from temporalio.api.history.v1 import History, HistoryEvent
 from dashboard import auth, pricing, run_data, temporal
 from tracing import store
 from tracing.correlation import FAILED_OUTCOMES, ModelCall, correlate
-from tracing.models import Span
+from tracing.models import Span, ns_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         "run_id": run_id,
         "namespace": namespace,
         "header": header,
-        "start": run_data.ns_to_datetime(header.start_ns),
-        "close": run_data.ns_to_datetime(header.close_ns),
+        "start": ns_to_datetime(header.start_ns),
+        "close": ns_to_datetime(header.close_ns),
         "duration_ms": (
             round((header.close_ns - header.start_ns) / 1e6)
             if header.close_ns is not None and header.start_ns is not None
@@ -272,7 +272,7 @@ def span_detail_ctx(span: dict[str, Any]) -> dict[str, Any]:
     return {
         "span": span,
         "duration_ms": round((span["end_ns"] - span["start_ns"]) / 1e6, 2),
-        "start": run_data.ns_to_datetime(span["start_ns"]),
+        "start": ns_to_datetime(span["start_ns"]),
         "sections": [
             (title, value if isinstance(value, str) else run_data.pretty(value))
             for title, value in sections
@@ -395,7 +395,7 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(ns: int | None) -> str | None:
-    moment = run_data.ns_to_datetime(ns)
+    moment = ns_to_datetime(ns)
     return moment.isoformat() if moment else None
 
 
