@@ -269,7 +269,7 @@ def main() -> int:
         from google.protobuf import json_format
         from temporalio.api.history.v1 import History
 
-        from dashboard.run_views import _cache_key
+        from dashboard.run_page import _cache_key
         from tracing.models import Span
 
         spans, events = generate(args.calls)

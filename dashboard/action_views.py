@@ -7,7 +7,6 @@ identity, and recorded in the audit log whatever its outcome.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Any
 from urllib.parse import urlencode
@@ -26,14 +25,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
-from django_htmx.middleware import HtmxDetails
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.common import RawValue
 
-from dashboard import actions, run_data, run_views, temporal
+from dashboard import actions, run_page, temporal
+from dashboard.htmx import HtmxHttpRequest
 from dashboard.models import OPERATE_RUNS, AuditEntry
+from telemetry.vocab import run_digest
 from worker.faults import FaultSpecError, parse_faults
-from worker.inputs import AgentRunInput, ApprovalInput, ConversationInput
+from worker.inputs import input_for
 
 AUDIT_PAGE_SIZE = 25
 RUN_AUDIT_ROWS = 8
@@ -41,10 +41,6 @@ RUN_AUDIT_ROWS = 8
 DEFINITIONS_CACHE_OPEN = 30
 DEFINITIONS_CACHE = 24 * 3600
 TABS = ("signal", "query", "update", "retry", "stop")
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 async def _operator_or_403(
@@ -88,7 +84,7 @@ async def _audit(
 
 async def _definitions(workflow_id: str, run_id: str, is_open: bool) -> temporal.Definitions | None:
     """The workflow's handlers, cached: asking means a worker replays the run."""
-    key = "loomview:defs:" + hashlib.sha256(f"{workflow_id}\0{run_id}".encode()).hexdigest()
+    key = "loomview:defs:" + run_digest(workflow_id, run_id)
     cached = await cache.aget(key)
     if isinstance(cached, temporal.Definitions):
         return cached
@@ -99,7 +95,7 @@ async def _definitions(workflow_id: str, run_id: str, is_open: bool) -> temporal
 
 
 async def _history_or_none(workflow_id: str, run_id: str) -> list[HistoryEvent] | None:
-    history = await run_views.load_history(workflow_id, run_id)
+    history = await run_page.load_history(workflow_id, run_id)
     return list(history.events) if history is not None else None
 
 
@@ -139,7 +135,7 @@ async def _panel_ctx(
         events = await _history_or_none(workflow_id, run_id) or []
     except temporal.TemporalUnavailable as exc:
         ctx["temporal_error"] = f"Temporal is unreachable at {exc.address}: {exc.reason}"
-    header = run_data.header_from_history(events)
+    header = run_page.header_from_history(events)
     is_open = bool(events) and header.is_open
     definitions = None
     if can_operate and events:
@@ -270,11 +266,11 @@ async def _handler_action(
             await temporal.send_signal(identity, workflow_id, run_id, name, argument)
             outcome = ""
         elif kind == "query":
-            outcome = run_data.pretty(
+            outcome = run_page.pretty(
                 await temporal.run_query(identity, workflow_id, run_id, name, argument)
             )
         else:
-            outcome = run_data.pretty(
+            outcome = run_page.pretty(
                 await temporal.run_update(identity, workflow_id, run_id, name, argument)
             )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
@@ -501,11 +497,7 @@ class StartRunForm(forms.Form):
     def workflow_input(self) -> Any:
         data = self.cleaned_data
         faults: list[str] | None = data["faults"] or None
-        if data["workflow"] == "approval":
-            return ApprovalInput(data["prompt"], faults=faults)
-        if data["workflow"] == "conversation":
-            return ConversationInput(prompt=data["prompt"], faults=faults)
-        return AgentRunInput(data["prompt"], faults=faults)
+        return input_for(data["workflow"], data["prompt"], faults)
 
 
 @require_http_methods(["GET", "POST"])

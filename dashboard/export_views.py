@@ -11,14 +11,10 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
+from dashboard.htmx import HtmxHttpRequest
 from tracing import encode, exporters, forwarder, store
 from tracing.models import RunExport
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 def _run_spans_or_404(workflow_id: str, run_id: str) -> list[dict[str, Any]]:

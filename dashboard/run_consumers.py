@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.template.loader import render_to_string
 
-from dashboard import run_views
+from dashboard import run_page
 from tracing.groups import run_group
 
 logger = logging.getLogger(__name__)
@@ -25,12 +25,6 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 # Spans come in bursts (one export per batch); one re-render covers a burst.
 COALESCE_SECONDS = 0.25
-
-
-def signature(loaded: run_views.Loaded) -> str:
-    """What the page has seen: event and span counts, also sent by the page itself."""
-    events = -1 if loaded.history is None else len(loaded.events)
-    return f"{events}-{len(loaded.spans)}"
 
 
 class RunConsumer(AsyncWebsocketConsumer):
@@ -84,14 +78,19 @@ class RunConsumer(AsyncWebsocketConsumer):
                 self.changed.clear()
 
     async def refresh(self) -> bool:
-        """Push the page's partials if anything changed; return whether the run is open."""
-        loaded = await run_views.load(self.workflow_id, self.run_id)
-        ctx = await sync_to_async(run_views.build)(self.workflow_id, self.run_id, loaded)
-        current = signature(loaded)
-        if current != self.seen:
-            self.seen = current
-            ctx.update({"oob": True, "history_mode": "compact", "live_sig": current})
-            html = await sync_to_async(render_to_string)("dashboard/_run_live.html", ctx)
-            await self.send(text_data=html)
+        """Push the page's partials if anything changed; return whether the run is open.
+
+        The signature comes from cheap inputs (history length, the run's summary
+        row); the page is loaded, correlated and rendered only when it changed.
+        """
+        current, is_open = await run_page.live_signature(self.workflow_id, self.run_id)
+        if current == self.seen:
+            return is_open
+        loaded = await run_page.load(self.workflow_id, self.run_id)
+        ctx = await sync_to_async(run_page.build)(self.workflow_id, self.run_id, loaded)
+        self.seen = ctx["live_sig"]
+        ctx.update({"oob": True, "history_mode": "compact"})
+        html = await sync_to_async(render_to_string)("dashboard/_run_live.html", ctx)
+        await self.send(text_data=html)
         # Without Temporal we cannot tell; keep polling so the page recovers.
         return bool(ctx["is_open"])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.urls import NoReverseMatch, reverse
 
 from dashboard import pricing, temporal
+from telemetry import vocab
 from tracing.models import RunSummary, Span
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 PAGE_SIZE = 50
 # One visibility page: enough to fill a page of the list even when spans are off.
 VISIBILITY_LIMIT = 100
-MODEL_KINDS = ("generation", "response")
 
 RunKey = tuple[str, str]
 SortKey = tuple[int, str, str]
@@ -163,7 +162,7 @@ class RunFilterForm(forms.Form):
 
 def dom_id(workflow_id: str, run_id: str) -> str:
     """A stable HTML id for a run's row; ids may hold any character, so hash them."""
-    return "run-" + hashlib.sha1(f"{workflow_id}\0{run_id}".encode()).hexdigest()[:16]
+    return "run-" + vocab.run_digest(workflow_id, run_id)[:16]
 
 
 def run_url(workflow_id: str, run_id: str) -> str:
@@ -402,7 +401,7 @@ def _add_costs(rows: list[RunRow]) -> None:
         Span.objects.filter(
             workflow_id__in={w for w, _ in with_tokens},
             run_id__in={r for _, r in with_tokens},
-            kind__in=MODEL_KINDS,
+            kind__in=vocab.MODEL_KINDS,
         )
         .values_list("workflow_id", "run_id", "model")
         .annotate(tin=Sum("tokens_in"), tout=Sum("tokens_out"))

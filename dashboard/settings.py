@@ -65,6 +65,8 @@ LOOMVIEW_OTLP_TOKEN = envstr("LOOMVIEW_OTLP_TOKEN", "")
 LOOMVIEW_OTLP_MAX_BODY_BYTES = envint("LOOMVIEW_OTLP_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1)
 # OTLP collectors the forwarder sends every stored span to (JSON list).
 LOOMVIEW_EXPORTERS = load_exporters(envstr(EXPORTERS_ENV, ""))
+# How long a forwarder holds a collector before another process may take it over.
+LOOMVIEW_FORWARDER_LEASE_SECONDS = envint("LOOMVIEW_FORWARDER_LEASE_SECONDS", 15, minimum=2)
 
 INSTALLED_APPS = [
     "daphne",

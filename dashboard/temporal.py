@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import History
 from temporalio.client import (
     Client,
@@ -28,6 +27,8 @@ from temporalio.client import (
 from temporalio.envconfig import ClientConfig, ClientConnectConfig
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
+
+from telemetry import vocab
 
 logger = logging.getLogger(__name__)
 
@@ -180,19 +181,16 @@ class RunHistory:
     @property
     def closed(self) -> bool:
         events = self.history.events
-        return bool(events) and events[-1].event_type in CLOSE_EVENT_TYPES
+        return bool(events) and events[-1].event_type in vocab.WORKFLOW_CLOSE_EVENT_TYPES
 
 
-CLOSE_EVENT_TYPES = frozenset(
-    {
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
-        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
-    }
-)
+def _read_failed(client: Client, exc: RPCError, workflow_id: str, run_id: str) -> Exception:
+    """RunNotFound for a run Temporal does not know, else TemporalUnavailable."""
+    # A malformed run id (not a UUID) cannot name a run either.
+    if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+        return RunNotFound(f"{workflow_id} / {run_id}")
+    _forget(client)
+    return TemporalUnavailable(client.service_client.config.target_host, exc.message)
 
 
 async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
@@ -202,14 +200,27 @@ async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
     try:
         history = await handle.fetch_history(rpc_timeout=RPC_TIMEOUT)
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise RunNotFound(f"{workflow_id} / {run_id}") from exc
-        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
-            # A malformed run id (not a UUID) cannot name a run.
-            raise RunNotFound(f"{workflow_id} / {run_id}") from exc
-        _forget(client)
-        raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
+        raise _read_failed(client, exc, workflow_id, run_id) from exc
     return RunHistory(workflow_id, run_id, History(events=history.events))
+
+
+@dataclass(frozen=True)
+class RunState:
+    history_length: int
+    is_open: bool
+
+
+async def run_state(workflow_id: str, run_id: str) -> RunState:
+    """How long a run's history is and whether it is open: one small RPC, no events."""
+    client = await get_client()
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        description = await handle.describe(rpc_timeout=RPC_TIMEOUT)
+    except RPCError as exc:
+        raise _read_failed(client, exc, workflow_id, run_id) from exc
+    return RunState(
+        description.history_length, description.status == WorkflowExecutionStatus.RUNNING
+    )
 
 
 # Acting on runs. Every call below carries the acting user's identity, so

@@ -2,13 +2,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import action_views, export_views, run_views, views
+from dashboard import action_views, export_views, list_views, ops_views, run_views
 from tracing import views as tracing_views
 
 urlpatterns = [
     # runs
-    path("", views.runs, name="dash-runs"),
-    path("api/runs/", views.api_runs, name="dash-api-runs"),
+    path("", list_views.runs, name="dash-runs"),
+    path("api/runs/", list_views.api_runs, name="dash-api-runs"),
     # one run
     path("runs/<str:workflow_id>/<str:run_id>/", run_views.run, name="dash-run"),
     path(
@@ -90,6 +90,6 @@ urlpatterns = [
     # OTLP/HTTP trace receiver (standard path, so exporters need only the base URL)
     path("v1/traces", tracing_views.receive_traces, name="otlp-traces"),
     # operations
-    path("healthz", views.healthz, name="dash-healthz"),
+    path("healthz", ops_views.healthz, name="dash-healthz"),
     path("admin/", admin.site.urls),
 ]

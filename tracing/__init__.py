@@ -1,7 +1,7 @@
-"""Tracing for Loomview.
+"""Loomview's span pipeline: a Django app.
 
-Worker side (no Django): ``tracing.otel`` configures OpenTelemetry and
-``tracing.agents_bridge`` turns Agents SDK spans into OTel spans. Dashboard side
-(a Django app): OTLP decoding, the span store, the receiver and correlation.
-This package's ``__init__`` must not import Django.
+OTLP decoding and the receiver, the span store, correlation with Temporal
+histories, and forwarding to collectors. The worker-side half (OpenTelemetry
+setup, the Agents SDK bridge, redaction, the vocabulary) is ``telemetry``,
+which never imports Django.
 """

@@ -23,9 +23,9 @@ from google.protobuf.message import Message
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
-MODEL_ACTIVITY_TYPE = "invoke_model_activity"
-MODEL_KINDS = frozenset({"generation", "response"})
-FAILED_OUTCOMES = frozenset({"failed", "timed_out"})
+from telemetry import vocab
+from telemetry.vocab import FAILED_OUTCOMES, MODEL_ACTIVITY_TYPE, MODEL_KINDS, STATUS_ERROR
+
 _STORY_SPAN_KINDS = {"function": "tool", "handoff": "handoff", "guardrail": "guardrail"}
 _STORY_SPAN_KINDS["custom"] = "custom"
 
@@ -37,19 +37,13 @@ _SCHEDULED = int(EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
 _STARTED = int(EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED)
 # Close event type -> (outcome, attributes field, failure field).
 _CLOSED: dict[int, tuple[str, str, str | None]] = {
-    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: (
-        "completed", "activity_task_completed_event_attributes", None
-    ),
-    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: (
-        "failed", "activity_task_failed_event_attributes", "failure"
-    ),
-    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: (
-        "timed_out", "activity_task_timed_out_event_attributes", "failure"
-    ),
-    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: (
-        "canceled", "activity_task_canceled_event_attributes", None
-    ),
-}  # fmt: skip
+    event_type: (
+        outcome,
+        f"activity_task_{outcome}_event_attributes",
+        "failure" if outcome in FAILED_OUTCOMES else None,
+    )
+    for event_type, outcome in vocab.ACTIVITY_CLOSE_OUTCOMES.items()
+}
 _SIGNALED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
 _UPDATE_ACCEPTED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
 _UPDATE_COMPLETED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED)
@@ -177,7 +171,7 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
 
 
 def _is_model_span(row: Row) -> bool:
-    return row["kind"] in MODEL_KINDS or row["name"].endswith(":" + MODEL_ACTIVITY_TYPE)
+    return row["kind"] in MODEL_KINDS or vocab.is_model_activity_span(row["name"])
 
 
 def _message(attrs: dict[str, Any], *keys: str) -> Any:
@@ -213,7 +207,7 @@ def _attempts_from_spans(spans: Iterable[Row]) -> dict[int, Attempt]:
             attempt.start_ns = row["start_ns"]
         if attempt.end_ns is None or row["end_ns"] > attempt.end_ns:
             attempt.end_ns = row["end_ns"]
-        if row["status_code"] == 2:
+        if row["status_code"] == STATUS_ERROR:
             attempt.outcome = "failed"
             attempt.failure = attempt.failure or row.get("status_message") or "failed"
         elif attempt.outcome == "unknown":
@@ -230,14 +224,14 @@ def _model_call(activity_id: str, spans: list[Row], by_id: dict[str, Row]) -> Mo
         if row.get("tokens_out") is not None:
             call.tokens_out = (call.tokens_out or 0) + row["tokens_out"]
     # What the model saw and said: the last attempt that answered.
-    answered = [r for r in generations if r["status_code"] != 2] or generations
+    answered = [r for r in generations if r["status_code"] != STATUS_ERROR] or generations
     if answered:
         final = max(answered, key=lambda r: (r.get("attempt") or 0, r["start_ns"]))
         attrs = final.get("attributes") or {}
         call.model = final.get("model") or ""
         call.model_span_id = final["span_id"]
-        call.input = _message(attrs, "gen_ai.input.messages", "input.value")
-        call.output = _message(attrs, "gen_ai.output.messages", "output.value")
+        call.input = _message(attrs, *vocab.INPUT_MESSAGE_KEYS)
+        call.output = _message(attrs, *vocab.OUTPUT_MESSAGE_KEYS)
     for row in generations or spans:
         call.agent = call.agent or _agent_of(row, by_id)
     return call
@@ -282,7 +276,7 @@ def _attach_to_attempts(rows: list[Row]) -> list[Row]:
     """
     frames: dict[str, list[Row]] = {}
     for row in rows:
-        if row.get("activity_id") and row["name"].startswith("RunActivity:"):
+        if row.get("activity_id") and row["name"].startswith(vocab.RUN_ACTIVITY_PREFIX):
             frames.setdefault(row["activity_id"], []).append(row)
     if not frames:
         return rows
@@ -370,12 +364,15 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
         attrs = row.get("attributes") or {}
         title = row.get("tool") or row["name"]
         if kind == "handoff":
-            title = f"{attrs.get('agents.handoff.from', '')} → {attrs.get('agents.handoff.to', '')}"
+            title = (
+                f"{attrs.get(vocab.AGENTS_HANDOFF_FROM, '')} → "
+                f"{attrs.get(vocab.AGENTS_HANDOFF_TO, '')}"
+            )
         items.append(
             StoryItem(kind, row["start_ns"], title, False, None, [], [row["span_id"]],
                       {"agent": _agent_of(row, by_id), "status_code": row["status_code"],
                        "status_message": row.get("status_message", ""),
-                       "arguments": _message(attrs, "gen_ai.tool.call.arguments") or ""},
+                       "arguments": _message(attrs, vocab.GEN_AI_TOOL_ARGUMENTS) or ""},
                       row["end_ns"])
         )  # fmt: skip
 
@@ -398,7 +395,7 @@ def _messages(events: Sequence[HistoryEvent], rows: Sequence[Row]) -> list[Story
     handlers: dict[str, list[Row]] = {}
     for row in rows:
         prefix, _, name = row["name"].partition(":")
-        if prefix in ("HandleSignal", "HandleUpdate"):
+        if prefix in vocab.HANDLER_SPAN_PREFIXES:
             handlers.setdefault(f"{prefix}:{name}", []).append(row)
     items: list[StoryItem] = []
     for event in events:

@@ -28,16 +28,24 @@ from opentelemetry.proto.common.v1.common_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from tracing.redact import REDACTED, is_secret_name, redact_attributes, redact_text, redact_value
+from telemetry import vocab
+from telemetry.redact import (
+    REDACTED,
+    is_secret_name,
+    redact_attributes,
+    redact_text,
+    redact_value,
+)
 
 _INT64 = (-(2**63), 2**63 - 1)
 _REDACTED_VALUE = AnyValue(string_value=REDACTED)
-# (column, attribute added when the span does not carry either spelling)
+# (column, every spelling of its attribute; the first is added when the span
+# carries none of them)
 _CORRELATION = (
-    ("workflow_id", "temporal.workflow.id", "temporalWorkflowID"),
-    ("run_id", "temporal.run.id", "temporalRunID"),
-    ("activity_id", "temporal.activity.id", "temporalActivityID"),
-    ("attempt", "temporal.activity.attempt", "temporal.activity.attempt"),
+    ("workflow_id", vocab.WORKFLOW_ID_KEYS),
+    ("run_id", vocab.RUN_ID_KEYS),
+    ("activity_id", vocab.ACTIVITY_ID_KEYS),
+    ("attempt", (vocab.ACTIVITY_ATTEMPT,)),
 )
 
 
@@ -81,10 +89,10 @@ def export_attributes(row: dict[str, Any]) -> list[KeyValue]:
         for key, value in attrs.items()
     ]
     if row.get("workflow_id"):
-        for column, name, alias in _CORRELATION:
+        for column, names in _CORRELATION:
             value = row.get(column)
-            if value not in (None, "") and name not in attrs and alias not in attrs:
-                result.append(KeyValue(key=name, value=any_value(value)))
+            if value not in (None, "") and not any(name in attrs for name in names):
+                result.append(KeyValue(key=names[0], value=any_value(value)))
     return result
 
 

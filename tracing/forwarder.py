@@ -37,11 +37,11 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.consumer import AsyncConsumer
 from channels.worker import Worker
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from dashboard.env import envint
 from tracing import encode, store, transport
 from tracing.exporters import Exporter, configured
 from tracing.models import ExportCursor, RunExport, RunSummary, Span
@@ -58,13 +58,12 @@ MAX_RETRY_AFTER_SECONDS = 600.0
 # still come from an ancestor that has not arrived waits this long, at most.
 HOLD_SECONDS = 2.0
 JOB_MAX_ATTEMPTS = 5
-DEFAULT_LEASE_SECONDS = 15
 
 _FIELDS = [f.attname for f in Span._meta.concrete_fields]
 
 
 def lease_seconds() -> int:
-    return envint("LOOMVIEW_FORWARDER_LEASE_SECONDS", DEFAULT_LEASE_SECONDS, minimum=2)
+    return int(settings.LOOMVIEW_FORWARDER_LEASE_SECONDS)
 
 
 @dataclass

@@ -6,8 +6,9 @@ string; ids that do not fit are replaced by a stable digest, so the consumer
 and the publisher, both calling these helpers, still meet in the same group.
 """
 
-import hashlib
 import re
+
+from telemetry.vocab import run_digest
 
 RUNS_GROUP = "runs"
 _VALID = re.compile(r"^[A-Za-z0-9_.\-]{1,99}$")
@@ -17,7 +18,7 @@ def run_group(workflow_id: str, run_id: str) -> str:
     name = f"run.{workflow_id}.{run_id}"
     if _VALID.match(name):
         return name
-    digest = hashlib.sha256(f"{workflow_id}\0{run_id}".encode()).hexdigest()[:40]
+    digest = run_digest(workflow_id, run_id)[:40]
     return f"run.h.{digest}"
 
 

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from django.db import models
 from django.db.models import Q
 
+from telemetry.vocab import STATUS_ERROR
+
 
 def ns_to_datetime(ns: int | None) -> datetime | None:
     return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
@@ -73,7 +75,7 @@ class Span(models.Model):
 
     @property
     def is_error(self) -> bool:
-        return self.status_code == 2
+        return self.status_code == STATUS_ERROR
 
 
 class RunSummary(models.Model):

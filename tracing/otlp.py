@@ -32,71 +32,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
+from telemetry import vocab
+
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 CONTENT_TYPES = frozenset({PROTOBUF, JSON})
 
-# Normalized span kinds: the Agents SDK's span types plus Temporal's own spans.
-KINDS = frozenset(
-    {
-        "agent",
-        "generation",
-        "response",
-        "function",
-        "handoff",
-        "guardrail",
-        "custom",
-        "trace",
-        "mcp_tools",
-        # A Runner.run and one turn of its agent loop (Agents SDK 0.20+).
-        "task",
-        "turn",
-        "temporal",
-        "other",
-    }
-)
-_OPENINFERENCE_KINDS = {
-    "LLM": "generation",
-    "TOOL": "function",
-    "AGENT": "agent",
-    "CHAIN": "custom",
-    "GUARDRAIL": "guardrail",
-}
-_GEN_AI_OPERATIONS = {
-    "chat": "generation",
-    "text_completion": "generation",
-    "generate_content": "generation",
-    "execute_tool": "function",
-    "invoke_agent": "agent",
-    "create_agent": "agent",
-}
-# Span name prefixes of temporalio.contrib.opentelemetry (TracingInterceptor
-# and OpenTelemetryPlugin), e.g. "RunActivity:invoke_model_activity".
-TEMPORAL_SPAN_PREFIXES = frozenset(
-    {
-        "StartWorkflow",
-        "SignalWithStartWorkflow",
-        "RunWorkflow",
-        "CompleteWorkflow",
-        "StartActivity",
-        "RunActivity",
-        "StartChildWorkflow",
-        "SignalChildWorkflow",
-        "SignalExternalWorkflow",
-        "SignalWorkflow",
-        "QueryWorkflow",
-        "StartWorkflowUpdate",
-        "StartUpdateWithStartWorkflow",
-        "HandleSignal",
-        "HandleQuery",
-        "HandleUpdate",
-        "ValidateUpdate",
-        "StartNexusOperation",
-        "RunStartNexusOperationHandler",
-        "RunCancelNexusOperationHandler",
-    }
-)
-_WORKFLOW_SPAN_PREFIXES = ("RunWorkflow", "StartWorkflow", "SignalWithStartWorkflow")
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -253,7 +194,7 @@ def rows_from_request(request: ExportTraceServiceRequest) -> DecodeResult:
     rows = result.rows
     for resource_spans in request.resource_spans:
         resource = attributes(resource_spans.resource.attributes)
-        service = resource.get("service.name")
+        service = resource.get(vocab.SERVICE_NAME)
         service_name = service if isinstance(service, str) else ""
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope.name
@@ -325,56 +266,59 @@ def _int(value: Any) -> int | None:
 
 
 def normalize_kind(attrs: dict[str, Any], name: str) -> str:
-    agents_type = attrs.get("agents.span.type")
+    agents_type = attrs.get(vocab.AGENTS_SPAN_TYPE)
     if agents_type:
         kind = str(agents_type).lower()
-        return kind if kind in KINDS else "other"
-    openinference = attrs.get("openinference.span.kind")
+        return kind if kind in vocab.KINDS else "other"
+    openinference = attrs.get(vocab.OI_SPAN_KIND)
     if openinference:
-        return _OPENINFERENCE_KINDS.get(str(openinference).upper(), "other")
-    operation = attrs.get("gen_ai.operation.name")
+        return vocab.OPENINFERENCE_KINDS.get(str(openinference).upper(), "other")
+    operation = attrs.get(vocab.GEN_AI_OPERATION)
     if operation:
-        return _GEN_AI_OPERATIONS.get(str(operation).lower(), "other")
+        return vocab.GEN_AI_OPERATIONS.get(str(operation).lower(), "other")
     prefix, colon, _ = name.partition(":")
-    if colon and prefix in TEMPORAL_SPAN_PREFIXES:
+    if colon and prefix in vocab.TEMPORAL_SPAN_PREFIXES:
         return "temporal"
     return "other"
 
 
 def workflow_type(attrs: dict[str, Any], name: str) -> str:
-    value = attrs.get("temporal.workflow.type")
+    value = attrs.get(vocab.WORKFLOW_TYPE)
     if value:
         return str(value)
     prefix, colon, rest = name.partition(":")
-    if colon and prefix in _WORKFLOW_SPAN_PREFIXES:
+    if colon and prefix in vocab.WORKFLOW_SPAN_PREFIXES:
         return rest
     return ""
+
+
+def first(attrs: dict[str, Any], keys: tuple[str, ...]) -> Any:
+    """The value of the first of keys that attrs has and that is not empty."""
+    for key in keys:
+        value = attrs.get(key)
+        if value is not None and value != "":
+            return value
+    return None
 
 
 def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
     # Hot path (every span): plain dict lookups, no helper calls per key.
     get = attrs.get
     kind = normalize_kind(attrs, name)
-    agent = get("gen_ai.agent.name") or get("agents.agent.name")
-    if not agent and str(get("openinference.span.kind", "")).upper() == "AGENT":
-        agent = get("graph.node.id") or name
-    tokens_in = get("gen_ai.usage.input_tokens")
-    if tokens_in is None:
-        tokens_in = get("llm.token_count.prompt")
-    tokens_out = get("gen_ai.usage.output_tokens")
-    if tokens_out is None:
-        tokens_out = get("llm.token_count.completion")
+    agent = first(attrs, vocab.AGENT_KEYS)
+    if not agent and str(get(vocab.OI_SPAN_KIND, "")).upper() == "AGENT":
+        agent = get(vocab.OI_GRAPH_NODE) or name
+    tokens_in = first(attrs, vocab.INPUT_TOKEN_KEYS)
+    tokens_out = first(attrs, vocab.OUTPUT_TOKEN_KEYS)
     return {
-        "workflow_id": _text(get("temporal.workflow.id") or get("temporalWorkflowID")),
-        "run_id": _text(get("temporal.run.id") or get("temporalRunID")),
-        "activity_id": _text(get("temporal.activity.id") or get("temporalActivityID")),
-        "attempt": _int(get("temporal.activity.attempt")),
+        "workflow_id": _text(first(attrs, vocab.WORKFLOW_ID_KEYS)),
+        "run_id": _text(first(attrs, vocab.RUN_ID_KEYS)),
+        "activity_id": _text(first(attrs, vocab.ACTIVITY_ID_KEYS)),
+        "attempt": _int(get(vocab.ACTIVITY_ATTEMPT)),
         "kind": kind,
-        "model": _text(
-            get("gen_ai.request.model") or get("gen_ai.response.model") or get("llm.model_name")
-        ),
+        "model": _text(first(attrs, vocab.MODEL_KEYS)),
         "agent": _text(agent),
-        "tool": _text(get("gen_ai.tool.name") or get("tool.name")),
+        "tool": _text(first(attrs, vocab.TOOL_KEYS)),
         "tokens_in": _int(tokens_in),
         "tokens_out": _int(tokens_out),
         "workflow_type": workflow_type(attrs, name),

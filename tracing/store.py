@@ -24,15 +24,16 @@ from typing import Any
 
 import orjson
 from django.db import connection, transaction
+from django.db.models import Count, Max
 from django.utils import timezone
 
+from telemetry import vocab
+from telemetry.vocab import MODEL_KINDS, STATUS_ERROR
 from tracing.models import RunSummary, Span
 
 RunKey = tuple[str, str]
 SpanKey = tuple[str, str]
 
-MODEL_ACTIVITY_TYPE = "invoke_model_activity"
-MODEL_KINDS = frozenset({"generation", "response"})
 # One INSERT carries this many rows; stays under SQLite's 32,766 parameters.
 INSERT_CHUNK = 500
 # How far up the tree ingest looks for stored ancestors; deeper orphans are
@@ -331,7 +332,7 @@ def _attempt_key(row: dict[str, Any]) -> str | None:
         return str(row["attempt"])
     # Temporal's own RunActivity span records no attempt number; each one is
     # an attempt of its own.
-    if row["kind"] == "temporal" and row["name"].startswith("RunActivity:"):
+    if row["kind"] == "temporal" and row["name"].startswith(vocab.RUN_ACTIVITY_PREFIX):
         return f"span:{row['span_id']}"
     return None
 
@@ -339,7 +340,7 @@ def _attempt_key(row: dict[str, Any]) -> str | None:
 def is_model_span(row: dict[str, Any]) -> bool:
     if not row["activity_id"]:
         return False
-    return row["kind"] in MODEL_KINDS or row["name"].endswith(":" + MODEL_ACTIVITY_TYPE)
+    return row["kind"] in MODEL_KINDS or vocab.is_model_activity_span(row["name"])
 
 
 def _update_summaries(rows: Iterable[dict[str, Any]]) -> dict[RunKey, dict[str, Any]]:
@@ -454,7 +455,7 @@ def apply_rows(summary: RunSummary, rows: list[dict[str, Any]]) -> None:
             summary.first_span_ns = row["start_ns"]
         if summary.last_span_ns is None or row["end_ns"] > summary.last_span_ns:
             summary.last_span_ns = row["end_ns"]
-        failed = row["status_code"] == 2
+        failed = row["status_code"] == STATUS_ERROR
         if failed and (summary.last_error_ns is None or row["end_ns"] >= summary.last_error_ns):
             summary.last_error_ns = row["end_ns"]
             summary.last_error = row["status_message"] or f"{row['name']} failed"
@@ -486,6 +487,15 @@ def summary_dict(summary: RunSummary) -> dict[str, Any]:
         "last_span_ns": summary.last_span_ns,
         "last_error": summary.last_error,
     }
+
+
+def stored_state(workflow_id: str, run_id: str) -> str:
+    """What changes whenever a span of the run is stored or adopted: read from the
+    run's index alone, no span rows."""
+    state = Span.objects.filter(workflow_id=workflow_id, run_id=run_id).aggregate(
+        count=Count("id"), last=Max("id")
+    )
+    return f"{state['count']}.{state['last']}" if state["count"] else "0"
 
 
 def span_row(span: Span) -> dict[str, Any]:

@@ -77,3 +77,20 @@ class ConversationInput:
 class ConversationResult:
     turns: int
     history: list[ChatMessage]
+
+
+# Each bundled workflow type and the dataclass its run takes.
+INPUT_TYPES: dict[str, type[AgentRunInput | ApprovalInput | ConversationInput]] = {
+    "triage": AgentRunInput,
+    "approval": ApprovalInput,
+    "resilient": AgentRunInput,
+    "parallel": AgentRunInput,
+    "conversation": ConversationInput,
+}
+
+
+def input_for(
+    workflow_type: str, prompt: str, faults: list[str] | None
+) -> AgentRunInput | ApprovalInput | ConversationInput:
+    """The input of a new run of a bundled workflow, from a prompt and fault specs."""
+    return INPUT_TYPES[workflow_type](prompt=prompt, faults=faults)

@@ -13,7 +13,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.openai_agents import OpenAIAgentsPlugin
 from temporalio.worker import Worker
 
-from tracing.otel import configure_tracing
+from telemetry.otel import configure_tracing
 from worker.config import WorkerConfig
 from worker.providers import build_provider
 from worker.tools import check_service_status

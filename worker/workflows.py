@@ -331,10 +331,3 @@ WORKFLOWS = [
     ParallelWorkflow,
     ConversationWorkflow,
 ]
-WORKFLOW_TYPES = {
-    "triage": AgentRunInput,
-    "approval": ApprovalInput,
-    "resilient": AgentRunInput,
-    "parallel": AgentRunInput,
-    "conversation": ConversationInput,
-}

@@ -97,7 +97,7 @@ async def test_replaying_a_history_emits_nothing(
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from temporalio.openai_agents import OpenAIAgentsPlugin
 
-    from tracing.otel import configure_tracing
+    from telemetry.otel import configure_tracing
     from worker.workflows import WORKFLOWS
 
     worker = traced(worker_factory, collector)

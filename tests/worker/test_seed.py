@@ -3,15 +3,15 @@ import asyncio
 from temporalio.client import Client
 
 from tests.conftest import WorkerFactory
+from worker.inputs import INPUT_TYPES
 from worker.seed import DEMO_RUNS, seed
-from worker.workflows import WORKFLOW_TYPES
 
 
 async def test_seed_starts_every_workflow_type_once(
     temporal_client: Client, worker_factory: WorkerFactory
 ) -> None:
     worker = worker_factory(LOOMVIEW_DEMO_LATENCY_MS="5")
-    assert {run.workflow for run in DEMO_RUNS} == set(WORKFLOW_TYPES)
+    assert {run.workflow for run in DEMO_RUNS} == set(INPUT_TYPES)
     started = await seed(temporal_client, worker.task_queue)
     assert started == [run.workflow_id for run in DEMO_RUNS]
     assert await seed(temporal_client, worker.task_queue) == []

@@ -1,8 +1,8 @@
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
 
-from tracing.otel import redact_span
-from tracing.redact import REDACTED, redact_attributes, redact_text
+from telemetry.otel import redact_span
+from telemetry.redact import REDACTED, redact_attributes, redact_text
 
 OPENAI_KEY = "sk-proj-" + "A1b2C3d4" * 6
 
@@ -53,7 +53,7 @@ def test_temporal_tooling_queries_are_not_exported() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from tracing.otel import RedactingSpanProcessor
+    from telemetry.otel import RedactingSpanProcessor
 
     memory = InMemorySpanExporter()
     processor = RedactingSpanProcessor(SimpleSpanProcessor(memory))

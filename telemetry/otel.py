@@ -8,7 +8,7 @@
 - A batch processor exports OTLP/HTTP to the dashboard; the standard
   ``OTEL_EXPORTER_OTLP_*`` variables add an exporter to any other collector.
 - The Agents SDK's spans reach the same processors through
-  :class:`tracing.agents_bridge.OtelBridgeProcessor`.
+  :class:`telemetry.agents_bridge.OtelBridgeProcessor`.
 """
 
 from __future__ import annotations
@@ -28,23 +28,15 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_provider
 
-from tracing.agents_bridge import OtelBridgeProcessor, temporal_context_attributes
-from tracing.redact import redact_attributes, redact_text
+from telemetry import vocab
+from telemetry.agents_bridge import OtelBridgeProcessor, temporal_context_attributes
+from telemetry.redact import redact_attributes, redact_text
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DASHBOARD_ENDPOINT = "http://127.0.0.1:8000/v1/traces"
 DEFAULT_SERVICE_NAME = "loomview-worker"
 DEFAULT_SCHEDULE_DELAY_MS = 200
-
-# Temporal's TracingInterceptor/OpenTelemetryPlugin attribute names → ours.
-_TEMPORAL_ALIASES = {
-    "temporalWorkflowID": "temporal.workflow.id",
-    "temporalRunID": "temporal.run.id",
-    "temporalActivityID": "temporal.activity.id",
-    "temporalActivityType": "temporal.activity.type",
-    "temporalUpdateID": "temporal.update.id",
-}
 
 
 class CorrelatingSpanProcessor(SpanProcessor):
@@ -54,7 +46,7 @@ class CorrelatingSpanProcessor(SpanProcessor):
         attributes = dict(span.attributes or {})
         extra = {
             ours: attributes[theirs]
-            for theirs, ours in _TEMPORAL_ALIASES.items()
+            for theirs, ours in vocab.TEMPORAL_ALIASES.items()
             if theirs in attributes and ours not in attributes
         }
         for key, value in temporal_context_attributes().items():
@@ -62,16 +54,11 @@ class CorrelatingSpanProcessor(SpanProcessor):
                 extra[key] = value
         if (
             span.name.startswith(("RunWorkflow:", "StartWorkflow:"))
-            and "temporal.workflow.type" not in attributes
+            and vocab.WORKFLOW_TYPE not in attributes
         ):
-            extra.setdefault("temporal.workflow.type", span.name.split(":", 1)[1])
+            extra.setdefault(vocab.WORKFLOW_TYPE, span.name.split(":", 1)[1])
         if extra:
             span.set_attributes(extra)
-
-
-# Temporal's built-in queries (__stack_trace, __temporal_workflow_metadata) are how
-# tools look at a run; the dashboard's own polling would fill its traces with them.
-_TOOLING_QUERY_PREFIX = "HandleQuery:__"
 
 
 class RedactingSpanProcessor(SpanProcessor):
@@ -81,7 +68,8 @@ class RedactingSpanProcessor(SpanProcessor):
         self._next = next_processor
 
     def on_end(self, span: ReadableSpan) -> None:
-        if span.name.startswith(_TOOLING_QUERY_PREFIX):
+        if span.name.startswith(vocab.TOOLING_QUERY_PREFIX):
+            # The dashboard's own polling would fill the run's trace with these.
             return
         self._next.on_end(redact_span(span))
 

@@ -47,25 +47,12 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from temporalio import activity, workflow
 
+from telemetry import vocab
+
 logger = logging.getLogger(__name__)
 
 SCOPE = InstrumentationScope("loomview.agents_bridge", "1")
 MAX_ATTRIBUTE_CHARS = 32_000
-
-# Agents SDK span type → (OpenInference span kind, GenAI operation name).
-_KINDS: dict[str, tuple[str, str | None]] = {
-    "trace": ("CHAIN", None),
-    "agent": ("AGENT", "invoke_agent"),
-    "generation": ("LLM", "chat"),
-    "response": ("LLM", "chat"),
-    "function": ("TOOL", "execute_tool"),
-    "handoff": ("TOOL", None),
-    "guardrail": ("GUARDRAIL", None),
-    "custom": ("CHAIN", None),
-    "mcp_tools": ("TOOL", None),
-    "task": ("CHAIN", None),
-    "turn": ("CHAIN", None),
-}
 
 
 def _hex_id(seed: str, bits: int) -> int:
@@ -119,23 +106,23 @@ def temporal_context_attributes() -> dict[str, Any]:
     if workflow.in_workflow():
         info = workflow.info()
         return {
-            "temporal.workflow.id": info.workflow_id,
-            "temporal.run.id": info.run_id,
-            "temporal.workflow.type": info.workflow_type,
-            "temporal.namespace": info.namespace,
-            "temporal.task_queue": info.task_queue,
+            vocab.WORKFLOW_ID: info.workflow_id,
+            vocab.RUN_ID: info.run_id,
+            vocab.WORKFLOW_TYPE: info.workflow_type,
+            vocab.NAMESPACE: info.namespace,
+            vocab.TASK_QUEUE: info.task_queue,
         }
     if activity.in_activity():
         a = activity.info()
         return {
-            "temporal.workflow.id": a.workflow_id or "",
-            "temporal.run.id": a.workflow_run_id or "",
-            "temporal.workflow.type": a.workflow_type or "",
-            "temporal.namespace": a.workflow_namespace or a.namespace,
-            "temporal.task_queue": a.task_queue,
-            "temporal.activity.id": a.activity_id,
-            "temporal.activity.type": a.activity_type,
-            "temporal.activity.attempt": a.attempt,
+            vocab.WORKFLOW_ID: a.workflow_id or "",
+            vocab.RUN_ID: a.workflow_run_id or "",
+            vocab.WORKFLOW_TYPE: a.workflow_type or "",
+            vocab.NAMESPACE: a.workflow_namespace or a.namespace,
+            vocab.TASK_QUEUE: a.task_queue,
+            vocab.ACTIVITY_ID: a.activity_id,
+            vocab.ACTIVITY_TYPE: a.activity_type,
+            vocab.ACTIVITY_ATTEMPT: a.attempt,
         }
     return {}
 
@@ -205,56 +192,56 @@ def _usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     prompt = int(usage.get("input_tokens", usage.get("prompt_tokens", 0)) or 0)
     completion = int(usage.get("output_tokens", usage.get("completion_tokens", 0)) or 0)
     return {
-        "gen_ai.usage.input_tokens": prompt,
-        "gen_ai.usage.output_tokens": completion,
-        "llm.token_count.prompt": prompt,
-        "llm.token_count.completion": completion,
-        "llm.token_count.total": prompt + completion,
+        vocab.GEN_AI_INPUT_TOKENS: prompt,
+        vocab.GEN_AI_OUTPUT_TOKENS: completion,
+        vocab.OI_PROMPT_TOKENS: prompt,
+        vocab.OI_COMPLETION_TOKENS: completion,
+        vocab.OI_TOTAL_TOKENS: prompt + completion,
     }
 
 
 def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
     """The OTel name and type-specific attributes of one Agents span's data."""
     kind = getattr(data, "type", "custom")
-    attrs: dict[str, Any] = {"agents.span.type": kind}
-    oi_kind, operation = _KINDS.get(kind, ("CHAIN", None))
-    attrs["openinference.span.kind"] = oi_kind
+    attrs: dict[str, Any] = {vocab.AGENTS_SPAN_TYPE: kind}
+    oi_kind, operation = vocab.AGENTS_SPAN_KINDS.get(kind, ("CHAIN", None))
+    attrs[vocab.OI_SPAN_KIND] = oi_kind
     if operation:
-        attrs["gen_ai.operation.name"] = operation
+        attrs[vocab.GEN_AI_OPERATION] = operation
     if isinstance(data, AgentSpanData):
         attrs.update(
             {
-                "gen_ai.agent.name": data.name,
-                "agents.agent.name": data.name,
-                "graph.node.id": data.name,
-                "agents.agent.tools": list(data.tools or []),
-                "agents.agent.handoffs": list(data.handoffs or []),
+                vocab.GEN_AI_AGENT: data.name,
+                vocab.AGENTS_AGENT: data.name,
+                vocab.OI_GRAPH_NODE: data.name,
+                vocab.AGENTS_AGENT_TOOLS: list(data.tools or []),
+                vocab.AGENTS_AGENT_HANDOFFS: list(data.handoffs or []),
             }
         )
         if data.output_type:
-            attrs["agents.agent.output_type"] = data.output_type
+            attrs[vocab.AGENTS_AGENT_OUTPUT_TYPE] = data.output_type
         return f"invoke_agent {data.name}", attrs
     if isinstance(data, GenerationSpanData):
         inputs, outputs = _messages(data.input), _messages(data.output)
         model = data.model or "unknown"
         attrs.update(
             {
-                "gen_ai.request.model": model,
-                "gen_ai.response.model": model,
-                "llm.model_name": model,
-                "gen_ai.input.messages": to_json(inputs),
-                "gen_ai.output.messages": to_json(outputs),
-                "input.value": to_json(inputs),
-                "input.mime_type": "application/json",
-                "output.value": to_json(outputs),
-                "output.mime_type": "application/json",
-                **_flatten_messages("llm.input_messages", inputs),
-                **_flatten_messages("llm.output_messages", outputs),
+                vocab.GEN_AI_REQUEST_MODEL: model,
+                vocab.GEN_AI_RESPONSE_MODEL: model,
+                vocab.OI_MODEL: model,
+                vocab.GEN_AI_INPUT_MESSAGES: to_json(inputs),
+                vocab.GEN_AI_OUTPUT_MESSAGES: to_json(outputs),
+                vocab.OI_INPUT: to_json(inputs),
+                vocab.OI_INPUT_MIME: "application/json",
+                vocab.OI_OUTPUT: to_json(outputs),
+                vocab.OI_OUTPUT_MIME: "application/json",
+                **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
+                **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
                 **_usage_attributes(data.usage),
             }
         )
         if data.model_config:
-            attrs["llm.invocation_parameters"] = to_json(data.model_config)
+            attrs[vocab.OI_INVOCATION_PARAMETERS] = to_json(data.model_config)
         return f"chat {model}", attrs
     if isinstance(data, ResponseSpanData):
         response = data.response
@@ -264,64 +251,70 @@ def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
         inputs = _messages(data.input)
         attrs.update(
             {
-                "gen_ai.request.model": model,
-                "gen_ai.response.model": model,
-                "llm.model_name": model,
-                "gen_ai.input.messages": to_json(inputs),
-                "gen_ai.output.messages": to_json(outputs),
-                "input.value": to_json(inputs),
-                "output.value": to_json(outputs),
-                **_flatten_messages("llm.input_messages", inputs),
-                **_flatten_messages("llm.output_messages", outputs),
+                vocab.GEN_AI_REQUEST_MODEL: model,
+                vocab.GEN_AI_RESPONSE_MODEL: model,
+                vocab.OI_MODEL: model,
+                vocab.GEN_AI_INPUT_MESSAGES: to_json(inputs),
+                vocab.GEN_AI_OUTPUT_MESSAGES: to_json(outputs),
+                vocab.OI_INPUT: to_json(inputs),
+                vocab.OI_OUTPUT: to_json(outputs),
+                **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
+                **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
                 **_usage_attributes(_jsonable(usage) if usage is not None else data.usage),
             }
         )
         if response is not None:
-            attrs["gen_ai.response.id"] = str(response.id)
+            attrs[vocab.GEN_AI_RESPONSE_ID] = str(response.id)
         return f"chat {model}", attrs
     if isinstance(data, FunctionSpanData):
         attrs.update(
             {
-                "gen_ai.tool.name": data.name,
-                "tool.name": data.name,
-                "gen_ai.tool.call.arguments": to_json(data.input or ""),
-                "gen_ai.tool.call.result": to_json(data.output if data.output is not None else ""),
-                "input.value": to_json(data.input or ""),
-                "output.value": to_json(data.output if data.output is not None else ""),
+                vocab.GEN_AI_TOOL_NAME: data.name,
+                vocab.OI_TOOL_NAME: data.name,
+                vocab.GEN_AI_TOOL_ARGUMENTS: to_json(data.input or ""),
+                vocab.GEN_AI_TOOL_RESULT: to_json(data.output if data.output is not None else ""),
+                vocab.OI_INPUT: to_json(data.input or ""),
+                vocab.OI_OUTPUT: to_json(data.output if data.output is not None else ""),
             }
         )
         if data.mcp_data:
-            attrs["agents.function.mcp_data"] = to_json(data.mcp_data)
+            attrs[vocab.AGENTS_FUNCTION_MCP_DATA] = to_json(data.mcp_data)
         return f"execute_tool {data.name}", attrs
     if isinstance(data, HandoffSpanData):
         attrs.update(
             {
-                "agents.handoff.from": data.from_agent or "",
-                "agents.handoff.to": data.to_agent or "",
-                "gen_ai.agent.name": data.from_agent or "",
+                vocab.AGENTS_HANDOFF_FROM: data.from_agent or "",
+                vocab.AGENTS_HANDOFF_TO: data.to_agent or "",
+                vocab.GEN_AI_AGENT: data.from_agent or "",
             }
         )
         return f"handoff {data.from_agent} → {data.to_agent}", attrs
     if isinstance(data, GuardrailSpanData):
         attrs.update(
-            {"agents.guardrail.name": data.name, "agents.guardrail.triggered": data.triggered}
+            {
+                vocab.AGENTS_GUARDRAIL_NAME: data.name,
+                vocab.AGENTS_GUARDRAIL_TRIGGERED: data.triggered,
+            }
         )
         return f"guardrail {data.name}", attrs
     if isinstance(data, MCPListToolsSpanData):
         attrs.update(
-            {"agents.mcp.server": data.server or "", "agents.mcp.tools": list(data.result or [])}
+            {
+                vocab.AGENTS_MCP_SERVER: data.server or "",
+                vocab.AGENTS_MCP_TOOLS: list(data.result or []),
+            }
         )
         return f"mcp list_tools {data.server}", attrs
     if isinstance(data, CustomSpanData):
-        attrs["agents.custom.name"] = data.name
-        attrs["agents.custom.data"] = to_json(data.data or {})
+        attrs[vocab.AGENTS_CUSTOM_NAME] = data.name
+        attrs[vocab.AGENTS_CUSTOM_DATA] = to_json(data.data or {})
         for key, value in (data.data or {}).items():
             if isinstance(value, str | int | float | bool):
-                attrs[f"agents.custom.{key}"] = value
+                attrs[f"{vocab.AGENTS_CUSTOM_PREFIX}{key}"] = value
         return data.name or "custom", attrs
     exported = data.export() if hasattr(data, "export") else {}
     name = str(exported.get("name") or kind)
-    attrs["agents.data"] = to_json(exported)
+    attrs[vocab.AGENTS_DATA] = to_json(exported)
     return name, attrs
 
 
@@ -370,9 +363,9 @@ class OtelBridgeProcessor(TracingProcessor):
                 # "Error in agent run" says little; the SDK keeps the cause in data.
                 message = f"{message}: {detail}"
             status = Status(StatusCode.ERROR, message)
-            attributes["error.type"] = message[:200]
+            attributes[vocab.ERROR_TYPE] = message[:200]
             if error.get("data"):
-                attributes["agents.error.data"] = to_json(error["data"])
+                attributes[vocab.AGENTS_ERROR_DATA] = to_json(error["data"])
         span = ReadableSpan(
             name=name,
             context=self._context(trace_id, span_id),
@@ -409,16 +402,16 @@ class OtelBridgeProcessor(TracingProcessor):
         current = otel_trace.get_current_span().get_span_context()
         attributes: dict[str, Any] = {
             **temporal_context_attributes(),
-            "agents.span.type": "trace",
-            "openinference.span.kind": "CHAIN",
-            "agents.trace_id": trace.trace_id,
-            "agents.trace.name": trace.name,
+            vocab.AGENTS_SPAN_TYPE: "trace",
+            vocab.OI_SPAN_KIND: "CHAIN",
+            vocab.AGENTS_TRACE_ID: trace.trace_id,
+            vocab.AGENTS_TRACE_NAME: trace.name,
         }
         if exported.get("group_id"):
-            attributes["agents.trace.group_id"] = str(exported["group_id"])
-            attributes["session.id"] = str(exported["group_id"])
+            attributes[vocab.AGENTS_TRACE_GROUP_ID] = str(exported["group_id"])
+            attributes[vocab.OI_SESSION] = str(exported["group_id"])
         if exported.get("metadata"):
-            attributes["agents.trace.metadata"] = to_json(exported["metadata"])
+            attributes[vocab.AGENTS_TRACE_METADATA] = to_json(exported["metadata"])
         self._emit(
             name=trace.name,
             trace_id=self._otel_trace_id(trace.trace_id),
@@ -455,9 +448,9 @@ class OtelBridgeProcessor(TracingProcessor):
         attributes.update(temporal_context_attributes())
         attributes.update(
             {
-                "agents.trace_id": span.trace_id,
-                "agents.span_id": span.span_id,
-                "agents.parent_id": span.parent_id or "",
+                vocab.AGENTS_TRACE_ID: span.trace_id,
+                vocab.AGENTS_SPAN_ID: span.span_id,
+                vocab.AGENTS_PARENT_ID: span.parent_id or "",
             }
         )
         self._emit(

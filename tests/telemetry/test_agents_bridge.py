@@ -10,7 +10,7 @@ from agents.tracing.span_data import (
     MCPListToolsSpanData,
 )
 
-from tracing.agents_bridge import span_id_for, span_name_and_attributes, trace_id_for
+from telemetry.agents_bridge import span_id_for, span_name_and_attributes, trace_id_for
 
 
 def test_ids_are_stable_and_distinct() -> None:
@@ -95,7 +95,7 @@ def test_processor_nests_spans_under_their_trace_and_keeps_error_causes() -> Non
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from tracing.agents_bridge import OtelBridgeProcessor
+    from telemetry.agents_bridge import OtelBridgeProcessor
 
     memory = InMemorySpanExporter()
     provider = DefaultTraceProvider()

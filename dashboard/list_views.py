@@ -1,42 +1,24 @@
+"""The runs list: the page, its htmx fragments and its JSON API."""
+
 import logging
 import time
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_not_required
-from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from django_htmx.middleware import HtmxDetails
 
 from dashboard import runs as run_list
 from dashboard import temporal
 from dashboard.auth import bearer_token, token_user
+from dashboard.htmx import HtmxHttpRequest
 from dashboard.runs import RunFilterForm
 
 logger = logging.getLogger(__name__)
 
 
 FILTER_FIELDS = ("status", "type", "agent", "range", "since", "until", "q")
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-@require_GET
-@never_cache
-@login_not_required
-def healthz(request: HttpRequest) -> JsonResponse:
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-            cursor.fetchone()
-    except DatabaseError:
-        logger.exception("health check: database query failed")
-        return JsonResponse({"status": "error", "database": "error"}, status=503)
-    return JsonResponse({"status": "ok", "database": "ok"})
 
 
 def _page_url(request: HttpRequest, cursor: str | None) -> str:

@@ -1,0 +1,237 @@
+"""The one vocabulary: every attribute name, alias, span kind and Temporal constant.
+
+The worker writes these names, the receiver reads them, the store indexes
+them, the correlation joins on them and the exporters write them again; all of
+them import them from here, and nothing else spells them (as
+``opentelemetry-semantic-conventions`` is the one home of the OTel names).
+
+Families, each a section below:
+
+- ours (``temporal.*``): what the bundled worker writes on every span;
+- Temporal's ``TracingInterceptor`` / ``OpenTelemetryPlugin`` (``temporalWorkflowID``, ...);
+- the OTel GenAI semantic conventions (``gen_ai.*``);
+- OpenInference (``openinference.span.kind``, ``llm.*``, ``input.value``, ...);
+- the Agents SDK's own span data (``agents.*``), as the bridge writes it.
+
+Pure Python: no Django, so the worker can import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from temporalio.api.enums.v1 import EventType
+
+# -- ours: temporal.* -----------------------------------------------------------
+WORKFLOW_ID = "temporal.workflow.id"
+RUN_ID = "temporal.run.id"
+WORKFLOW_TYPE = "temporal.workflow.type"
+NAMESPACE = "temporal.namespace"
+TASK_QUEUE = "temporal.task_queue"
+ACTIVITY_ID = "temporal.activity.id"
+ACTIVITY_TYPE = "temporal.activity.type"
+ACTIVITY_ATTEMPT = "temporal.activity.attempt"
+UPDATE_ID = "temporal.update.id"
+
+# -- Temporal's TracingInterceptor / OpenTelemetryPlugin -------------------------
+# Their attribute names → ours.
+TEMPORAL_ALIASES: dict[str, str] = {
+    "temporalWorkflowID": WORKFLOW_ID,
+    "temporalRunID": RUN_ID,
+    "temporalActivityID": ACTIVITY_ID,
+    "temporalActivityType": ACTIVITY_TYPE,
+    "temporalUpdateID": UPDATE_ID,
+}
+# Every spelling of one meaning, ours first: the first one found wins.
+WORKFLOW_ID_KEYS = (WORKFLOW_ID, "temporalWorkflowID")
+RUN_ID_KEYS = (RUN_ID, "temporalRunID")
+ACTIVITY_ID_KEYS = (ACTIVITY_ID, "temporalActivityID")
+# Span name prefixes of temporalio.contrib.opentelemetry, e.g.
+# "RunActivity:invoke_model_activity".
+TEMPORAL_SPAN_PREFIXES = frozenset(
+    {
+        "StartWorkflow",
+        "SignalWithStartWorkflow",
+        "RunWorkflow",
+        "CompleteWorkflow",
+        "StartActivity",
+        "RunActivity",
+        "StartChildWorkflow",
+        "SignalChildWorkflow",
+        "SignalExternalWorkflow",
+        "SignalWorkflow",
+        "QueryWorkflow",
+        "StartWorkflowUpdate",
+        "StartUpdateWithStartWorkflow",
+        "HandleSignal",
+        "HandleQuery",
+        "HandleUpdate",
+        "ValidateUpdate",
+        "StartNexusOperation",
+        "RunStartNexusOperationHandler",
+        "RunCancelNexusOperationHandler",
+    }
+)
+# Spans whose name ends in the workflow type: "RunWorkflow:triage".
+WORKFLOW_SPAN_PREFIXES = ("RunWorkflow", "StartWorkflow", "SignalWithStartWorkflow")
+RUN_ACTIVITY_PREFIX = "RunActivity:"
+HANDLER_SPAN_PREFIXES = ("HandleSignal", "HandleUpdate")
+# Temporal's built-in queries (__stack_trace, __temporal_workflow_metadata):
+# how tools look at a run, not what the run did.
+TOOLING_QUERY_PREFIX = "HandleQuery:__"
+
+# -- the model activity of temporalio.openai_agents --------------------------------
+MODEL_ACTIVITY_TYPE = "invoke_model_activity"
+
+# -- OTel GenAI semantic conventions ----------------------------------------------
+GEN_AI_OPERATION = "gen_ai.operation.name"
+GEN_AI_AGENT = "gen_ai.agent.name"
+GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
+GEN_AI_RESPONSE_MODEL = "gen_ai.response.model"
+GEN_AI_RESPONSE_ID = "gen_ai.response.id"
+GEN_AI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+GEN_AI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"
+GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
+GEN_AI_TOOL_NAME = "gen_ai.tool.name"
+GEN_AI_TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
+GEN_AI_TOOL_RESULT = "gen_ai.tool.call.result"
+ERROR_TYPE = "error.type"
+SERVICE_NAME = "service.name"
+
+# -- OpenInference -------------------------------------------------------------
+OI_SPAN_KIND = "openinference.span.kind"
+OI_MODEL = "llm.model_name"
+OI_PROMPT_TOKENS = "llm.token_count.prompt"
+OI_COMPLETION_TOKENS = "llm.token_count.completion"
+OI_TOTAL_TOKENS = "llm.token_count.total"
+OI_INPUT_MESSAGES = "llm.input_messages"
+OI_OUTPUT_MESSAGES = "llm.output_messages"
+OI_INVOCATION_PARAMETERS = "llm.invocation_parameters"
+OI_INPUT = "input.value"
+OI_INPUT_MIME = "input.mime_type"
+OI_OUTPUT = "output.value"
+OI_OUTPUT_MIME = "output.mime_type"
+OI_TOOL_NAME = "tool.name"
+OI_GRAPH_NODE = "graph.node.id"
+OI_SESSION = "session.id"
+
+# -- the Agents SDK's span data, as telemetry.agents_bridge writes it ---------------
+AGENTS_SPAN_TYPE = "agents.span.type"
+AGENTS_AGENT = "agents.agent.name"
+AGENTS_TRACE_ID = "agents.trace_id"
+AGENTS_SPAN_ID = "agents.span_id"
+AGENTS_PARENT_ID = "agents.parent_id"
+AGENTS_HANDOFF_FROM = "agents.handoff.from"
+AGENTS_HANDOFF_TO = "agents.handoff.to"
+AGENTS_AGENT_TOOLS = "agents.agent.tools"
+AGENTS_AGENT_HANDOFFS = "agents.agent.handoffs"
+AGENTS_AGENT_OUTPUT_TYPE = "agents.agent.output_type"
+AGENTS_FUNCTION_MCP_DATA = "agents.function.mcp_data"
+AGENTS_GUARDRAIL_NAME = "agents.guardrail.name"
+AGENTS_GUARDRAIL_TRIGGERED = "agents.guardrail.triggered"
+AGENTS_MCP_SERVER = "agents.mcp.server"
+AGENTS_MCP_TOOLS = "agents.mcp.tools"
+AGENTS_CUSTOM_NAME = "agents.custom.name"
+AGENTS_CUSTOM_DATA = "agents.custom.data"
+AGENTS_DATA = "agents.data"
+AGENTS_ERROR_DATA = "agents.error.data"
+AGENTS_TRACE_NAME = "agents.trace.name"
+AGENTS_TRACE_GROUP_ID = "agents.trace.group_id"
+AGENTS_TRACE_METADATA = "agents.trace.metadata"
+AGENTS_CUSTOM_PREFIX = "agents.custom."
+
+# -- what a meaning is read from, first found wins ------------------------------------
+MODEL_KEYS = (GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL, OI_MODEL)
+AGENT_KEYS = (GEN_AI_AGENT, AGENTS_AGENT)
+TOOL_KEYS = (GEN_AI_TOOL_NAME, OI_TOOL_NAME)
+INPUT_TOKEN_KEYS = (GEN_AI_INPUT_TOKENS, OI_PROMPT_TOKENS)
+OUTPUT_TOKEN_KEYS = (GEN_AI_OUTPUT_TOKENS, OI_COMPLETION_TOKENS)
+INPUT_MESSAGE_KEYS = (GEN_AI_INPUT_MESSAGES, OI_INPUT)
+OUTPUT_MESSAGE_KEYS = (GEN_AI_OUTPUT_MESSAGES, OI_OUTPUT)
+
+# -- normalized span kinds (the store's Span.kind) ------------------------------------
+# The Agents SDK's span types plus Temporal's own spans. "task" is a Runner.run
+# and "turn" one turn of its agent loop (Agents SDK 0.20+).
+KINDS = frozenset(
+    {
+        "agent",
+        "generation",
+        "response",
+        "function",
+        "handoff",
+        "guardrail",
+        "custom",
+        "trace",
+        "mcp_tools",
+        "task",
+        "turn",
+        "temporal",
+        "other",
+    }
+)
+MODEL_KINDS = frozenset({"generation", "response"})
+OPENINFERENCE_KINDS = {
+    "LLM": "generation",
+    "TOOL": "function",
+    "AGENT": "agent",
+    "CHAIN": "custom",
+    "GUARDRAIL": "guardrail",
+}
+GEN_AI_OPERATIONS = {
+    "chat": "generation",
+    "text_completion": "generation",
+    "generate_content": "generation",
+    "execute_tool": "function",
+    "invoke_agent": "agent",
+    "create_agent": "agent",
+}
+# Agents SDK span type → (OpenInference span kind, GenAI operation name).
+AGENTS_SPAN_KINDS: dict[str, tuple[str, str | None]] = {
+    "trace": ("CHAIN", None),
+    "agent": ("AGENT", "invoke_agent"),
+    "generation": ("LLM", "chat"),
+    "response": ("LLM", "chat"),
+    "function": ("TOOL", "execute_tool"),
+    "handoff": ("TOOL", None),
+    "guardrail": ("GUARDRAIL", None),
+    "custom": ("CHAIN", None),
+    "mcp_tools": ("TOOL", None),
+    "task": ("CHAIN", None),
+    "turn": ("CHAIN", None),
+}
+
+# -- OTLP status codes -------------------------------------------------------------
+STATUS_UNSET = 0
+STATUS_OK = 1
+STATUS_ERROR = 2
+
+# -- Temporal history ------------------------------------------------------------------
+# An activity's close event type → its outcome.
+ACTIVITY_CLOSE_OUTCOMES: dict[int, str] = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "completed",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "failed",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "timed_out",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "canceled",
+}
+FAILED_OUTCOMES = frozenset({"failed", "timed_out"})
+WORKFLOW_CLOSE_EVENT_TYPES = frozenset(
+    {
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+    }
+)
+
+
+def run_digest(workflow_id: str, run_id: str) -> str:
+    """A stable, fixed-length key for one run: cache keys and group names hold any id."""
+    return hashlib.sha256(f"{workflow_id}\0{run_id}".encode()).hexdigest()
+
+
+def is_model_activity_span(name: str) -> bool:
+    """Temporal's StartActivity/RunActivity span of a model call."""
+    return name.endswith(":" + MODEL_ACTIVITY_TYPE)
