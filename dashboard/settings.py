@@ -66,6 +66,9 @@ LOOMVIEW_OTLP_MAX_BODY_BYTES = envint("LOOMVIEW_OTLP_MAX_BODY_BYTES", 16 * 1024 
 # OTLP collectors the forwarder sends every stored span to (JSON list).
 LOOMVIEW_EXPORTERS = load_exporters(envstr(EXPORTERS_ENV, ""))
 # How long a forwarder holds a collector before another process may take it over.
+# The overview's rollups, kept on ingest (tracing/rollups.py); off only to
+# measure ingest without them (rebuild_rollups counts everything again).
+LOOMVIEW_ROLLUPS = envbool("LOOMVIEW_ROLLUPS", True)
 LOOMVIEW_FORWARDER_LEASE_SECONDS = envint("LOOMVIEW_FORWARDER_LEASE_SECONDS", 15, minimum=2)
 
 INSTALLED_APPS = [

@@ -177,3 +177,122 @@ class RunExport(models.Model):
     @property
     def percent(self) -> int:
         return 100 if self.total == 0 else min(100, self.sent * 100 // self.total)
+
+
+# -- rollups for the fleet overview (tracing/rollups.py keeps them current) ------
+
+# Model-call latency histogram: bin 0 holds attempts under 1 ms, bin i (1..62)
+# [2^((i-1)/3), 2^(i/3)) ms, bin 63 everything from 2^(62/3) ms (about 32 min)
+# up. Bins add up across any set of rows, so p50/p95 of any range and filter
+# come from merged rows, within a bin's width (26 %, less after interpolation).
+LATENCY_BINS = 64
+
+
+class RunRollupState(models.Model):
+    """One run as the rollups count it: what lets a batch move the run's
+    contribution when something about the run changes (its status, its start,
+    an attempt's model) without reading its spans again."""
+
+    workflow_id = models.CharField(max_length=1000)
+    run_id = models.CharField(max_length=255)
+    workflow_type = models.CharField(max_length=255, blank=True, default="")
+    task_queue = models.CharField(max_length=255, blank=True, default="")
+    # Temporal's status (WorkflowExecutionStatus name) as last seen, "" until then.
+    status = models.CharField(max_length=32, blank=True, default="")
+    start_ns = models.BigIntegerField()
+    end_ns = models.BigIntegerField()
+    close_ns = models.BigIntegerField(null=True, blank=True)
+    duration_ns = models.BigIntegerField(default=0)
+    # USD with the prices in force when the run was last counted; ranks the
+    # most expensive runs (the page shows today's prices).
+    cost = models.FloatField(null=True, blank=True)
+    agents = models.JSONField(default=list)
+    model_names = models.JSONField(default=list)
+    # {"a": {activity_id: {attempt: [agent, model, failed, tin, tout, model_ns,
+    # activity_ns, message]}}, "t": {"agent\x1fmodel": [tin, tout]}}
+    facts = models.JSONField(default=dict)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow_id", "run_id"], name="rollupstate_run_uniq")
+        ]
+        indexes = [
+            models.Index(fields=["start_ns"], name="rollupstate_start"),
+            models.Index(fields=["-cost"], name="rollupstate_cost"),
+            models.Index(fields=["-duration_ns"], name="rollupstate_duration"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} / {self.run_id}"
+
+
+class Rollup(models.Model):
+    """Counts per hour of run start x workflow type x task queue x status x agent x model.
+
+    Run counts are kept with ``agent``/``model`` ``"*"`` (any) as well as per
+    agent and model the run used, so a filter on either counts each run once;
+    model-call measures only on the attempt's own agent and model.
+    """
+
+    bucket_ns = models.BigIntegerField()
+    workflow_type = models.CharField(max_length=255)
+    task_queue = models.CharField(max_length=255)
+    status = models.CharField(max_length=32)
+    agent = models.CharField(max_length=255)
+    model = models.CharField(max_length=255)
+    runs = models.BigIntegerField(default=0)
+    calls = models.BigIntegerField(default=0)
+    attempts = models.BigIntegerField(default=0)
+    failed_attempts = models.BigIntegerField(default=0)
+    tokens_in = models.BigIntegerField(default=0)
+    tokens_out = models.BigIntegerField(default=0)
+    failed_tokens_in = models.BigIntegerField(default=0)
+    failed_tokens_out = models.BigIntegerField(default=0)
+    # LATENCY_BINS counts, "h00".."h63", added below.
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["bucket_ns", "workflow_type", "task_queue", "status", "agent", "model"],
+                name="rollup_cell_uniq",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bucket_ns} {self.workflow_type} {self.agent} {self.model}"
+
+
+for _bin in range(LATENCY_BINS):
+    Rollup.add_to_class(f"h{_bin:02d}", models.BigIntegerField(default=0))
+
+
+class FailureRollup(models.Model):
+    """Failed model-call attempts per hour x cell x error message."""
+
+    bucket_ns = models.BigIntegerField()
+    workflow_type = models.CharField(max_length=255)
+    task_queue = models.CharField(max_length=255)
+    status = models.CharField(max_length=32)
+    agent = models.CharField(max_length=255)
+    model = models.CharField(max_length=255)
+    message = models.CharField(max_length=300)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "bucket_ns",
+                    "workflow_type",
+                    "task_queue",
+                    "status",
+                    "agent",
+                    "model",
+                    "message",
+                ],
+                name="failurerollup_cell_uniq",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bucket_ns} {self.message} x {self.count}"

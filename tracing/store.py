@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from telemetry import vocab
 from telemetry.vocab import MODEL_KINDS, STATUS_ERROR
+from tracing import rollups
 from tracing.models import RunSummary, Span
 
 RunKey = tuple[str, str]
@@ -68,7 +69,7 @@ _DATA_KEYS = ("attributes", "events", "links", "resource", "scope")
 _IDS = ("workflow_id", "run_id", "activity_id", "attempt")
 # What re-counting an already stored span in its run summary needs.
 _SUMMARY_INPUT = (
-    "id", "trace_id", "span_id", "parent_span_id", "name", "kind", "agent", "tokens_in",
+    "id", "trace_id", "span_id", "parent_span_id", "name", "kind", "agent", "model", "tokens_in",
     "tokens_out", "status_code", "status_message", "start_ns", "end_ns", *_IDS,
 )  # fmt: skip
 
@@ -124,6 +125,7 @@ def ingest(rows: list[dict[str, Any]]) -> IngestResult:
                 key = (row["workflow_id"], row["run_id"])
                 result.new_spans[key] = result.new_spans.get(key, 0) + 1
         result.runs = _update_summaries(counted)
+        rollups.apply(counted)
     return result
 
 

@@ -1,0 +1,606 @@
+"""Rollups for the fleet overview, kept current on ingest.
+
+The overview never reads the span table. It reads:
+
+- ``Rollup``: per hour of run start x workflow type x task queue x Temporal
+  status x agent x model: runs, model calls, attempts, failed attempts,
+  tokens in/out (all attempts, and failed attempts alone) and a latency
+  histogram of attempts, whose bins add up so p50/p95 of any range come
+  from merged rows;
+- ``FailureRollup``: failed attempts per cell and error message;
+- ``RunRollupState``: one row per run with what the rollups need to know about
+  it (its attempts, agents, models, start, status), for the slowest and most
+  expensive runs, for short ranges at minute resolution, and for moving the
+  run's contribution when something about it changes.
+
+Everything is counted by the run's start hour (its first span), as the runs
+list filters by start: a chart's bar and the runs list filtered to that bar's
+hour count the same runs. A batch changes a run's state; the run's whole
+contribution before and after is computed from the state and only the
+difference is written. That one rule covers spans delivered twice (ingest
+hands over only rows it inserted), spans adopted when an ancestor arrives, a
+first span that arrives late and moves the run to another hour, a model that
+is known only once the generation span of an attempt arrives, and a status
+change from Temporal. Every merge of span values into the state is
+order-independent (min/max/sum), so ingest in any order and any batching and
+a rebuild from the span table give the same rows.
+
+Child workflows are runs of their own here (their own type, their own row);
+the overview does not fold them into their parents.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
+
+from telemetry import vocab
+from telemetry.vocab import MODEL_KINDS, STATUS_ERROR
+from tracing.models import LATENCY_BINS, FailureRollup, Rollup, RunRollupState, Span
+
+RunKey = tuple[str, str]
+# (bucket_ns, workflow_type, task_queue, status, agent, model)
+Cell = tuple[int, str, str, str, str, str]
+
+HOUR_NS = 3600 * 10**9
+MINUTE_NS = 60 * 10**9
+ANY = "*"
+MESSAGE_MAX = 300
+_SEP = "\x1f"
+
+MEASURES = (
+    "runs",
+    "calls",
+    "attempts",
+    "failed_attempts",
+    "tokens_in",
+    "tokens_out",
+    "failed_tokens_in",
+    "failed_tokens_out",
+)
+HIST = tuple(f"h{i:02d}" for i in range(LATENCY_BINS))
+VALUES = MEASURES + HIST
+KEYS = ("bucket_ns", "workflow_type", "task_queue", "status", "agent", "model")
+_RUNS, _CALLS, _ATTEMPTS, _FAILED, _TIN, _TOUT, _FTIN, _FTOUT = range(len(MEASURES))
+_HIST0 = len(MEASURES)
+# Rows per INSERT: (6 keys + 72 values) parameters each, under SQLite's 32,766.
+_CHUNK = 300
+
+# An attempt: [agent, model, failed, tokens in, tokens out, model span ns,
+# activity span ns, error message, message is the span's own (1) or a fallback (0)]
+_AGENT, _MODEL, _AFAILED, _ATIN, _ATOUT, _MODEL_NS, _ACT_NS, _MSG, _MSG_REAL = range(9)
+
+
+def latency_bin(duration_ns: int) -> int:
+    if duration_ns < 1_000_000:
+        return 0
+    index = math.floor(3 * math.log2(duration_ns / 1e6)) + 1
+    return max(1, min(index, LATENCY_BINS - 1))
+
+
+def bin_bounds_ms(index: int) -> tuple[float, float]:
+    if index == 0:
+        return 0.0, 1.0
+    return 2 ** ((index - 1) / 3), 2 ** (index / 3)
+
+
+def quantile_ms(hist: Sequence[int], q: float) -> float | None:
+    """The q-quantile (0..1) of a latency histogram, in ms, interpolated within its bin."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for index, count in enumerate(hist):
+        if not count:
+            continue
+        if seen + count >= rank:
+            low, high = bin_bounds_ms(index)
+            share = max(0.0, (rank - seen) / count)
+            if index == 0:
+                return high * share
+            if index == LATENCY_BINS - 1:
+                return low
+            return float(low * (high / low) ** share)
+        seen += count
+    return bin_bounds_ms(LATENCY_BINS - 1)[0]
+
+
+@dataclass
+class RunState:
+    workflow_id: str
+    run_id: str
+    workflow_type: str = ""
+    task_queue: str = ""
+    status: str = ""
+    start_ns: int | None = None
+    end_ns: int | None = None
+    close_ns: int | None = None
+    agents: set[str] = field(default_factory=set)
+    facts: dict[str, dict[str, Any]] = field(default_factory=lambda: {"a": {}, "t": {}})
+
+    @property
+    def key(self) -> RunKey:
+        return self.workflow_id, self.run_id
+
+    @property
+    def duration_ns(self) -> int:
+        if self.start_ns is None:
+            return 0
+        end = self.close_ns if self.close_ns is not None else self.end_ns
+        return max((end or self.start_ns) - self.start_ns, 0)
+
+    def tokens_by_model(self) -> dict[str, tuple[int, int]]:
+        found: dict[str, list[int]] = {}
+        for attempts in self.facts["a"].values():
+            for entry in attempts.values():
+                if entry[_ATIN] or entry[_ATOUT]:
+                    pair = found.setdefault(entry[_MODEL], [0, 0])
+                    pair[0] += entry[_ATIN]
+                    pair[1] += entry[_ATOUT]
+        for name, (tokens_in, tokens_out) in self.facts["t"].items():
+            model = name.split(_SEP, 1)[1]
+            pair = found.setdefault(model, [0, 0])
+            pair[0] += tokens_in
+            pair[1] += tokens_out
+        return {m: (p[0], p[1]) for m, p in found.items()}
+
+    def model_names(self) -> set[str]:
+        names = {
+            entry[_MODEL]
+            for attempts in self.facts["a"].values()
+            for entry in attempts.values()
+            if entry[_MODEL]
+        }
+        names.update(n.split(_SEP, 1)[1] for n in self.facts["t"])
+        names.discard("")
+        return names
+
+    def cost(self) -> float | None:
+        from dashboard import pricing
+
+        tokens = self.tokens_by_model()
+        if not tokens:
+            return None
+        estimate = pricing.estimate(tokens, settings.LOOMVIEW_MODEL_PRICES)
+        return None if estimate is None else float(estimate)
+
+
+def _attempt_key(row: dict[str, Any]) -> str | None:
+    if row["attempt"] is not None:
+        return str(row["attempt"])
+    if row["kind"] == "temporal" and row["name"].startswith(vocab.RUN_ACTIVITY_PREFIX):
+        return f"span:{row['span_id']}"
+    return None
+
+
+def _is_model_span(row: dict[str, Any]) -> bool:
+    if not row["activity_id"]:
+        return False
+    return row["kind"] in MODEL_KINDS or vocab.is_model_activity_span(row["name"])
+
+
+def _smaller(current: str, value: str) -> str:
+    return value if value and (not current or value < current) else current
+
+
+def _task_queue(row: dict[str, Any]) -> str:
+    if "task_queue" in row:
+        return str(row["task_queue"] or "")
+    attributes = row.get("attributes")
+    value = attributes.get(vocab.TASK_QUEUE) if attributes else None
+    return value if isinstance(value, str) else ""
+
+
+def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
+    """Fold spans of one run into its state; any order gives the same state."""
+    calls: dict[str, dict[str, list[Any]]] = state.facts["a"]
+    loose: dict[str, list[int]] = state.facts["t"]
+    for row in rows:
+        state.workflow_type = _smaller(state.workflow_type, row.get("workflow_type") or "")
+        state.task_queue = _smaller(state.task_queue, _task_queue(row))
+        if row["agent"]:
+            state.agents.add(row["agent"])
+        if state.start_ns is None or row["start_ns"] < state.start_ns:
+            state.start_ns = row["start_ns"]
+        if state.end_ns is None or row["end_ns"] > state.end_ns:
+            state.end_ns = row["end_ns"]
+        model_kind = row["kind"] in MODEL_KINDS
+        tokens_in = row["tokens_in"] or 0
+        tokens_out = row["tokens_out"] or 0
+        key = None
+        if _is_model_span(row):
+            per_call = calls.setdefault(row["activity_id"], {})
+            key = _attempt_key(row)
+            if key is not None:
+                entry = per_call.get(key)
+                if entry is None:
+                    entry = per_call[key] = ["", "", 0, 0, 0, 0, 0, "", 0]
+                entry[_AGENT] = max(entry[_AGENT], row["agent"] or "")
+                entry[_MODEL] = max(entry[_MODEL], row.get("model") or "")
+                duration = max(row["end_ns"] - row["start_ns"], 0)
+                if model_kind:
+                    entry[_ATIN] += tokens_in
+                    entry[_ATOUT] += tokens_out
+                    entry[_MODEL_NS] = max(entry[_MODEL_NS], duration)
+                else:
+                    entry[_ACT_NS] = max(entry[_ACT_NS], duration)
+                if row["status_code"] == STATUS_ERROR:
+                    entry[_AFAILED] = 1
+                    _note_message(entry, row)
+        if key is None and model_kind and (tokens_in or tokens_out):
+            name = f"{row['agent'] or ''}{_SEP}{row.get('model') or ''}"
+            pair = loose.setdefault(name, [0, 0])
+            pair[0] += tokens_in
+            pair[1] += tokens_out
+
+
+def _note_message(entry: list[Any], row: dict[str, Any]) -> None:
+    message = (row["status_message"] or "")[:MESSAGE_MAX]
+    if message:
+        entry[_MSG] = message if not entry[_MSG_REAL] else min(entry[_MSG], message)
+        entry[_MSG_REAL] = 1
+    elif not entry[_MSG_REAL]:
+        entry[_MSG] = _smaller(entry[_MSG], f"{row['name']} failed"[:MESSAGE_MAX])
+
+
+@dataclass
+class Contribution:
+    cells: dict[Cell, list[int]] = field(default_factory=dict)
+    failures: dict[tuple[Cell, str], int] = field(default_factory=dict)
+
+    def vector(self, cell: Cell) -> list[int]:
+        vector = self.cells.get(cell)
+        if vector is None:
+            vector = self.cells[cell] = [0] * len(VALUES)
+        return vector
+
+
+def contribution(state: RunState, bucket_size: int = HOUR_NS) -> Contribution:
+    """What one run adds to the rollups."""
+    result = Contribution()
+    if state.start_ns is None:
+        return result
+    base = (
+        state.start_ns // bucket_size * bucket_size,
+        state.workflow_type,
+        state.task_queue,
+        state.status,
+    )
+    models: set[str] = set()
+    for per_call in state.facts["a"].values():
+        if not per_call:
+            result.vector((*base, "", ""))[_CALLS] += 1
+            continue
+        first = True
+        for attempt in sorted(per_call):
+            entry = per_call[attempt]
+            cell: Cell = (*base, entry[_AGENT], entry[_MODEL])
+            vector = result.vector(cell)
+            if first:
+                vector[_CALLS] += 1
+                first = False
+            vector[_ATTEMPTS] += 1
+            vector[_TIN] += entry[_ATIN]
+            vector[_TOUT] += entry[_ATOUT]
+            if entry[_AFAILED]:
+                vector[_FAILED] += 1
+                vector[_FTIN] += entry[_ATIN]
+                vector[_FTOUT] += entry[_ATOUT]
+                failure = (cell, entry[_MSG])
+                result.failures[failure] = result.failures.get(failure, 0) + 1
+            vector[_HIST0 + latency_bin(entry[_MODEL_NS] or entry[_ACT_NS])] += 1
+            if entry[_MODEL]:
+                models.add(entry[_MODEL])
+    for name, (tokens_in, tokens_out) in state.facts["t"].items():
+        agent, model = name.split(_SEP, 1)
+        vector = result.vector((*base, agent, model))
+        vector[_TIN] += tokens_in
+        vector[_TOUT] += tokens_out
+        if model:
+            models.add(model)
+    for agent in (ANY, *state.agents):
+        for model in (ANY, *models):
+            result.vector((*base, agent, model))[_RUNS] += 1
+    return result
+
+
+def _subtract(new: Contribution, old: Contribution, into: Contribution) -> None:
+    for cell in new.cells.keys() | old.cells.keys():
+        after, before = new.cells.get(cell), old.cells.get(cell)
+        if after == before:
+            continue
+        vector = into.vector(cell)
+        for i in range(len(VALUES)):
+            vector[i] += (after[i] if after else 0) - (before[i] if before else 0)
+    for failure in new.failures.keys() | old.failures.keys():
+        change = new.failures.get(failure, 0) - old.failures.get(failure, 0)
+        if change:
+            into.failures[failure] = into.failures.get(failure, 0) + change
+
+
+# -- storage ------------------------------------------------------------------
+
+
+def _marker() -> str:
+    return "?" if connection.vendor == "sqlite" else "%s"
+
+
+def _json(value: Any) -> Any:
+    text = orjson.dumps(value).decode()
+    if connection.vendor == "sqlite":
+        return text
+    return connection.ops.adapt_json_value(value, None)
+
+
+def _loads(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+_STATE_COLUMNS = (
+    "workflow_id", "run_id", "workflow_type", "task_queue", "status", "start_ns", "end_ns",
+    "close_ns", "duration_ns", "cost", "agents", "model_names", "facts",
+)  # fmt: skip
+
+
+def load_states(keys: Iterable[RunKey]) -> dict[RunKey, RunState]:
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    workflow_ids = sorted({w for w, _ in wanted})
+    quote = connection.ops.quote_name
+    sql = (
+        "SELECT workflow_id, run_id, workflow_type, task_queue, status, start_ns, end_ns, "
+        f"close_ns, agents, facts FROM {quote(RunRollupState._meta.db_table)} "
+        f"WHERE workflow_id IN ({', '.join([_marker()] * len(workflow_ids))})"
+    )
+    found: dict[RunKey, RunState] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, workflow_ids)
+        for wf, run, wtype, queue, status, start, end, close, agents, facts in cursor.fetchall():
+            if (wf, run) in wanted:
+                found[(wf, run)] = RunState(
+                    wf, run, wtype, queue, status, start, end, close,
+                    set(_loads(agents)), _loads(facts),
+                )  # fmt: skip
+    return found
+
+
+def _save_states(states: Sequence[RunState]) -> None:
+    if not states:
+        return
+    quote = connection.ops.quote_name
+    placeholder = "(" + ", ".join([_marker()] * len(_STATE_COLUMNS)) + ")"
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
+    with connection.cursor() as cursor:
+        for start in range(0, len(states), 500):
+            chunk = states[start : start + 500]
+            params: list[Any] = []
+            for s in chunk:
+                params += [
+                    s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status,
+                    s.start_ns, s.end_ns, s.close_ns, s.duration_ns, s.cost(),
+                    _json(sorted(s.agents)), _json(sorted(s.model_names())), _json(s.facts),
+                ]  # fmt: skip
+            cursor.execute(
+                f"INSERT INTO {quote(RunRollupState._meta.db_table)} "
+                f"({', '.join(quote(c) for c in _STATE_COLUMNS)}) "
+                f"VALUES {', '.join([placeholder] * len(chunk))} "
+                f"ON CONFLICT (workflow_id, run_id) DO UPDATE SET {updates}",
+                params,
+            )
+
+
+@functools.cache
+def _add_sql(table: str, keys: tuple[str, ...], values: tuple[str, ...], rows: int, m: str) -> str:
+    quote = connection.ops.quote_name
+    columns = keys + values
+    placeholder = "(" + ", ".join([m] * len(columns)) + ")"
+    updates = ", ".join(
+        f"{quote(c)} = {quote(table)}.{quote(c)} + excluded.{quote(c)}" for c in values
+    )
+    return (
+        f"INSERT INTO {quote(table)} ({', '.join(quote(c) for c in columns)}) "
+        f"VALUES {', '.join([placeholder] * rows)} "
+        f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {updates}"
+    )
+
+
+def _add(delta: Contribution) -> None:
+    """Add a difference to the rollup tables (upserts: a cell's row is created on first use)."""
+    marker = _marker()
+    cells = [(cell, vector) for cell, vector in delta.cells.items() if any(vector)]
+    failures = [(cell, count) for cell, count in delta.failures.items() if count]
+    with connection.cursor() as cursor:
+        table = Rollup._meta.db_table
+        for start in range(0, len(cells), _CHUNK):
+            chunk = cells[start : start + _CHUNK]
+            params: list[Any] = []
+            for cell, vector in chunk:
+                params += cell
+                params += vector
+            cursor.execute(_add_sql(table, KEYS, VALUES, len(chunk), marker), params)
+        table = FailureRollup._meta.db_table
+        for start in range(0, len(failures), _CHUNK):
+            chunk_f = failures[start : start + _CHUNK]
+            params = []
+            for (cell, message), count in chunk_f:
+                params += [*cell, message, count]
+            cursor.execute(
+                _add_sql(table, (*KEYS, "message"), ("count",), len(chunk_f), marker), params
+            )
+
+
+def enabled() -> bool:
+    return bool(getattr(settings, "LOOMVIEW_ROLLUPS", True))
+
+
+def apply(rows: Iterable[dict[str, Any]]) -> None:
+    """Count newly stored (or newly adopted) span rows; called by store.ingest in its
+    transaction, with the rows it inserted or gave a run to, each exactly once."""
+    if not enabled():
+        return
+    groups: dict[RunKey, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["workflow_id"] and row["run_id"]:
+            groups.setdefault((row["workflow_id"], row["run_id"]), []).append(row)
+    if not groups:
+        return
+    states = load_states(groups)
+    delta = Contribution()
+    changed: list[RunState] = []
+    for key, group in groups.items():
+        state = states.get(key)
+        if state is None:
+            state = RunState(*key)
+            before = Contribution()
+        else:
+            before = contribution(state)
+        apply_rows(state, group)
+        _subtract(contribution(state), before, delta)
+        changed.append(state)
+    _save_states(changed)
+    _add(delta)
+
+
+def set_status(updates: dict[RunKey, tuple[str, int | None]]) -> int:
+    """Record Temporal's status (and close time) of runs; moves their counts. Returns
+    how many runs changed. Runs without spans are not counted, so they are skipped."""
+    if not updates or not enabled():
+        return 0
+    from tracing.store import _writer as writer
+
+    with writer():
+        states = load_states(updates)
+        delta = Contribution()
+        changed: list[RunState] = []
+        for key, state in states.items():
+            status, close_ns = updates[key]
+            if (state.status, state.close_ns) == (status, close_ns):
+                continue
+            before = contribution(state)
+            state.status, state.close_ns = status, close_ns
+            _subtract(contribution(state), before, delta)
+            changed.append(state)
+        _save_states(changed)
+        _add(delta)
+    return len(changed)
+
+
+def prune(cutoff_ns: int) -> int:
+    """Forget runs whose last span is older than cutoff_ns, as retention deletes them
+    (with their spans and summaries). Call it in the same transaction."""
+    doomed_keys = list(
+        RunRollupState.objects.filter(end_ns__lt=cutoff_ns).values_list("workflow_id", "run_id")
+    )
+    total = 0
+    for start in range(0, len(doomed_keys), 500):
+        states = load_states(doomed_keys[start : start + 500])
+        delta = Contribution()
+        for state in states.values():
+            _subtract(Contribution(), contribution(state), delta)
+        _add(delta)
+        total += RunRollupState.objects.filter(
+            pk__in=RunRollupState.objects.filter(
+                end_ns__lt=cutoff_ns,
+                workflow_id__in={w for w, _ in states},
+                run_id__in={r for _, r in states},
+            ).values("pk")
+        ).delete()[0]
+    _drop_empty()
+    return total
+
+
+def _drop_empty() -> None:
+    Rollup.objects.filter(**{c: 0 for c in ("runs", "calls", "attempts")}).filter(
+        tokens_in=0, tokens_out=0
+    ).delete()
+    FailureRollup.objects.filter(count=0).delete()
+
+
+# -- rebuild from the span table -----------------------------------------------
+
+_REBUILD_COLUMNS = (
+    "trace_id", "span_id", "name", "kind", "workflow_id", "run_id", "activity_id", "attempt",
+    "model", "agent", "tokens_in", "tokens_out", "status_code", "status_message", "start_ns",
+    "end_ns",
+)  # fmt: skip
+
+
+def recount() -> tuple[dict[RunKey, RunState], Contribution]:
+    """Every run's state and the rollups, computed from the span table alone (plus the
+    statuses already recorded, which come from Temporal, not from spans)."""
+    known = {
+        (w, r): (status, close)
+        for w, r, status, close in RunRollupState.objects.values_list(
+            "workflow_id", "run_id", "status", "close_ns"
+        )
+    }
+    states: dict[RunKey, RunState] = {}
+    queue = KeyTextTransform(vocab.TASK_QUEUE, KeyTransform("attributes", "data"))
+    workflow_type = KeyTextTransform(vocab.WORKFLOW_TYPE, KeyTransform("attributes", "data"))
+    query = (
+        Span.objects.exclude(workflow_id="")
+        .exclude(run_id="")
+        .annotate(task_queue=queue, type_attr=workflow_type)
+        .values(*_REBUILD_COLUMNS, "task_queue", "type_attr")
+    )
+    from tracing.otlp import workflow_type as type_of
+
+    for row in query.iterator(chunk_size=5000):
+        key = (row["workflow_id"], row["run_id"])
+        state = states.get(key)
+        if state is None:
+            state = states[key] = RunState(*key)
+            state.status, state.close_ns = known.get(key, ("", None))
+        row["workflow_type"] = row["type_attr"] or type_of({}, row["name"])
+        apply_rows(state, (row,))
+    total = Contribution()
+    for state in states.values():
+        part = contribution(state)
+        for cell, vector in part.cells.items():
+            into = total.vector(cell)
+            for i, value in enumerate(vector):
+                into[i] += value
+        for failure, count in part.failures.items():
+            total.failures[failure] = total.failures.get(failure, 0) + count
+    return states, total
+
+
+def rebuild() -> int:
+    """Replace every rollup by a recount from the span table; returns the runs counted."""
+    from tracing.store import _writer as writer
+
+    with writer():
+        states, total = recount()
+        FailureRollup.objects.all().delete()
+        Rollup.objects.all().delete()
+        RunRollupState.objects.all().delete()
+        _save_states(list(states.values()))
+        _add(total)
+    return len(states)
+
+
+def stored_rollups() -> Contribution:
+    """The rollup tables as they are (for tests and the rebuild check)."""
+    stored = Contribution()
+    for row in Rollup.objects.values_list(*KEYS, *VALUES):
+        if any(row[len(KEYS) :]):
+            stored.cells[tuple(row[: len(KEYS)])] = list(row[len(KEYS) :])
+    for *cell, message, count in FailureRollup.objects.values_list(*KEYS, "message", "count"):
+        if count:
+            stored.failures[(tuple(cell), message)] = count
+    return stored
+
+
+def atomic_rebuild() -> int:
+    with transaction.atomic():
+        return rebuild()
