@@ -18,8 +18,8 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 
 from dashboard.models import AuditEntry
+from telemetry.vocab import MODEL_ACTIVITY_TYPE
 
-MODEL_ACTIVITY = "invoke_model_activity"
 MAX_PAYLOAD_CHARS = 64 * 1024
 MAX_REASON_CHARS = 500
 NAME_RE = re.compile(r"^[A-Za-z_][\w.\-:]{0,199}$")
@@ -121,12 +121,15 @@ def reset_points(events: Sequence[HistoryEvent]) -> list[ResetPoint]:
     """Where a run can be reset to: before each model call, and the last good point."""
     points: list[ResetPoint] = []
     seen: set[int] = set()
+    number = 0
     for event in events:
         if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             continue
         attrs = event.activity_task_scheduled_event_attributes
-        if attrs.activity_type.name != MODEL_ACTIVITY:
+        if attrs.activity_type.name != MODEL_ACTIVITY_TYPE:
             continue
+        # Model call N is the Nth model activity (tool activities take ids too).
+        number += 1
         # The workflow task that scheduled this call: resetting to it replays
         # everything before and runs the call again.
         finish = attrs.workflow_task_completed_event_id
@@ -134,9 +137,7 @@ def reset_points(events: Sequence[HistoryEvent]) -> list[ResetPoint]:
             # Calls scheduled together (parallel agents) share one point.
             continue
         seen.add(finish)
-        points.append(
-            ResetPoint(finish, f"Before model call {attrs.activity_id} (event {finish})", "call")
-        )
+        points.append(ResetPoint(finish, f"Before model call {number} (event {finish})", "call"))
     last_good = last_good_point(events)
     if last_good is not None:
         points.append(

@@ -252,6 +252,8 @@ class ActivityGroup:
     last_failure: str = ""
     failure: str = ""
     outcome: str = "scheduled"
+    # Model call N for invoke_model_activity, else 0.
+    number: int = 0
 
     @property
     def first_id(self) -> int:
@@ -266,11 +268,15 @@ def compact_history(history: list[HistoryRow]) -> list[ActivityGroup | HistoryRo
     """Activities folded into one row each; workflow-task bookkeeping left out."""
     rows: list[ActivityGroup | HistoryRow] = []
     by_scheduled: dict[int, ActivityGroup] = {}
+    model_calls = 0
     for row in history:
         kind = row.event_type.removeprefix(_PREFIX)
         if kind == "ACTIVITY_TASK_SCHEDULED":
             scheduled = row.event.activity_task_scheduled_event_attributes
             group = ActivityGroup(scheduled.activity_id, scheduled.activity_type.name, row)
+            if group.activity_type == vocab.MODEL_ACTIVITY_TYPE:
+                model_calls += 1
+                group.number = model_calls
             by_scheduled[row.event_id] = group
             rows.append(group)
         elif kind.startswith("ACTIVITY_TASK_"):
@@ -402,6 +408,7 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
         call_rows.append(
             {
                 "id": call.activity_id,
+                "n": call.number,
                 "agent": call.agent,
                 "model": call.model,
                 "in": call.tokens_in or 0,
@@ -727,6 +734,7 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
         "model_calls": [
             {
                 "activity_id": c.activity_id,
+                "number": c.number or None,
                 "agent": c.agent,
                 "model": c.model,
                 "tokens_in": c.tokens_in,

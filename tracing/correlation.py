@@ -66,6 +66,10 @@ class Attempt:
 @dataclass
 class ModelCall:
     activity_id: str
+    # Model call N: the run's Nth invoke_model_activity in the history (tool
+    # activities take activity ids too); 0 for spans of an activity the history
+    # does not know.
+    number: int = 0
     scheduled_ns: int | None = None
     started_ns: int | None = None
     closed_ns: int | None = None
@@ -379,6 +383,7 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
     items.extend(_messages(events, rows))
     items.sort(key=lambda i: (i.time_ns is None, i.time_ns or 0))
     model_calls.sort(key=lambda c: (c.scheduled_ns is None, c.scheduled_ns or 0))
+    _number_model_calls(model_calls, known_ids, bool(activities))
     story = RunStory(items=items, model_calls=model_calls)
     story.total_model_calls = len(model_calls)
     story.total_attempts = sum(len(c.attempts) for c in model_calls)
@@ -388,6 +393,17 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
     story.tokens_in = sum(c.tokens_in or 0 for c in model_calls)
     story.tokens_out = sum(c.tokens_out or 0 for c in model_calls)
     return story
+
+
+def _number_model_calls(calls: list[ModelCall], known_ids: set[str], has_history: bool) -> None:
+    """Model call N, as fault specs and reset points count: history order of the model
+    activities; without a history, the order the spans give."""
+    number = 0
+    for call in calls:
+        if has_history and call.activity_id not in known_ids:
+            continue
+        number += 1
+        call.number = number
 
 
 def _messages(events: Sequence[HistoryEvent], rows: Sequence[Row]) -> list[StoryItem]:

@@ -1,9 +1,10 @@
 """Fault injection for model calls, asked for by a run's input.
 
-A fault names a model call by its activity id (``call=N``): the model call a user
-sees as "model call N" is the ``invoke_model_activity`` with ``activityId`` N, the
-same key the dashboard correlates on. Specs are small strings so they fit a form
-field and a CLI flag alike:
+A fault names a model call by its number (``call=N``): model call N is the run's
+Nth ``invoke_model_activity``, counted the way the dashboard counts them. Tool
+activities (``activity_as_tool``) take activity ids too, so model call 3 may be
+activity 4; worker.model_calls carries the number to the activity. Specs are
+small strings so they fit a form field and a CLI flag alike:
 
 - ``call=2:fail=2``   fail the first 2 attempts of call 2, then succeed
 - ``call=1:permanent`` fail every attempt of call 1 (retries are exhausted)

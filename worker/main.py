@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 
 from telemetry.otel import configure_tracing
 from worker.config import WorkerConfig
+from worker.model_calls import ModelCallNumbering
 from worker.providers import build_provider
 from worker.tools import check_service_status
 from worker.workflows import WORKFLOWS
@@ -41,7 +42,8 @@ async def connect(config: WorkerConfig, plugins: Sequence[Any] = ()) -> Client:
 
 def build_workers(client: Client, config: WorkerConfig) -> list[Worker]:
     """The workflow worker and, with a separate model task queue, the model worker."""
-    extra: dict[str, Any] = {}
+    # Fault specs and the dashboard count model calls, not activities.
+    extra: dict[str, Any] = {"interceptors": [ModelCallNumbering()]}
     if config.max_cached_workflows is not None:
         extra["max_cached_workflows"] = config.max_cached_workflows
     workers: list[Worker] = []

@@ -34,6 +34,7 @@ from temporalio.exceptions import ApplicationError
 from worker.config import ConfigError, WorkerConfig
 from worker.demo_model import DEMO_MODEL_NAME, DemoModel
 from worker.faults import FAULTS_METADATA_KEY, decode_faults
+from worker.model_calls import current_model_call
 
 
 class InvocationLog:
@@ -77,16 +78,17 @@ class FaultInjectingModel(Model):
         **kwargs: Any,
     ) -> ModelResponse:
         settings, encoded = _strip_fault_metadata(model_settings)
-        call, attempt, where = 0, 1, {}
+        # The run's Nth model call (tool activities take activity ids too).
+        call, attempt, where = current_model_call.get() or 0, 1, {}
         if activity.in_activity():
             info = activity.info()
-            call = int(info.activity_id) if info.activity_id.isdigit() else 0
             attempt = info.attempt
             where = {
                 "workflow_id": info.workflow_id,
                 "run_id": info.workflow_run_id,
                 "activity_id": info.activity_id,
                 "attempt": attempt,
+                "call": call,
             }
         fault = decode_faults(encoded).get(call)
         if fault is not None and fault.slow_ms:

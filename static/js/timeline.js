@@ -104,7 +104,7 @@
         class: "tl-attempt " + (a.f ? "failed" : "ok"),
         "data-call": call.id, "data-attempt": a.n,
       }, plot);
-      let tip = "Model call " + call.id + " · attempt " + a.n + (a.f ? " · FAILED" : "") +
+      let tip = "Model call " + (call.n || call.id) + " · attempt " + a.n + (a.f ? " · FAILED" : "") +
         "\n" + (call.agent || "") + (call.model ? " · " + call.model : "") +
         "\n+" + fmt(a.s) + " → +" + fmt(a.e) + " (" + fmt(a.e - a.s) + ")";
       if (!a.f && (call.in || call.out)) tip += "\ntokens " + call.in + " in / " + call.out + " out";
@@ -193,11 +193,11 @@
       const g = el("g", { class: "tok" }, svg);
       el("rect", { x: x0, y: base - hIn, width: barW, height: hIn, class: "tok-in" }, g);
       el("rect", { x: x0, y: base - hIn - hOut, width: barW, height: hOut, class: "tok-out" }, g);
-      title(g, "Model call " + c.id + (c.agent ? " · " + c.agent : "") + "\n" + c.in + " in / " + c.out + " out");
+      title(g, "Model call " + (c.n || c.id) + (c.agent ? " · " + c.agent : "") + "\n" + c.in + " in / " + c.out + " out");
       g.addEventListener("click", () => openSpan(document.querySelector("[data-timeline]"), c.span));
       if (slot > 18 || i === 0 || i === calls.length - 1) {
         const label = el("text", { x: x0 + barW / 2, y: height - 3, class: "tok-label" }, svg);
-        label.textContent = c.id;
+        label.textContent = c.n || c.id;
       }
     });
     host.appendChild(svg);

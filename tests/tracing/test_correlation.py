@@ -208,3 +208,29 @@ def test_signal_without_handler_span_is_unmatched() -> None:
     )  # fmt: skip
     (item,) = correlate([signal], []).items
     assert (item.kind, item.title, item.matched, item.event_ids) == ("signal", "cancel", False, [3])
+
+
+def test_model_calls_are_numbered_by_model_activities_only() -> None:
+    """A tool activity between two model calls takes activity id 2; the second call is call 2."""
+    events = [
+        scheduled(5, 1 * S, "1"),
+        started(6, 1 * S, 5, attempt=1),
+        completed(7, 2 * S, 5),
+        scheduled(11, 3 * S, "2", kind="check_service_status"),
+        started(12, 3 * S, 11, attempt=1),
+        completed(13, 4 * S, 11),
+        scheduled(17, 5 * S, "3"),
+        started(18, 5 * S, 17, attempt=1),
+        completed(19, 6 * S, 17),
+    ]
+    spans = [
+        *attempt_spans("1", 1, 1 * S),
+        *attempt_spans("3", 1, 5 * S),
+        # A model span of an activity this history does not know has no number.
+        *attempt_spans("9", 1, 7 * S),
+    ]
+    story = correlate(events, spans)
+    numbered = {c.activity_id: c.number for c in story.model_calls}
+    assert numbered == {"1": 1, "3": 2, "9": 0}
+    # Without a history, the spans' order numbers them.
+    assert [c.number for c in correlate([], spans).model_calls] == [1, 2, 3]

@@ -122,6 +122,33 @@ async def test_injected_faults_are_retried_by_temporal(
     assert [(row["activity_id"], row["attempt"]) for row in injected] == [("2", 1), ("2", 2)]
 
 
+async def test_fault_specs_count_model_calls_not_tool_activities(
+    temporal_client: Client, worker: WorkerProcess
+) -> None:
+    """Triage's third model call is activity 4: check_service_status (activity_as_tool) is 3."""
+    workflow_id = _id("faults-numbered")
+    handle = await temporal_client.start_workflow(
+        "triage",
+        AgentRunInput("The sync is stuck with errors", faults=["call=3:fail=1"]),
+        id=workflow_id,
+        task_queue=worker.task_queue,
+        result_type=AgentRunResult,
+    )
+    await handle.result()
+    every = await activities(handle)
+    assert [a.activity_type for a in every][:4] == [
+        MODEL_ACTIVITY, MODEL_ACTIVITY, "check_service_status", MODEL_ACTIVITY
+    ]  # fmt: skip
+    assert every[2].attempts == [1]
+    assert every[3].activity_id == "4" and every[3].attempts == [2]
+    injected = [
+        (row["activity_id"], row["call"], row["attempt"])
+        for row in worker.invocations()
+        if row["workflow_id"] == workflow_id and str(row["outcome"]).startswith("injected")
+    ]
+    assert injected == [("4", 3, 1)]
+
+
 async def test_resilient_falls_back_when_the_primary_model_is_down(
     temporal_client: Client, worker: WorkerProcess
 ) -> None:
