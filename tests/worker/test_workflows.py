@@ -1,4 +1,4 @@
-"""Every bundled workflow on a real Temporal dev server and a real worker process."""
+"""Every bundled workflow on a real Temporal dev server and the bundled worker (in process)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import ApplicationError
 
-from tests.conftest import WorkerFactory, WorkerProcess
+from tests.conftest import InProcessWorker, InProcessWorkerFactory
 from tests.worker.history import MODEL_ACTIVITY, activities, model_calls
 from worker.inputs import (
     AgentRunInput,
@@ -38,11 +39,11 @@ def _id(kind: str) -> str:
 
 
 @pytest.fixture
-def worker(worker_factory: WorkerFactory) -> WorkerProcess:
-    return worker_factory()
+def worker(shared_worker: InProcessWorker) -> InProcessWorker:
+    return shared_worker
 
 
-def _ok_invocations(worker: WorkerProcess, workflow_id: str) -> list[dict[str, object]]:
+def _ok_invocations(worker: InProcessWorker, workflow_id: str) -> list[dict[str, object]]:
     return [
         row
         for row in worker.invocations()
@@ -51,7 +52,7 @@ def _ok_invocations(worker: WorkerProcess, workflow_id: str) -> list[dict[str, o
 
 
 async def test_triage_hands_off_and_runs_workflow_and_activity_tools(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     workflow_id = _id("triage")
     handle = await temporal_client.start_workflow(
@@ -83,7 +84,7 @@ async def test_triage_hands_off_and_runs_workflow_and_activity_tools(
 
 
 async def test_triage_routes_billing_requests_to_billing(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     result = await temporal_client.execute_workflow(
         "triage",
@@ -97,7 +98,7 @@ async def test_triage_routes_billing_requests_to_billing(
 
 
 async def test_injected_faults_are_retried_by_temporal(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     workflow_id = _id("faults")
     handle = await temporal_client.start_workflow(
@@ -150,7 +151,7 @@ async def test_fault_specs_count_model_calls_not_tool_activities(
 
 
 async def test_resilient_falls_back_when_the_primary_model_is_down(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     handle = await temporal_client.start_workflow(
         "resilient",
@@ -170,7 +171,7 @@ async def test_resilient_falls_back_when_the_primary_model_is_down(
 
 
 async def test_resilient_uses_the_primary_when_it_is_healthy(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     result = await temporal_client.execute_workflow(
         "resilient",
@@ -183,7 +184,7 @@ async def test_resilient_uses_the_primary_when_it_is_healthy(
 
 
 async def test_parallel_runs_analysts_concurrently_and_merges(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     handle = await temporal_client.start_workflow(
         "parallel",
@@ -215,7 +216,7 @@ async def _wait_for_state(handle: WorkflowHandle, state: str) -> ApprovalStatus:
 
 
 async def test_approval_waits_then_finishes_on_approve(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     handle = await temporal_client.start_workflow(
         "approval",
@@ -226,8 +227,11 @@ async def test_approval_waits_then_finishes_on_approve(
     )
     status = await _wait_for_state(handle, "waiting")
     assert "Operations drafter here." in status.draft
-    await asyncio.sleep(0.3)
-    assert (await handle.describe()).status is not None
+    # Parked on the human: running, no model call in flight, only the draft's two done.
+    description = await handle.describe()
+    assert description.status == WorkflowExecutionStatus.RUNNING
+    assert list(description.raw_description.pending_activities) == []
+    assert len(await model_calls(handle)) == 2
     assert (await handle.query("status", result_type=ApprovalStatus)).state == "waiting"
     await handle.signal("approve", Decision(comment="ship it before Monday", by="alice"))
     result = await handle.result()
@@ -237,7 +241,9 @@ async def test_approval_waits_then_finishes_on_approve(
     assert "ship it before Monday" in result.output
 
 
-async def test_approval_reject_does_nothing(temporal_client: Client, worker: WorkerProcess) -> None:
+async def test_approval_reject_does_nothing(
+    temporal_client: Client, worker: InProcessWorker
+) -> None:
     handle = await temporal_client.start_workflow(
         "approval",
         ApprovalInput("Delete the staging cluster."),
@@ -257,7 +263,7 @@ async def test_approval_reject_does_nothing(temporal_client: Client, worker: Wor
 
 
 async def test_approval_expires_without_a_decision(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     result = await temporal_client.execute_workflow(
         "approval",
@@ -270,7 +276,7 @@ async def test_approval_expires_without_a_decision(
 
 
 async def test_conversation_takes_updates_and_signals_and_ends(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     handle = await temporal_client.start_workflow(
         "conversation",
@@ -299,7 +305,7 @@ async def test_conversation_takes_updates_and_signals_and_ends(
 
 
 async def test_conversation_continues_as_new_keeping_its_history(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     workflow_id = _id("chat")
     handle = await temporal_client.start_workflow(
@@ -334,7 +340,7 @@ async def test_conversation_continues_as_new_keeping_its_history(
     ],
 )
 async def test_bad_input_fails_at_once_with_a_clear_error(
-    temporal_client: Client, worker: WorkerProcess, workflow: str, payload: object, message: str
+    temporal_client: Client, worker: InProcessWorker, workflow: str, payload: object, message: str
 ) -> None:
     handle = await temporal_client.start_workflow(
         workflow,
@@ -353,16 +359,12 @@ async def test_bad_input_fails_at_once_with_a_clear_error(
 
 
 async def test_model_calls_run_on_a_separate_model_task_queue(
-    temporal_client: Client, worker_factory: WorkerFactory
+    temporal_client: Client, inprocess_worker_factory: InProcessWorkerFactory
 ) -> None:
     model_queue = f"models-{uuid.uuid4().hex[:8]}"
-    workflows_only = worker_factory(
-        LOOMVIEW_MODEL_TASK_QUEUE=model_queue, LOOMVIEW_WORKER_ROLE="workflows"
-    )
-    worker_factory(
-        LOOMVIEW_TASK_QUEUE=workflows_only.task_queue,
-        LOOMVIEW_MODEL_TASK_QUEUE=model_queue,
-        LOOMVIEW_WORKER_ROLE="models",
+    workflows_only = inprocess_worker_factory(model_task_queue=model_queue, role="workflows")
+    inprocess_worker_factory(
+        task_queue=workflows_only.task_queue, model_task_queue=model_queue, role="models"
     )
     handle = await temporal_client.start_workflow(
         "resilient",
@@ -376,7 +378,7 @@ async def test_model_calls_run_on_a_separate_model_task_queue(
 
 
 async def test_triage_guardrail_blocks_a_request_carrying_a_secret(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     workflow_id = _id("guardrail")
     handle = await temporal_client.start_workflow(
