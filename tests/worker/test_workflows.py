@@ -124,7 +124,7 @@ async def test_injected_faults_are_retried_by_temporal(
 
 
 async def test_fault_specs_count_model_calls_not_tool_activities(
-    temporal_client: Client, worker: WorkerProcess
+    temporal_client: Client, worker: InProcessWorker
 ) -> None:
     """Triage's third model call is activity 4: check_service_status (activity_as_tool) is 3."""
     workflow_id = _id("faults-numbered")
