@@ -18,7 +18,7 @@ from dashboard.runs import RunFilterForm
 logger = logging.getLogger(__name__)
 
 
-FILTER_FIELDS = ("status", "type", "agent", "range", "since", "until", "q")
+FILTER_FIELDS = ("status", "type", "agent", "model", "queue", "range", "since", "until", "q")
 
 
 def _page_url(request: HttpRequest, cursor: str | None) -> str:

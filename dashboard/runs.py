@@ -27,12 +27,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.urls import NoReverseMatch, reverse
 
 from dashboard import pricing, temporal
 from telemetry import vocab
-from tracing.models import RunSummary, Span
+from tracing.models import RunRollupState, RunSummary, Span
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,14 @@ RANGE_CHOICES = [
     ("7d", "Last 7 days"),
     ("custom", "Custom…"),
 ]
-DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
+DATETIME_FORMATS = [
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%dT%H:%M:%S",
+    # The overview's links end a bar just before the next one starts.
+    "%Y-%m-%dT%H:%M:%S.%f",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%d",
+]
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -108,6 +115,8 @@ class Filters:
     since_ns: int | None = None
     until_ns: int | None = None
     text: str = ""
+    model: str = ""
+    task_queue: str = ""
 
 
 class RunFilterForm(forms.Form):
@@ -117,6 +126,8 @@ class RunFilterForm(forms.Form):
     )
     type = forms.CharField(required=False, max_length=255, label="Workflow type")
     agent = forms.CharField(required=False, max_length=255)
+    model = forms.CharField(required=False, max_length=255)
+    queue = forms.CharField(required=False, max_length=255, label="Task queue")
     range = forms.ChoiceField(required=False, choices=RANGE_CHOICES, label="Started")
     since = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="From")
     until = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="To")
@@ -157,6 +168,8 @@ class RunFilterForm(forms.Form):
             since_ns=since_ns,
             until_ns=until_ns,
             text=(data.get("q") or "").strip(),
+            model=(data.get("model") or "").strip(),
+            task_queue=(data.get("queue") or "").strip(),
         )
 
 
@@ -276,6 +289,8 @@ def visibility_query(filters: Filters, cursor: SortKey | None = None) -> str:
         clauses.append(f"ExecutionStatus = {temporal.quote(STATUSES[filters.status])}")
     if filters.workflow_type:
         clauses.append(f"WorkflowType = {temporal.quote(filters.workflow_type)}")
+    if filters.task_queue:
+        clauses.append(f"TaskQueue = {temporal.quote(filters.task_queue)}")
     if filters.since_ns is not None:
         clauses.append(f"StartTime >= {temporal.quote(_iso(filters.since_ns))}")
     if filters.until_ns is not None:
@@ -345,6 +360,16 @@ def _store_filtered(filters: Filters) -> QuerySet[RunSummary]:
     if filters.agent:
         # Agents are a JSON list; match the quoted name as it is stored.
         qs = qs.filter(agents__icontains=json.dumps(filters.agent))
+    if filters.model or filters.task_queue:
+        # Models and task queues per run are the overview's rollup state.
+        states = RunRollupState.objects.filter(
+            workflow_id=OuterRef("workflow_id"), run_id=OuterRef("run_id")
+        )
+        if filters.model:
+            states = states.filter(model_names__icontains=json.dumps(filters.model))
+        if filters.task_queue:
+            states = states.filter(task_queue=filters.task_queue)
+        qs = qs.filter(Exists(states))
     if filters.since_ns is not None:
         qs = qs.filter(first_span_ns__gte=filters.since_ns)
     if filters.until_ns is not None:
@@ -422,6 +447,8 @@ def _matches(row: RunRow, filters: Filters) -> bool:
         return False
     if filters.agent and filters.agent.lower() not in (a.lower() for a in row.agents):
         return False
+    if filters.model and not row.has_spans:
+        return False
     if filters.since_ns is not None and row.start_ns < filters.since_ns:
         return False
     if filters.until_ns is not None and row.start_ns > filters.until_ns:
@@ -465,8 +492,8 @@ async def list_page(
 ) -> Page:
     temporal_error: str | None = None
     visible: list[temporal.RunSummary] = []
-    if not filters.agent:
-        # Runs without spans have no agents, so an agent filter is the store's alone.
+    if not (filters.agent or filters.model):
+        # Runs without spans have no agents or models: such a filter is the store's alone.
         visible, temporal_error = await _visibility(
             visibility_query(filters, cursor), VISIBILITY_LIMIT
         )
@@ -514,7 +541,9 @@ async def rows_for(keys: set[RunKey], filters: Filters) -> list[RunRow]:
     visible: list[temporal.RunSummary] = []
     temporal_error = None
     try:
-        visible = await _visibility_for(keys, filters) if not filters.agent else []
+        visible = (
+            await _visibility_for(keys, filters) if not (filters.agent or filters.model) else []
+        )
     except temporal.TemporalUnavailable as exc:
         temporal_error = exc.reason
     merged = await _merge(visible, stored, filters, temporal_error)

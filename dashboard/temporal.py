@@ -150,6 +150,23 @@ async def list_runs(query: str, limit: int) -> list[RunSummary]:
     return runs
 
 
+async def all_runs(query: str, page_size: int = 1000) -> list[RunSummary]:
+    """Every execution matching a visibility query, all pages (for backfills, not pages)."""
+    client = await get_client()
+    runs: list[RunSummary] = []
+    try:
+        async for execution in client.list_workflows(
+            query or None, page_size=page_size, rpc_timeout=RPC_TIMEOUT
+        ):
+            runs.append(_summary(execution))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise ValueError(f"visibility query rejected: {exc.message}") from exc
+        _forget(client)
+        raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
+    return runs
+
+
 def quote(value: str) -> str:
     """A string literal for a visibility query."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"

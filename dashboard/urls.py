@@ -2,13 +2,23 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard import action_views, export_views, list_views, ops_views, run_views
+from dashboard import (
+    action_views,
+    export_views,
+    list_views,
+    ops_views,
+    overview_views,
+    run_views,
+)
 from tracing import views as tracing_views
 
 urlpatterns = [
     # runs
     path("", list_views.runs, name="dash-runs"),
     path("api/runs/", list_views.api_runs, name="dash-api-runs"),
+    # the fleet overview
+    path("overview/", overview_views.overview_page, name="dash-overview"),
+    path("overview/data.json", overview_views.overview_data, name="dash-overview-data"),
     # one run
     path("runs/<str:workflow_id>/<str:run_id>/", run_views.run, name="dash-run"),
     path(

@@ -1,0 +1,167 @@
+"""The overview's numbers match the runs list filtered the same way, bar by bar."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import pytest
+from django.test import Client
+from pytest_django.fixtures import Settings
+
+from tests.tracing.spans import protobuf_body, record
+from tests.tracing.test_rollups import BASE_NS, HOUR, fleet
+from tracing import otlp, rollups, store
+from tracing.models import RunRollupState
+
+pytestmark = pytest.mark.django_db
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+@pytest.fixture
+def ingested(settings: Settings) -> int:
+    prices = dict(settings.LOOMVIEW_MODEL_PRICES)
+    prices["unpriced-model"] = (Decimal("3"), Decimal("7"))
+    settings.LOOMVIEW_MODEL_PRICES = prices
+    rng = random.Random(21)
+    rows = otlp.decode(
+        protobuf_body(record(lambda tracer: fleet(tracer, rng, 40))), otlp.PROTOBUF
+    ).rows
+    store.ingest(rows)
+    return len(rows)
+
+
+def _api_runs(client: Client, link: str) -> list[dict[str, Any]]:
+    params = parse_qs(urlparse(link).query)
+    url: str | None = "/api/runs/?" + urlencode({k: v[0] for k, v in params.items()})
+    rows: list[dict[str, Any]] = []
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200, response.content
+        body = response.json()
+        rows += body["runs"]
+        url = body["next"]
+    return rows
+
+
+def _overview(client: Client, **params: str) -> dict[str, Any]:
+    response = client.get("/overview/data.json", params)
+    assert response.status_code == 200, response.content
+    data: dict[str, Any] = response.json()
+    return data
+
+
+@pytest.mark.parametrize("hours", [6, 48])
+@pytest.mark.parametrize(
+    "filters",
+    [{}, {"type": "triage"}, {"queue": "q-a"}, {"agent": "Billing"}, {"model": "gpt-4o-mini"}],
+)
+def test_every_bar_matches_the_runs_list(
+    logged_in_client: Client,
+    closed_temporal_address: str,
+    ingested: int,
+    hours: int,
+    filters: dict[str, str],
+) -> None:
+    since = BASE_NS - HOUR
+    data = _overview(
+        logged_in_client,
+        range="custom",
+        since=_iso(since),
+        until=_iso(since + hours * HOUR),
+        **filters,
+    )
+    assert data["temporal_error"]
+    runs = data["runs_by_status"]["UNKNOWN"]
+    assert sum(runs) == data["totals"]["runs"] > 0
+    whole = _api_runs(logged_in_client, data["runs_link"])
+    assert len(whole) == data["totals"]["runs"]
+    calls_are_whole_runs = not (filters.get("agent") or filters.get("model"))
+    checked = 0
+    for i, link in enumerate(data["links"]):
+        rows = _api_runs(logged_in_client, link)
+        assert len(rows) == runs[i], (i, link)
+        if not calls_are_whole_runs:
+            continue
+        series = data["series"]
+        for name in ("attempts", "failed_attempts", "tokens_in", "tokens_out"):
+            assert sum(r[name] for r in rows) == series[name][i], (name, i)
+        assert sum(r["model_calls"] for r in rows) == series["calls"][i]
+        cost = sum(Decimal(r["estimated_cost_usd"] or 0) for r in rows)
+        assert abs(float(cost) - data["cost"][i]) < 1e-5
+        checked += bool(rows)
+    assert checked or not calls_are_whole_runs
+    # The slowest and most expensive runs are the runs list's, in order.
+    by_duration = sorted(whole, key=lambda r: -r["duration_ms"])
+    assert data["slowest"][0]["duration_ms"] == by_duration[0]["duration_ms"]
+    assert {r["workflow_id"] for r in data["slowest"]} <= {r["workflow_id"] for r in whole}
+    by_cost = sorted(whole, key=lambda r: -Decimal(r["estimated_cost_usd"] or 0))
+    assert data["expensive"][0]["workflow_id"] == by_cost[0]["workflow_id"]
+    if calls_are_whole_runs:
+        assert sum(f["count"] for f in data["failures"]) == data["totals"]["failed_attempts"]
+        assert data["totals"]["failed_attempts"] == sum(r["failed_attempts"] for r in whole)
+
+
+def test_agent_and_model_breakdowns_add_up(
+    logged_in_client: Client, closed_temporal_address: str, ingested: int
+) -> None:
+    data = _overview(
+        logged_in_client, range="custom", since=_iso(BASE_NS), until=_iso(BASE_NS + 6 * HOUR)
+    )
+    totals = data["totals"]
+    for breakdown in ("by_model", "by_agent", "by_type"):
+        rows = data[breakdown]
+        assert sum(r["attempts"] for r in rows) == totals["attempts"]
+        assert sum(r["failed_tokens_in"] for r in rows) == totals["failed_tokens_in"]
+        assert abs(sum(r["cost"] for r in rows) - totals["cost"]) < 1e-5
+        assert abs(sum(r["failed_cost"] for r in rows) - totals["failed_cost"]) < 1e-5
+    assert 0 < totals["failed_cost"] < totals["cost"]
+    model = next(r for r in data["by_model"] if r["name"] == "gpt-4o-mini")
+    only = _overview(
+        logged_in_client,
+        range="custom",
+        since=_iso(BASE_NS),
+        until=_iso(BASE_NS + 6 * HOUR),
+        model="gpt-4o-mini",
+    )
+    assert only["totals"]["attempts"] == model["attempts"]
+    assert only["totals"]["tokens_in"] == model["tokens_in"]
+
+
+def test_status_filter_follows_temporal_statuses(
+    logged_in_client: Client, closed_temporal_address: str, ingested: int
+) -> None:
+    keys = list(RunRollupState.objects.values_list("workflow_id", "run_id")[:3])
+    rollups.set_status({k: ("FAILED", None) for k in keys})
+    window = {"range": "custom", "since": _iso(BASE_NS), "until": _iso(BASE_NS + 6 * HOUR)}
+    failed = _overview(logged_in_client, status="FAILED", **window)
+    assert failed["totals"]["runs"] == 3
+    assert list(failed["runs_by_status"]) == ["FAILED"]
+    everything = _overview(logged_in_client, **window)
+    assert sum(everything["runs_by_status"]["FAILED"]) == 3
+    assert sum(everything["runs_by_status"]["UNKNOWN"]) == everything["totals"]["runs"] - 3
+
+
+def test_page_renders_with_its_data_and_a_bad_range_is_a_form_error(
+    logged_in_client: Client, closed_temporal_address: str, ingested: int
+) -> None:
+    response = logged_in_client.get("/overview/", {"range": "7d"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="overview-data"' in html and "js/overview.js" in html and "<script>" not in html
+    assert "Temporal is unreachable" in html
+    bad = logged_in_client.get("/overview/", {"range": "custom", "until": "not a time"})
+    assert bad.status_code == 400
+    assert "filter-errors" in bad.content.decode()
+    assert logged_in_client.get("/overview/data.json", {"range": "nope"}).status_code == 400
+
+
+def test_overview_needs_a_login(client: Client) -> None:
+    assert client.get("/overview/").status_code == 302
+    assert client.get("/overview/data.json").status_code == 302
