@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,9 @@ CLOSE_STATUS = {
 }
 # Events that say nothing an engineer debugging a run needs; the full view keeps them.
 _NOISE = ("WORKFLOW_TASK_",)
+# A run's trace in OpenAI's Traces dashboard, when the worker sent it there.
+OPENAI_TRACE_URL = "https://platform.openai.com/traces/trace?trace_id={trace_id}"
+_AGENTS_TRACE_ID = re.compile(r"trace_[A-Za-z0-9_-]{1,64}")
 
 
 # -- payloads ---------------------------------------------------------------
@@ -612,7 +616,27 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
             f"{settings.LOOMVIEW_TEMPORAL_UI_URL}/namespaces/{_q(namespace)}"
             f"/workflows/{_q(workflow_id)}/{_q(run_id)}/history"
         ),
+        "openai_trace_links": openai_trace_links(spans),
     }
+
+
+def openai_trace_links(spans: list[dict[str, Any]]) -> list[str]:
+    """Links to the run's Agents SDK traces in OpenAI's dashboard, if the worker sent them.
+
+    Only spans that say OpenAI traces were on count; the id is sender-controlled
+    text, so only a well-formed Agents SDK trace id makes a link.
+    """
+    links: dict[str, None] = {}
+    for span in spans:
+        attrs = span.get("attributes") or {}
+        trace_id = attrs.get(vocab.AGENTS_TRACE_ID)
+        if (
+            attrs.get(vocab.AGENTS_OPENAI_TRACES) is True
+            and isinstance(trace_id, str)
+            and _AGENTS_TRACE_ID.fullmatch(trace_id)
+        ):
+            links[OPENAI_TRACE_URL.format(trace_id=trace_id)] = None
+    return list(links)
 
 
 # -- the span tree as HTML --------------------------------------------------------

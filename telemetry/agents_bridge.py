@@ -321,9 +321,14 @@ def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
 class OtelBridgeProcessor(TracingProcessor):
     """An Agents SDK tracing processor that hands OTel spans to OTel span processors."""
 
-    def __init__(self, span_processor: SpanProcessor, resource: Resource) -> None:
+    def __init__(
+        self, span_processor: SpanProcessor, resource: Resource, openai_traces: bool = False
+    ) -> None:
         self._processor = span_processor
         self._resource = resource
+        # The same spans also go to OpenAI's Traces dashboard: say so on each span,
+        # so the dashboard links a run to its trace there.
+        self._openai_traces = openai_traces
         self._lock = threading.Lock()
         self._trace_starts: dict[str, int] = {}
         self._first_span_start: dict[str, int] = {}
@@ -366,6 +371,8 @@ class OtelBridgeProcessor(TracingProcessor):
             attributes[vocab.ERROR_TYPE] = message[:200]
             if error.get("data"):
                 attributes[vocab.AGENTS_ERROR_DATA] = to_json(error["data"])
+        if self._openai_traces:
+            attributes[vocab.AGENTS_OPENAI_TRACES] = True
         span = ReadableSpan(
             name=name,
             context=self._context(trace_id, span_id),

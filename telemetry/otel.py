@@ -8,7 +8,11 @@
 - A batch processor exports OTLP/HTTP to the dashboard; the standard
   ``OTEL_EXPORTER_OTLP_*`` variables add an exporter to any other collector.
 - The Agents SDK's spans reach the same processors through
-  :class:`telemetry.agents_bridge.OtelBridgeProcessor`.
+  :class:`telemetry.agents_bridge.OtelBridgeProcessor`; with ``openai_traces``
+  (``LOOMVIEW_OPENAI_TRACES``) they also go, redacted the same way, to OpenAI's
+  Traces dashboard through the Agents SDK's own exporter.
+- :func:`disable_tracing` (``LOOMVIEW_TRACING=off``) removes the Agents SDK's
+  default OpenAI exporter too: tracing off sends nothing anywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -30,13 +34,18 @@ from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_
 
 from telemetry import vocab
 from telemetry.agents_bridge import OtelBridgeProcessor, temporal_context_attributes
-from telemetry.redact import redact_attributes, redact_text
+from telemetry.redact import redact_attributes, redact_text, redact_value
+
+if TYPE_CHECKING:
+    from agents.tracing.processors import BatchTraceProcessor
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DASHBOARD_ENDPOINT = "http://127.0.0.1:8000/v1/traces"
 DEFAULT_SERVICE_NAME = "loomview-worker"
 DEFAULT_SCHEDULE_DELAY_MS = 200
+# The Agents SDK's own default (BackendSpanExporter's ingest endpoint).
+DEFAULT_OPENAI_TRACES_ENDPOINT = "https://api.openai.com/v1/traces/ingest"
 
 
 class CorrelatingSpanProcessor(SpanProcessor):
@@ -165,6 +174,64 @@ def dashboard_exporter(endpoint: str, token: str | None) -> SpanExporter:
     return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=10)
 
 
+class _RedactedItem:
+    """An Agents SDK trace or span as the OpenAI exporter sees it: its export, redacted."""
+
+    __slots__ = ("_item",)
+
+    def __init__(self, item: Any) -> None:
+        self._item = item
+
+    @property
+    def tracing_api_key(self) -> str | None:
+        return getattr(self._item, "tracing_api_key", None)
+
+    def export(self) -> dict[str, Any] | None:
+        exported = self._item.export()
+        return redact_value(exported) if exported else exported
+
+
+def _redacted(items: list[Any]) -> list[Any]:
+    return [item if isinstance(item, _RedactedItem) else _RedactedItem(item) for item in items]
+
+
+def openai_traces_processor(endpoint: str | None = None) -> BatchTraceProcessor:
+    """The Agents SDK's OpenAI Traces exporter, behind the same redaction as Loomview's."""
+    from agents.tracing.processors import BackendSpanExporter, BatchTraceProcessor
+
+    class RedactingBackendSpanExporter(BackendSpanExporter):
+        # The batch processor calls export(), or _export_with_deadline() while
+        # shutting down; both see only redacted copies.
+        def export(self, items: list[Any]) -> None:
+            super().export(_redacted(items))
+
+        def _export_with_deadline(self, items: list[Any], deadline: float | None) -> None:
+            super()._export_with_deadline(_redacted(items), deadline)
+
+    url = endpoint or _env("LOOMVIEW_OPENAI_TRACES_ENDPOINT") or DEFAULT_OPENAI_TRACES_ENDPOINT
+    return BatchTraceProcessor(RedactingBackendSpanExporter(endpoint=url))
+
+
+def env_switch(name: str, default: bool) -> bool:
+    raw = _env(name).lower()
+    if not raw:
+        return default
+    if raw in ("on", "off"):
+        return raw == "on"
+    raise ValueError(f"{name} must be on or off, got {raw!r}")
+
+
+def disable_tracing() -> None:
+    """``LOOMVIEW_TRACING=off``: no Agents SDK processor at all, so nothing is sent anywhere.
+
+    Without this the Agents SDK's default exporter would send every prompt and
+    answer to OpenAI when a key is set, and warn on every batch when not.
+    """
+    from agents import set_trace_processors
+
+    set_trace_processors([])
+
+
 @dataclass
 class WorkerTracing:
     """What :func:`configure_tracing` set up; plugins go on the Temporal client."""
@@ -173,6 +240,7 @@ class WorkerTracing:
     processor: SpanProcessor
     bridge: OtelBridgeProcessor
     plugins: list[Any] = field(default_factory=list)
+    openai_processor: BatchTraceProcessor | None = None
 
     def shutdown(self) -> None:
         """Flush what is buffered, then stop the exporters."""
@@ -180,6 +248,8 @@ class WorkerTracing:
             self.processor.force_flush(5000)
         finally:
             self.processor.shutdown()
+            if self.openai_processor is not None:
+                self.openai_processor.shutdown(timeout=5.0)
 
 
 def configure_tracing(
@@ -189,10 +259,14 @@ def configure_tracing(
     resource_attributes: Mapping[str, Any] | None = None,
     schedule_delay_ms: int | None = None,
     set_global: bool = True,
+    openai_traces: bool | None = None,
+    openai_traces_endpoint: str | None = None,
 ) -> WorkerTracing:
     """Set up OpenTelemetry for the worker; arguments override environment variables.
 
     ``exporters`` replaces the default exporters (dashboard + OTEL_* collector).
+    ``openai_traces`` (``LOOMVIEW_OPENAI_TRACES``, default off) keeps the Agents
+    SDK's export to OpenAI's Traces dashboard next to the bridge.
     """
     from agents import set_trace_processors
 
@@ -219,12 +293,19 @@ def configure_tracing(
     provider.add_span_processor(processor)
     if set_global:
         otel_trace.set_tracer_provider(provider)
-    bridge = OtelBridgeProcessor(processor, resource)
-    # Replace the Agents SDK's default exporter (to OpenAI's backend) with the bridge.
-    set_trace_processors([bridge])
+    if openai_traces is None:
+        openai_traces = env_switch("LOOMVIEW_OPENAI_TRACES", False)
+    bridge = OtelBridgeProcessor(processor, resource, openai_traces=openai_traces)
+    # The bridge replaces the Agents SDK's default exporter (to OpenAI's backend);
+    # OpenAI's dashboard gets the spans only when asked for, redacted like ours.
+    openai = openai_traces_processor(openai_traces_endpoint) if openai_traces else None
+    if openai is not None and not _env("OPENAI_API_KEY"):
+        logger.warning("LOOMVIEW_OPENAI_TRACES=on needs OPENAI_API_KEY: OpenAI gets no traces")
+    set_trace_processors([bridge] if openai is None else [bridge, openai])
     return WorkerTracing(
         provider=provider,
         processor=processor,
         bridge=bridge,
         plugins=[OpenTelemetryPlugin(add_temporal_spans=True)],
+        openai_processor=openai,
     )

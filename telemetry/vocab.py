@@ -140,6 +140,9 @@ AGENTS_TRACE_NAME = "agents.trace.name"
 AGENTS_TRACE_GROUP_ID = "agents.trace.group_id"
 AGENTS_TRACE_METADATA = "agents.trace.metadata"
 AGENTS_CUSTOM_PREFIX = "agents.custom."
+# True on a bridged span the worker also sent to OpenAI's Traces dashboard
+# (LOOMVIEW_OPENAI_TRACES), where its trace is agents.trace_id.
+AGENTS_OPENAI_TRACES = "agents.openai_traces"
 
 # -- what a meaning is read from, first found wins ------------------------------------
 MODEL_KEYS = (GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL, OI_MODEL)

@@ -75,6 +75,7 @@ class WorkerConfig:
     model_max_attempts: int
     max_cached_workflows: int | None
     tracing: bool
+    openai_traces: bool = False
 
     @classmethod
     def from_env(cls) -> WorkerConfig:
@@ -103,6 +104,7 @@ class WorkerConfig:
                 envint("LOOMVIEW_MAX_CACHED_WORKFLOWS", 1000) if cached else None
             ),
             tracing=envchoice("LOOMVIEW_TRACING", "on", ("on", "off")) == "on",
+            openai_traces=envchoice("LOOMVIEW_OPENAI_TRACES", "off", ("on", "off")) == "on",
         )
 
     def model_params(self) -> ModelActivityParameters:

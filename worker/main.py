@@ -13,7 +13,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.openai_agents import OpenAIAgentsPlugin
 from temporalio.worker import Worker
 
-from telemetry.otel import configure_tracing
+from telemetry.otel import configure_tracing, disable_tracing
 from worker.config import WorkerConfig
 from worker.model_calls import ModelCallNumbering
 from worker.providers import build_provider
@@ -66,7 +66,13 @@ def build_workers(client: Client, config: WorkerConfig) -> list[Worker]:
 
 
 async def run_worker(config: WorkerConfig) -> None:
-    tracing = configure_tracing() if config.tracing else None
+    if config.tracing:
+        tracing = configure_tracing(openai_traces=config.openai_traces)
+    else:
+        tracing = None
+        disable_tracing()
+        if config.openai_traces:
+            logger.info("LOOMVIEW_TRACING=off: OpenAI traces are off too, nothing is sent")
     try:
         await _serve(config, tracing.plugins if tracing else [])
     finally:

@@ -45,6 +45,7 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LOOMVIEW_MODEL_START_TO_CLOSE_SECONDS", "soon", "must be a number"),
         ("LOOMVIEW_MODEL_PROVIDER", "anthropic", "must be one of demo, openai"),
         ("LOOMVIEW_WORKER_ROLE", "boss", "must be one of all, workflows, models"),
+        ("LOOMVIEW_OPENAI_TRACES", "maybe", "must be one of on, off"),
     ],
 )
 def test_bad_values_are_clear_errors(
@@ -53,6 +54,13 @@ def test_bad_values_are_clear_errors(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=f"{name} {message}"):
         WorkerConfig.from_env()
+
+
+def test_openai_traces_are_off_unless_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOOMVIEW_OPENAI_TRACES", raising=False)
+    assert WorkerConfig.from_env().openai_traces is False
+    monkeypatch.setenv("LOOMVIEW_OPENAI_TRACES", "on")
+    assert WorkerConfig.from_env().openai_traces is True
 
 
 def test_provider_selection(monkeypatch: pytest.MonkeyPatch) -> None:
