@@ -6,13 +6,49 @@ PY := $(VENV)/bin/python
 # Reinstall only when the dependency list changes; the stamp keeps `make run` fast.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt install bench-ingest
+.PHONY: run test test-sqlite test-postgres lint fmt install bench-ingest browser servers
 
 run: $(STAMP)
 	$(PY) manage.py runstack
 
-test: lint
+# Two passes: everything on SQLite with the in-memory channel layer, then the
+# backend-specific tests (marked `backends`) on real PostgreSQL + Redis servers
+# that tests/servers.py starts. `make test` sets up what it needs first.
+test: lint browser servers
 	$(VENV)/bin/pytest
+	$(PY) -m tests.servers pytest -m backends
+
+test-sqlite: $(STAMP) browser
+	$(VENV)/bin/pytest
+
+test-postgres: $(STAMP) servers
+	$(PY) -m tests.servers pytest -m backends
+
+# Browser tests drive Debian's Chromium; Playwright never downloads one.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+		else \
+			echo "Chromium is missing: run 'sudo apt-get install chromium' (Debian/Ubuntu), then make test again" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+# PostgreSQL and Redis come from wheels in .[test]; Debian's packages are the fallback.
+servers: $(STAMP)
+	@if ! $(PY) -m tests.servers check >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql redis-server; \
+		else \
+			echo "No runnable PostgreSQL/Redis: run 'sudo apt-get install postgresql redis-server', then make test again" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	@$(PY) -m tests.servers check
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

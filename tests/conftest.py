@@ -56,6 +56,78 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
 
 
+# Test modules whose code differs by backend (SQL, locks, channel layer): `make test`
+# runs them a second time on PostgreSQL + Redis (`python -m tests.servers pytest -m
+# backends`). Add a module here, or mark single tests with @pytest.mark.backends.
+BACKEND_MODULES = frozenset(
+    {
+        "tests/tracing/test_store.py",  # ingest SQL, summaries, adoption
+        "tests/tracing/test_receiver.py",  # /v1/traces into the store, live groups
+        "tests/tracing/test_forwarder.py",  # cursors, leases, per-run exports
+        "tests/tracing/test_backends.py",  # concurrency on the real servers
+        "tests/dashboard/test_consumers.py",  # runs list live updates
+        "tests/dashboard/test_run_consumers.py",  # run page live updates
+        "tests/dashboard/test_runs.py",  # runs list keyset pages and filters
+        "tests/dashboard/test_exports.py",  # Exports page, per-run exports
+        "tests/dashboard/test_actions.py",  # actions and their audit entries
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(ROOT).as_posix() in BACKEND_MODULES:
+            item.add_marker(pytest.mark.backends)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: object) -> Iterator[None]:
+    """On PostgreSQL, end connections that threads (daphne's, sync_to_async's) kept
+    open, so the test database can be dropped at the end."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:  # type: ignore[attr-defined]
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (tests/servers.py): the PostgreSQL pass's, else one of its own.
+
+    A database URL with a ``loomview`` database, for processes the test starts."""
+    from tests import servers
+
+    if os.environ.get(servers.POSTGRES_URL_ENV):
+        yield os.environ[servers.POSTGRES_URL_ENV]
+        return
+    server = servers.start_postgres()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis server (tests/servers.py): the PostgreSQL pass's, else one of its own."""
+    from tests import servers
+
+    if os.environ.get(servers.REDIS_URL_ENV):
+        yield os.environ[servers.REDIS_URL_ENV]
+        return
+    server = servers.start_redis()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @dataclass
 class TemporalServer:
     address: str

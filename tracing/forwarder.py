@@ -303,7 +303,10 @@ def step(state: CollectorState) -> float:
         return min(remaining, lease_seconds() / 3)
     busy = run_job(state)
     wait = forward_batch(state, cursor)
-    return 0.0 if busy else wait
+    # Come back within a third of the lease even during a long backoff (up to
+    # a minute, or a Retry-After of ten): each step renews the lease, so the
+    # collector never shows "no forwarder" and no other forwarder takes it over.
+    return 0.0 if busy else min(wait, lease_seconds() / 3)
 
 
 @dataclass

@@ -181,6 +181,32 @@ def test_503_waits_as_long_as_retry_after_says(http_collector: Collector) -> Non
     assert ExportCursor.objects.get(collector="c").failures == 0
 
 
+def test_the_lease_is_renewed_while_a_long_retry_waits(
+    http_collector: Collector, settings: Any
+) -> None:
+    settings.LOOMVIEW_FORWARDER_LEASE_SECONDS = 2
+    http_collector.status, http_collector.retry_after = 503, "600"
+    ingest(agent_run)
+    state = forwarder.CollectorState(Exporter(name="c", endpoint=http_collector.url))
+    other = forwarder.CollectorState(state.exporter, owner="another-forwarder")
+    wait = forwarder.step(state)
+    assert 0 < wait <= 2 / 3
+    # The holder keeps stepping at the pace it asks for, for twice the lease:
+    # it stays the forwarder, nobody takes over, and nothing is re-sent early.
+    deadline = time.monotonic() + 2 * 2
+    while time.monotonic() < deadline:
+        time.sleep(wait)
+        wait = forwarder.step(state)
+        assert 0 < wait <= 2 / 3
+        assert not forwarder.claim(other)
+        stats = forwarder.stats(state.exporter)
+        assert stats.running and stats.state == "retrying" and stats.forwarder == state.owner
+    assert len(http_collector.headers) == 1
+    cursor = ExportCursor.objects.get(collector="c")
+    assert cursor.retry_at is not None
+    assert (cursor.retry_at - timezone.now()).total_seconds() > 500
+
+
 def test_grpc_retry_info_and_permanent_codes(grpc_collector: GrpcCollector) -> None:
     ingest(agent_run)
     state = forwarder.CollectorState(Exporter(name="c", endpoint=grpc_collector.url, protocol=GRPC))
