@@ -53,7 +53,7 @@ def _in_thread(work: Callable[[], Any]) -> Callable[[], Any]:
     return run
 
 
-def _batches() -> list[list[dict[str, Any]]]:
+def _batches() -> list[list[list[dict[str, Any]]]]:
     """One list of small batches per writer: model calls of one run, one trace each."""
     per_writer = []
     for writer in range(WRITERS):
