@@ -196,9 +196,9 @@ def post(url: str, payload: bytes) -> None:
     assert response.status_code == 200, response.text
 
 
-async def receive_until(socket: Any, needle: str, timeout: float) -> str:
+async def receive_until(socket: Any, needle: str, seconds: float) -> str:
     """Messages from the socket until one contains needle."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     while True:
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"no websocket message with {needle!r}"
@@ -228,9 +228,9 @@ async def test_two_dashboards_and_two_forwarders_on_postgres_and_redis(
         await asyncio.sleep(0.5)  # both consumers have joined their groups
         payload, first_count = body(workflow_id, calls=2)
         await asyncio.to_thread(post, fleet.dashboards["a"], payload)
-        pushed = await receive_until(run_page, "get_weather", timeout=30)
+        pushed = await receive_until(run_page, "get_weather", seconds=30)
         assert "hx-swap-oob" in pushed and "RunActivity:invoke_model_activity" in pushed
-        row = await receive_until(runs_list, workflow_id, timeout=30)
+        row = await receive_until(runs_list, workflow_id, seconds=30)
         assert "run-1" in row
     page = session.get(f"{b}/runs/{workflow_id}/run-1/")
     assert page.status_code == 200 and "get_weather" in page.text
