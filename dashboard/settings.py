@@ -69,6 +69,9 @@ LOOMVIEW_EXPORTERS = load_exporters(envstr(EXPORTERS_ENV, ""))
 # The overview's rollups, kept on ingest (tracing/rollups.py); off only to
 # measure ingest without them (rebuild_rollups counts everything again).
 LOOMVIEW_ROLLUPS = envbool("LOOMVIEW_ROLLUPS", True)
+# Bearer token for /metrics (Prometheus); without it, /metrics wants a session
+# or an API token like /api/.
+LOOMVIEW_METRICS_TOKEN = envstr("LOOMVIEW_METRICS_TOKEN", "")
 LOOMVIEW_FORWARDER_LEASE_SECONDS = envint("LOOMVIEW_FORWARDER_LEASE_SECONDS", 15, minimum=2)
 
 INSTALLED_APPS = [

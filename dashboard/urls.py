@@ -101,5 +101,6 @@ urlpatterns = [
     path("v1/traces", tracing_views.receive_traces, name="otlp-traces"),
     # operations
     path("healthz", ops_views.healthz, name="dash-healthz"),
+    path("metrics", ops_views.metrics, name="dash-metrics"),
     path("admin/", admin.site.urls),
 ]

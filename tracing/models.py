@@ -218,8 +218,16 @@ class RunRollupState(models.Model):
         ]
         indexes = [
             models.Index(fields=["start_ns"], name="rollupstate_start"),
-            models.Index(fields=["-cost"], name="rollupstate_cost"),
-            models.Index(fields=["-duration_ns"], name="rollupstate_duration"),
+            # The most expensive and slowest runs of a window: walked in order,
+            # filtered on the index alone (rows carry their facts, so are wide).
+            models.Index(
+                fields=["-cost", "start_ns", "workflow_type", "status", "task_queue"],
+                name="rollupstate_cost",
+            ),
+            models.Index(
+                fields=["-duration_ns", "start_ns", "workflow_type", "status", "task_queue"],
+                name="rollupstate_duration",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -234,6 +242,9 @@ class Rollup(models.Model):
     model-call measures only on the attempt's own agent and model.
     """
 
+    # Each count is kept per hour, per 6 hours and per day (bucket width), so a
+    # month reads 30 rows per cell, not 720.
+    width_ns = models.BigIntegerField(default=3600 * 10**9)
     bucket_ns = models.BigIntegerField()
     workflow_type = models.CharField(max_length=255)
     task_queue = models.CharField(max_length=255)
@@ -253,8 +264,16 @@ class Rollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["bucket_ns", "workflow_type", "task_queue", "status", "agent", "model"],
-                name="rollup_cell_uniq",
+                fields=[
+                    "width_ns",
+                    "bucket_ns",
+                    "workflow_type",
+                    "task_queue",
+                    "status",
+                    "agent",
+                    "model",
+                ],
+                name="rollup_width_cell_uniq",
             )
         ]
 
@@ -267,8 +286,9 @@ for _bin in range(LATENCY_BINS):
 
 
 class FailureRollup(models.Model):
-    """Failed model-call attempts per hour x cell x error message."""
+    """Failed model-call attempts per bucket x cell x error message."""
 
+    width_ns = models.BigIntegerField(default=3600 * 10**9)
     bucket_ns = models.BigIntegerField()
     workflow_type = models.CharField(max_length=255)
     task_queue = models.CharField(max_length=255)
@@ -282,6 +302,7 @@ class FailureRollup(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=[
+                    "width_ns",
                     "bucket_ns",
                     "workflow_type",
                     "task_queue",
@@ -290,7 +311,7 @@ class FailureRollup(models.Model):
                     "model",
                     "message",
                 ],
-                name="failurerollup_cell_uniq",
+                name="failurerollup_width_cell_uniq",
             )
         ]
 

@@ -52,6 +52,9 @@ Cell = tuple[int, str, str, str, str, str]
 
 HOUR_NS = 3600 * 10**9
 MINUTE_NS = 60 * 10**9
+DAY_NS = 24 * HOUR_NS
+# Every cell is kept at these bucket widths; a query reads the widest that fits its bars.
+WIDTHS = (HOUR_NS, 6 * HOUR_NS, DAY_NS)
 ANY = "*"
 MESSAGE_MAX = 300
 _SEP = "\x1f"
@@ -68,7 +71,7 @@ MEASURES = (
 )
 HIST = tuple(f"h{i:02d}" for i in range(LATENCY_BINS))
 VALUES = MEASURES + HIST
-KEYS = ("bucket_ns", "workflow_type", "task_queue", "status", "agent", "model")
+KEYS = ("width_ns", "bucket_ns", "workflow_type", "task_queue", "status", "agent", "model")
 _RUNS, _CALLS, _ATTEMPTS, _FAILED, _TIN, _TOUT, _FTIN, _FTOUT = range(len(MEASURES))
 _HIST0 = len(MEASURES)
 # Rows per INSERT: (6 keys + 72 values) parameters each, under SQLite's 32,766.
@@ -414,11 +417,38 @@ def _add_sql(table: str, keys: tuple[str, ...], values: tuple[str, ...], rows: i
     )
 
 
+def widen(
+    part: Contribution,
+) -> tuple[dict[tuple[Any, ...], list[int]], dict[tuple[Any, ...], int]]:
+    """Hourly cells at every width: {(width, bucket, ...): vector}, {(width, ..., message): n}."""
+    cells: dict[tuple[Any, ...], list[int]] = {}
+    failures: dict[tuple[Any, ...], int] = {}
+    for cell, vector in part.cells.items():
+        if not any(vector):
+            continue
+        for width in WIDTHS:
+            key = (width, cell[0] // width * width, *cell[1:])
+            into = cells.get(key)
+            if into is None:
+                cells[key] = list(vector)
+            else:
+                for i, value in enumerate(vector):
+                    into[i] += value
+    for (cell, message), count in part.failures.items():
+        if not count:
+            continue
+        for width in WIDTHS:
+            failure_key = (width, cell[0] // width * width, *cell[1:], message)
+            failures[failure_key] = failures.get(failure_key, 0) + count
+    return cells, failures
+
+
 def _add(delta: Contribution) -> None:
     """Add a difference to the rollup tables (upserts: a cell's row is created on first use)."""
     marker = _marker()
-    cells = [(cell, vector) for cell, vector in delta.cells.items() if any(vector)]
-    failures = [(cell, count) for cell, count in delta.failures.items() if count]
+    wide_cells, wide_failures = widen(delta)
+    cells = [(cell, vector) for cell, vector in wide_cells.items() if any(vector)]
+    failures = [(cell, count) for cell, count in wide_failures.items() if count]
     with connection.cursor() as cursor:
         table = Rollup._meta.db_table
         for start in range(0, len(cells), _CHUNK):
@@ -432,8 +462,8 @@ def _add(delta: Contribution) -> None:
         for start in range(0, len(failures), _CHUNK):
             chunk_f = failures[start : start + _CHUNK]
             params = []
-            for (cell, message), count in chunk_f:
-                params += [*cell, message, count]
+            for key, count in chunk_f:
+                params += [*key, count]
             cursor.execute(
                 _add_sql(table, (*KEYS, "message"), ("count",), len(chunk_f), marker), params
             )
@@ -589,16 +619,17 @@ def rebuild() -> int:
     return len(states)
 
 
-def stored_rollups() -> Contribution:
-    """The rollup tables as they are (for tests and the rebuild check)."""
-    stored = Contribution()
+def stored_rollups() -> tuple[dict[tuple[Any, ...], list[int]], dict[tuple[Any, ...], int]]:
+    """The rollup tables as they are, in widen()'s shape (for tests and checks)."""
+    cells: dict[tuple[Any, ...], list[int]] = {}
+    failures: dict[tuple[Any, ...], int] = {}
     for row in Rollup.objects.values_list(*KEYS, *VALUES):
         if any(row[len(KEYS) :]):
-            stored.cells[tuple(row[: len(KEYS)])] = list(row[len(KEYS) :])
-    for *cell, message, count in FailureRollup.objects.values_list(*KEYS, "message", "count"):
+            cells[tuple(row[: len(KEYS)])] = list(row[len(KEYS) :])
+    for *key, count in FailureRollup.objects.values_list(*KEYS, "message", "count"):
         if count:
-            stored.failures[(tuple(cell), message)] = count
-    return stored
+            failures[tuple(key)] = count
+    return cells, failures
 
 
 def atomic_rebuild() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -19,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from tracing import otlp, store
+from tracing import metrics, otlp, store
 from tracing.groups import run_group, runs_group
 
 logger = logging.getLogger(__name__)
@@ -119,11 +120,19 @@ async def receive_traces(request: HttpRequest) -> HttpResponse:
     except otlp.DecodeError as exc:
         return _status(400, INVALID_ARGUMENT, str(exc), reply_type)
 
+    began = time.perf_counter()
     try:
         result = await sync_to_async(store.ingest)(decoded.rows)
     except DatabaseError:
         logger.exception("storing %d spans failed", len(decoded.rows))
         return _status(503, UNAVAILABLE, "span store unavailable, retry later", reply_type)
+    metrics.record_ingest(
+        len(decoded.rows) + decoded.rejected,
+        result.stored,
+        result.duplicates,
+        decoded.rejected,
+        time.perf_counter() - began,
+    )
     if decoded.rejected:
         logger.info("OTLP export: %s", decoded.error_message())
     await _publish(result)

@@ -165,3 +165,47 @@ def test_page_renders_with_its_data_and_a_bad_range_is_a_form_error(
 def test_overview_needs_a_login(client: Client) -> None:
     assert client.get("/overview/").status_code == 302
     assert client.get("/overview/data.json").status_code == 302
+
+
+def test_metrics_in_prometheus_text_format(
+    client: Client, settings: Settings, closed_temporal_address: str, ingested: int
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert client.get("/metrics").status_code == 401
+    settings.LOOMVIEW_METRICS_TOKEN = "scrape-me"
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for s in family.samples
+    }
+    assert samples[("loomview_runs", (("status", "UNKNOWN"),))] == 40
+    states = list(RunRollupState.objects.all())
+    attempts = sum(len(per_call) for s in states for per_call in s.facts["a"].values())
+    by_model = sum(v for (name, _), v in samples.items() if name == "loomview_model_attempts")
+    assert by_model == attempts
+    tokens = sum(
+        v
+        for (name, labels), v in samples.items()
+        if name == "loomview_tokens" and ("direction", "in") in labels
+    )
+    from tracing.models import RunSummary
+
+    assert tokens == sum(s.tokens_in for s in RunSummary.objects.all())
+    assert ("loomview_ingest_seconds_count", ()) in samples
+
+
+def test_receiver_counts_spans_for_metrics(client: Client, settings: Settings) -> None:
+    from tracing import metrics
+
+    before = metrics.SPANS_STORED._value.get()
+    rng = random.Random(3)
+    body = protobuf_body(record(lambda tracer: fleet(tracer, rng, 1)))
+    response = client.post("/v1/traces", body, content_type="application/x-protobuf")
+    assert response.status_code == 200
+    stored = metrics.SPANS_STORED._value.get() - before
+    assert stored == len(otlp.decode(body, otlp.PROTOBUF).rows) > 0
