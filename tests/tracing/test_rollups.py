@@ -22,13 +22,13 @@ HOUR = 3600 * 10**9
 BASE_NS = 1_780_000_000 * 10**9
 
 
-def fleet(tracer: Tracer, rng: random.Random, runs: int) -> None:
+def fleet(tracer: Tracer, rng: random.Random, runs: int, base_ns: int = BASE_NS) -> None:
     """Runs shaped like the bundled worker's: ids on Temporal spans and agent spans,
     model spans inside activity attempts that carry no ids (they inherit them)."""
     for n in range(runs):
         wtype = rng.choice(TYPES)
         ids = {"temporal.workflow.id": f"{wtype}-{n}", "temporal.run.id": f"run-{n}"}
-        start = BASE_NS + rng.randrange(0, 6 * HOUR)
+        start = base_ns + rng.randrange(0, 6 * HOUR)
         t = start
         queue = {"temporal.task_queue": rng.choice(["q-a", "q-b"])}
         root = tracer.start_span(f"RunWorkflow:{wtype}", attributes={**ids, **queue}, start_time=t)
