@@ -48,7 +48,8 @@ def _price(name: str, value: Any) -> tuple[Decimal, Decimal]:
         prices = (Decimal(str(value[0])), Decimal(str(value[1])))
     except InvalidOperation:
         raise ImproperlyConfigured(f"{PRICES_ENV}: price of {name!r} is not a number") from None
-    if prices[0] < 0 or prices[1] < 0 or not all(p.is_finite() for p in prices):
+    # Finite first: comparing a NaN Decimal raises instead of answering.
+    if not all(p.is_finite() for p in prices) or prices[0] < 0 or prices[1] < 0:
         raise ImproperlyConfigured(f"{PRICES_ENV}: price of {name!r} must be a finite number >= 0")
     return prices
 

@@ -301,7 +301,7 @@ def visibility_query(filters: Filters, cursor: SortKey | None = None) -> str:
     return " AND ".join(clauses)
 
 
-def _from_visibility(run: temporal.RunSummary) -> RunRow:
+def _from_visibility(run: temporal.VisibilityRun) -> RunRow:
     return RunRow(
         workflow_id=run.workflow_id,
         run_id=run.run_id,
@@ -313,7 +313,7 @@ def _from_visibility(run: temporal.RunSummary) -> RunRow:
     )
 
 
-async def _visibility(query: str, limit: int) -> tuple[list[temporal.RunSummary], str | None]:
+async def _visibility(query: str, limit: int) -> tuple[list[temporal.VisibilityRun], str | None]:
     try:
         return await temporal.list_runs(query, limit), None
     except temporal.TemporalUnavailable as exc:
@@ -324,7 +324,7 @@ async def _visibility(query: str, limit: int) -> tuple[list[temporal.RunSummary]
         return [], str(exc)
 
 
-async def _visibility_for(keys: set[RunKey], filters: Filters) -> list[temporal.RunSummary]:
+async def _visibility_for(keys: set[RunKey], filters: Filters) -> list[temporal.VisibilityRun]:
     """Visibility of these runs, in one request (errors mean: status unknown)."""
     if not keys:
         return []
@@ -464,7 +464,7 @@ def _matches(row: RunRow, filters: Filters) -> bool:
 
 
 async def _merge(
-    visible: list[temporal.RunSummary],
+    visible: list[temporal.VisibilityRun],
     stored: list[RunSummary],
     filters: Filters,
     temporal_error: str | None,
@@ -491,7 +491,7 @@ async def list_page(
     filters: Filters, cursor: SortKey | None = None, page_size: int = PAGE_SIZE
 ) -> Page:
     temporal_error: str | None = None
-    visible: list[temporal.RunSummary] = []
+    visible: list[temporal.VisibilityRun] = []
     if not (filters.agent or filters.model):
         # Runs without spans have no agents or models: such a filter is the store's alone.
         visible, temporal_error = await _visibility(
@@ -538,7 +538,7 @@ async def list_page(
 async def rows_for(keys: set[RunKey], filters: Filters) -> list[RunRow]:
     """These runs as rows, if they pass the filters (for live updates)."""
     stored = await sync_to_async(_store_for)(keys, filters)
-    visible: list[temporal.RunSummary] = []
+    visible: list[temporal.VisibilityRun] = []
     temporal_error = None
     try:
         visible = (

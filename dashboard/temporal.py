@@ -49,7 +49,9 @@ class TemporalUnavailable(Exception):
 
 
 @dataclass(frozen=True)
-class RunSummary:
+class VisibilityRun:
+    """One execution as Temporal's visibility lists it (not tracing.models.RunSummary: no spans)."""
+
     workflow_id: str
     run_id: str
     workflow_type: str
@@ -102,9 +104,9 @@ async def get_client() -> Client:
     return client
 
 
-def _summary(execution: WorkflowExecution) -> RunSummary:
+def _visibility_run(execution: WorkflowExecution) -> VisibilityRun:
     status = execution.status or WorkflowExecutionStatus.RUNNING
-    return RunSummary(
+    return VisibilityRun(
         workflow_id=execution.id,
         run_id=execution.run_id,
         workflow_type=execution.workflow_type,
@@ -114,15 +116,15 @@ def _summary(execution: WorkflowExecution) -> RunSummary:
     )
 
 
-async def list_recent_runs(limit: int = RECENT_RUNS_LIMIT) -> list[RunSummary]:
+async def list_recent_runs(limit: int = RECENT_RUNS_LIMIT) -> list[VisibilityRun]:
     """The newest workflow executions from visibility, newest first."""
     client = await get_client()
-    runs: list[RunSummary] = []
+    runs: list[VisibilityRun] = []
     try:
         async for execution in client.list_workflows(
             limit=limit, page_size=limit, rpc_timeout=RPC_TIMEOUT
         ):
-            runs.append(_summary(execution))
+            runs.append(_visibility_run(execution))
     except RPCError as exc:
         # A dead connection surfaces here once the cached client loses its server.
         _forget(client)
@@ -130,18 +132,18 @@ async def list_recent_runs(limit: int = RECENT_RUNS_LIMIT) -> list[RunSummary]:
     return runs
 
 
-async def list_runs(query: str, limit: int) -> list[RunSummary]:
+async def list_runs(query: str, limit: int) -> list[VisibilityRun]:
     """At most `limit` executions matching a visibility query, in the server's order.
 
     One page only: the runs list asks for what it shows, never the whole namespace.
     """
     client = await get_client()
-    runs: list[RunSummary] = []
+    runs: list[VisibilityRun] = []
     try:
         async for execution in client.list_workflows(
             query or None, limit=limit, page_size=limit, rpc_timeout=RPC_TIMEOUT
         ):
-            runs.append(_summary(execution))
+            runs.append(_visibility_run(execution))
     except RPCError as exc:
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:
             raise ValueError(f"visibility query rejected: {exc.message}") from exc
@@ -168,7 +170,11 @@ async def all_runs(query: str, page_size: int = 1000) -> list[RunSummary]:
 
 
 def quote(value: str) -> str:
-    """A string literal for a visibility query."""
+    """A string literal for a visibility query, escaped as Temporal's query parser reads it.
+
+    (The dev server's SQLite visibility then fails to match an id holding a
+    backslash; other visibility stores do not.)
+    """
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 

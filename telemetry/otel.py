@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,8 @@ DEFAULT_SERVICE_NAME = "loomview-worker"
 DEFAULT_SCHEDULE_DELAY_MS = 200
 # The Agents SDK's own default (BackendSpanExporter's ingest endpoint).
 DEFAULT_OPENAI_TRACES_ENDPOINT = "https://api.openai.com/v1/traces/ingest"
+# "RunWorkflow:triage": the span names that end in the workflow type.
+_WORKFLOW_SPAN_NAME_PREFIXES = tuple(f"{prefix}:" for prefix in vocab.WORKFLOW_SPAN_PREFIXES)
 
 
 class CorrelatingSpanProcessor(SpanProcessor):
@@ -62,7 +65,7 @@ class CorrelatingSpanProcessor(SpanProcessor):
             if key not in attributes:
                 extra[key] = value
         if (
-            span.name.startswith(("RunWorkflow:", "StartWorkflow:"))
+            span.name.startswith(_WORKFLOW_SPAN_NAME_PREFIXES)
             and vocab.WORKFLOW_TYPE not in attributes
         ):
             extra.setdefault(vocab.WORKFLOW_TYPE, span.name.split(":", 1)[1])
@@ -135,11 +138,45 @@ class FanOutSpanProcessor(SpanProcessor):
             processor.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return all(p.force_flush(timeout_millis) for p in self._processors)
+        """Flush every processor within one shared deadline, as the SDK's multi-processor does.
+
+        Unlike it, a processor that fails or a deadline that passes does not skip
+        the rest: each still gets the time that is left (at least a try).
+        """
+        deadline = time.monotonic_ns() + timeout_millis * 1_000_000
+        flushed = True
+        for processor in self._processors:
+            left_millis = max(0, (deadline - time.monotonic_ns()) // 1_000_000)
+            try:
+                flushed = processor.force_flush(left_millis) and flushed
+            except Exception:  # like on_end: one broken exporter must not stop the others
+                logger.exception("span processor %s failed to flush", type(processor).__name__)
+                flushed = False
+        return flushed and time.monotonic_ns() <= deadline
 
 
 def _env(name: str) -> str:
     return os.environ.get(name, "").strip()
+
+
+def schedule_delay_from_env() -> int:
+    """``OTEL_BSP_SCHEDULE_DELAY`` in milliseconds; a bad value warns and is ignored (OTel spec)."""
+    raw = _env("OTEL_BSP_SCHEDULE_DELAY")
+    if not raw:
+        return DEFAULT_SCHEDULE_DELAY_MS
+    try:
+        delay = int(raw)
+    except ValueError:
+        delay = 0
+    if delay <= 0:
+        logger.warning(
+            "OTEL_BSP_SCHEDULE_DELAY must be a positive whole number of milliseconds, got %r;"
+            " using %d",
+            raw,
+            DEFAULT_SCHEDULE_DELAY_MS,
+        )
+        return DEFAULT_SCHEDULE_DELAY_MS
+    return delay
 
 
 def extra_exporter_from_env() -> SpanExporter | None:
@@ -284,7 +321,7 @@ def configure_tracing(
             chosen.append(extra)
     else:
         chosen = list(exporters)
-    delay = schedule_delay_ms or int(_env("OTEL_BSP_SCHEDULE_DELAY") or DEFAULT_SCHEDULE_DELAY_MS)
+    delay = schedule_delay_ms or schedule_delay_from_env()
     batches = [BatchSpanProcessor(exporter, schedule_delay_millis=delay) for exporter in chosen]
     processor = FanOutSpanProcessor(
         [CorrelatingSpanProcessor(), RedactingSpanProcessor(FanOutSpanProcessor(batches))]

@@ -75,7 +75,9 @@ TEMPORAL_SPAN_PREFIXES = frozenset(
 # Spans whose name ends in the workflow type: "RunWorkflow:triage".
 WORKFLOW_SPAN_PREFIXES = ("RunWorkflow", "StartWorkflow", "SignalWithStartWorkflow")
 RUN_ACTIVITY_PREFIX = "RunActivity:"
-HANDLER_SPAN_PREFIXES = ("HandleSignal", "HandleUpdate")
+HANDLE_SIGNAL = "HandleSignal"
+HANDLE_UPDATE = "HandleUpdate"
+HANDLER_SPAN_PREFIXES = (HANDLE_SIGNAL, HANDLE_UPDATE)
 # Temporal's built-in queries (__stack_trace, __temporal_workflow_metadata):
 # how tools look at a run, not what the run did.
 TOOLING_QUERY_PREFIX = "HandleQuery:__"

@@ -45,7 +45,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
+# Generous: on a loaded machine a worker's imports alone can take half a minute.
+# Waits are condition-based, so a quiet machine never waits this long.
+STARTUP_TIMEOUT = 90.0
+
+
+def wait_for_port(port: int, timeout: float = STARTUP_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -210,7 +215,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes] | None = None
     history: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
@@ -324,7 +329,7 @@ class InProcessWorker:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> None:
         self._thread = threading.Thread(
             target=self._run, name=f"worker-{self.task_queue}", daemon=True
         )

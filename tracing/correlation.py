@@ -418,12 +418,14 @@ def _messages(events: Sequence[HistoryEvent], rows: Sequence[Row]) -> list[Story
         kind = event.event_type
         if kind == _SIGNALED:
             name = event.workflow_execution_signaled_event_attributes.signal_name
-            items.append(_message_item("signal", name, "HandleSignal", event, handlers, {}))
+            items.append(_message_item("signal", name, vocab.HANDLE_SIGNAL, event, handlers, {}))
         elif kind == _UPDATE_ACCEPTED:
             request = event.workflow_execution_update_accepted_event_attributes.accepted_request
             detail = {"update_id": request.meta.update_id, "state": "accepted"}
             items.append(
-                _message_item("update", request.input.name, "HandleUpdate", event, handlers, detail)
+                _message_item(
+                    "update", request.input.name, vocab.HANDLE_UPDATE, event, handlers, detail
+                )
             )
         elif kind == _UPDATE_COMPLETED:
             attrs = event.workflow_execution_update_completed_event_attributes

@@ -42,6 +42,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from telemetry import vocab
 from tracing import encode, store, transport
 from tracing.exporters import Exporter, configured
 from tracing.models import ExportCursor, RunExport, RunSummary, Span
@@ -162,7 +163,7 @@ def _select(
     types = _workflow_types(rows) if wanted else {}
 
     def workflow_type(row: dict[str, Any]) -> str:
-        own = row["attributes"].get("temporal.workflow.type")
+        own = row["attributes"].get(vocab.WORKFLOW_TYPE)
         return str(own) if own else types.get((row["workflow_id"], row["run_id"]), "")
 
     def undecided(row: dict[str, Any]) -> bool:

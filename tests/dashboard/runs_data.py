@@ -59,8 +59,8 @@ def visible(
     status: str = "RUNNING",
     workflow_type: str = "triage",
     close_ns: int | None = None,
-) -> temporal.RunSummary:
-    return temporal.RunSummary(
+) -> temporal.VisibilityRun:
+    return temporal.VisibilityRun(
         workflow_id=workflow_id,
         run_id=run_id,
         workflow_type=workflow_type,
@@ -73,10 +73,10 @@ def visible(
 class FakeVisibility:
     """Returns its runs for any query (the list filters again locally) and records queries."""
 
-    def __init__(self, runs: list[temporal.RunSummary]) -> None:
+    def __init__(self, runs: list[temporal.VisibilityRun]) -> None:
         self.runs = runs
         self.queries: list[str] = []
 
-    async def __call__(self, query: str, limit: int) -> list[temporal.RunSummary]:
+    async def __call__(self, query: str, limit: int) -> list[temporal.VisibilityRun]:
         self.queries.append(query)
         return self.runs[:limit]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.management.commands.runstack import accepts_connections
-from tests.dashboard.conftest import free_port
+from tests.conftest import free_port
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_SECONDS = 90

@@ -5,7 +5,6 @@ the project never downloads Playwright's own browser builds.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from tests.conftest import STARTUP_TIMEOUT, free_port
+
 BASE_DIR = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -29,7 +30,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ADMIN_PASSWORD = "e2e-admin-password-4821"
-STARTUP_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,8 @@ class LiveDashboard:
     temporal_address: str
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"daphne exited early:\n{log.read_text()}")
@@ -77,7 +71,7 @@ def running_dashboard(data_dir: Path, temporal_address: str) -> Iterator[LiveDas
     subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=BASE_DIR, check=True)
     subprocess.run([*manage, "ensure_admin"], env=env, cwd=BASE_DIR, check=True)
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir / "daphne.log"
     daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
@@ -104,9 +98,7 @@ def running_dashboard(data_dir: Path, temporal_address: str) -> Iterator[LiveDas
 @pytest.fixture(scope="session")
 def live_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDashboard]:
     """The dashboard with no Temporal behind it (nothing listens at its address)."""
-    with running_dashboard(
-        tmp_path_factory.mktemp("e2e-data"), f"127.0.0.1:{_free_port()}"
-    ) as live:
+    with running_dashboard(tmp_path_factory.mktemp("e2e-data"), f"127.0.0.1:{free_port()}") as live:
         yield live
 
 
