@@ -568,7 +568,9 @@ def _stamp(ns: int) -> str:
     )
 
 
-def _updates(runs: Iterable[temporal.VisibilityRun]) -> dict[tuple[str, str], tuple[str, int | None]]:
+def _updates(
+    runs: Iterable[temporal.VisibilityRun],
+) -> dict[tuple[str, str], tuple[str, int | None]]:
     return {
         (r.workflow_id, r.run_id): (r.status, _ns(r.close_time) if r.close_time else None)
         for r in runs

@@ -152,15 +152,15 @@ async def list_runs(query: str, limit: int) -> list[VisibilityRun]:
     return runs
 
 
-async def all_runs(query: str, page_size: int = 1000) -> list[RunSummary]:
+async def all_runs(query: str, page_size: int = 1000) -> list[VisibilityRun]:
     """Every execution matching a visibility query, all pages (for backfills, not pages)."""
     client = await get_client()
-    runs: list[RunSummary] = []
+    runs: list[VisibilityRun] = []
     try:
         async for execution in client.list_workflows(
             query or None, page_size=page_size, rpc_timeout=RPC_TIMEOUT
         ):
-            runs.append(_summary(execution))
+            runs.append(_visibility_run(execution))
     except RPCError as exc:
         if exc.status == RPCStatusCode.INVALID_ARGUMENT:
             raise ValueError(f"visibility query rejected: {exc.message}") from exc
