@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Reinstall only when the dependency list changes; the stamp keeps `make run` fast.
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-postgres lint fmt install bench-ingest browser servers
+.PHONY: run test test-fast test-sqlite test-postgres lint fmt install bench-ingest browser servers
 
 run: $(STAMP)
 	$(PY) manage.py runstack
@@ -17,6 +17,11 @@ run: $(STAMP)
 test: lint browser servers
 	$(VENV)/bin/pytest
 	$(PY) -m tests.servers pytest -m backends
+
+# The quick tests only (no browser, no killed processes, no whole stacks): for the
+# edit-test loop. `make test` still runs everything.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not e2e and not slow"
 
 test-sqlite: $(STAMP) browser
 	$(VENV)/bin/pytest

@@ -79,10 +79,32 @@ BACKEND_MODULES = frozenset(
 )
 
 
+# Modules whose tests take seconds each on a quiet machine (processes SIGKILLed and
+# restarted, whole stacks started, fresh interpreters): `make test-fast` leaves them
+# out, with every browser test (tests/e2e, marked `e2e`). Or mark one test
+# @pytest.mark.slow.
+SLOW_MODULES = frozenset(
+    {
+        "tests/tracing/test_replay.py",  # SIGKILL mid-run, replay across processes
+        "tests/worker/test_durability.py",  # SIGKILL mid-run
+        "tests/tracing/test_forward_stack.py",  # outage and restart of the whole stack
+        "tests/tracing/test_multiprocess.py",  # two daphnes, two forwarders, SIGKILL
+        "tests/tracing/test_pipeline.py",  # traced worker subprocess, stock app
+        "tests/dashboard/test_runstack.py",  # `manage.py runstack` up and down
+        "tests/telemetry/test_boundaries.py",  # imports in fresh interpreters
+    }
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.relative_to(ROOT).as_posix() in BACKEND_MODULES:
+        path = item.path.relative_to(ROOT).as_posix()
+        if path in BACKEND_MODULES:
             item.add_marker(pytest.mark.backends)
+        if path in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+        if path.startswith("tests/e2e/"):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -319,6 +341,8 @@ class InProcessWorker:
 
     def __init__(self, address: str, config: WorkerConfig) -> None:
         assert config.demo_log is not None, "tests count model calls through the demo log"
+        # The tracer provider is process-wide: a traced worker needs a process of its own.
+        assert not config.tracing, "a traced worker runs as a subprocess (worker_factory)"
         self.address = address
         self.config = config
         self.task_queue = config.task_queue
@@ -350,7 +374,10 @@ class InProcessWorker:
     async def _serve(self) -> None:
         from temporalio.client import Client
 
+        from telemetry.otel import disable_tracing
         from worker.main import build_plugin, build_workers
+
+        disable_tracing()  # as `python -m worker` does with LOOMVIEW_TRACING=off
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
@@ -382,18 +409,10 @@ class InProcessWorker:
 InProcessWorkerFactory = Callable[..., InProcessWorker]
 
 
-def _quiet_agents_tracing() -> None:
-    """No Agents SDK trace leaves a test for OpenAI's backend (its default exporter)."""
-    from agents import set_trace_processors
-
-    set_trace_processors([])
-
-
 def _new_inprocess_worker(address: str, directory: Path, **fields: Any) -> InProcessWorker:
     name = uuid.uuid4().hex[:8]
     defaults = {"task_queue": f"test-{name}", "demo_log": str(directory / f"demo-{name}.jsonl")}
     config = worker_config(TEST_WORKER_ENV, **{**defaults, **fields})
-    _quiet_agents_tracing()
     worker = InProcessWorker(address, config)
     worker.start()
     return worker
