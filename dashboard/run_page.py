@@ -20,6 +20,7 @@ import base64
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,7 +46,7 @@ from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
 from tracing import store
-from tracing.correlation import ModelCall, RunStory, correlate
+from tracing.correlation import ModelCall, RunStory, StoryItem, correlate
 from tracing.models import ns_to_datetime
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,14 @@ class Header:
     @property
     def is_open(self) -> bool:
         return self.status == "RUNNING"
+
+
+def run_duration_ns(header: Header) -> int | None:
+    """How long the run took, or has been running so far."""
+    if header.start_ns is None:
+        return None
+    end = header.close_ns if header.close_ns is not None else time.time_ns()
+    return max(end - header.start_ns, 0)
 
 
 def header_from_history(events: Sequence[HistoryEvent]) -> Header:
@@ -395,6 +404,38 @@ def _ms(ns: int, t0: int) -> float:
     return round((ns - t0) / 1e6, 3)
 
 
+def cost_of(model: str, tokens_in: int | None, tokens_out: int | None) -> Decimal | None:
+    """Estimated USD for one model call or attempt; None without tokens or a price."""
+    if tokens_in is None and tokens_out is None:
+        return None
+    cost = pricing.estimate(
+        {model: (tokens_in or 0, tokens_out or 0)}, settings.LOOMVIEW_MODEL_PRICES
+    )
+    return cost.quantize(Decimal("0.000001")) if cost is not None else None
+
+
+def call_label(call: ModelCall, attempt: int | None = None) -> str:
+    """``<agent> · <model> · call N · attempt k/n``: one model call, or one attempt of it."""
+    parts = [
+        call.agent or "(no agent)",
+        call.model or "model",
+        f"call {call.number}" if call.number else f"activity {call.activity_id}",
+    ]
+    if attempt is not None:
+        parts.append(f"attempt {attempt}/{len(call.attempts)}")
+    elif len(call.attempts) > 1:
+        parts.append(f"{len(call.attempts)} attempts")
+    return " · ".join(parts)
+
+
+def _wait_label(wait: StoryItem) -> str:
+    if wait.kind == "timer":
+        label = f"timer {duration_ns(wait.detail.get('timeout_ns'))}"
+        state = wait.detail.get("state")
+        return label if state == "pending" else f"{label} ({state})"
+    return wait.title
+
+
 def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
     """Compact data for static/js/timeline.js: times in ms from the run's start."""
     lanes: list[str] = []
@@ -409,6 +450,8 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
     call_rows = []
     for index, call in enumerate(story.model_calls):
         lane_no = lane(call.agent)
+        cost = cost_of(call.model, call.tokens_in, call.tokens_out)
+        first = next((a.start_ns for a in call.attempts if a.start_ns is not None), None)
         call_rows.append(
             {
                 "id": call.activity_id,
@@ -417,6 +460,9 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
                 "model": call.model,
                 "in": call.tokens_in or 0,
                 "out": call.tokens_out or 0,
+                "cost": str(cost) if cost is not None else "",
+                "label": call_label(call),
+                "t": _ms(first if first is not None else call.scheduled_ns or t0, t0),
                 "span": call.model_span_id or next(iter(call.span_ids), ""),
             }
         )
@@ -426,15 +472,22 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
             end = attempt.end_ns
             if end is None:
                 end = t1 if attempt.outcome == "running" else attempt.start_ns
+            attempt_cost = cost_of(call.model, attempt.tokens_in, attempt.tokens_out)
             attempts.append(
                 {
                     "c": index,
                     "l": lane_no,
                     "n": attempt.number,
+                    "of": len(call.attempts),
                     "s": _ms(attempt.start_ns, t0),
                     "e": _ms(max(end, attempt.start_ns), t0),
                     "f": attempt.outcome in FAILED_OUTCOMES,
+                    "o": attempt.outcome,
                     "err": attempt.failure[:500],
+                    "in": attempt.tokens_in,
+                    "out": attempt.tokens_out,
+                    "cost": str(attempt_cost) if attempt_cost is not None else "",
+                    "label": call_label(call, attempt.number),
                     "span": attempt.model_span_id or next(iter(attempt.span_ids), ""),
                 }
             )
@@ -452,14 +505,36 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
                     "e": _ms(max(item.end_ns or item.time_ns, item.time_ns), t0),
                     "f": item.detail.get("status_code") == STATUS_ERROR,
                     "label": item.title,
+                    "err": str(item.detail.get("status_message") or "")[:500],
                     "detail": str(item.detail.get("arguments", ""))[:300],
                     "span": next(iter(item.span_ids), ""),
                 }
             )
         elif item.kind in ("signal", "update") and item.detail.get("state") != "completed":
             marks.append(
-                {"k": item.kind, "t": _ms(item.time_ns, t0), "label": f"{item.kind} {item.title}"}
+                {
+                    "k": item.kind,
+                    "t": _ms(item.time_ns, t0),
+                    "label": f"{item.kind} {item.title}",
+                    "span": next(iter(item.span_ids), ""),
+                }
             )
+    waits = []
+    for wait in story.waits:
+        if wait.time_ns is None:
+            continue
+        end = wait.end_ns if wait.end_ns is not None else t1
+        row: dict[str, Any] = {
+            "k": wait.kind,
+            "s": _ms(wait.time_ns, t0),
+            "e": _ms(max(end, wait.time_ns), t0),
+            "open": wait.end_ns is None,
+            "label": _wait_label(wait),
+        }
+        if wait.kind == "timer":
+            row["fire"] = _ms(wait.detail["fire_ns"], t0)
+            row["fire_at"] = _iso(wait.detail["fire_ns"])
+        waits.append(row)
     return {
         "duration": _ms(t1, t0),
         "lanes": lanes,
@@ -467,6 +542,7 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
         "attempts": attempts,
         "points": points,
         "marks": marks,
+        "waits": waits,
     }
 
 
@@ -570,6 +646,10 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         ends.append(history[-1].ns)
     t0 = min(starts) if starts else 0
     t1 = max([*ends, t0 + 1])
+    if header.is_open and events:
+        # An open run lasts until now: its waits end here, and the live view
+        # refits to it as it grows.
+        t1 = max(t1, time.time_ns())
     if header.start_ns is None and spans:
         header.start_ns = t0
     totals = story_totals(story, len(spans))
@@ -593,11 +673,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         "header": header,
         "start": ns_to_datetime(header.start_ns),
         "close": ns_to_datetime(header.close_ns),
-        "duration_ms": (
-            round((header.close_ns - header.start_ns) / 1e6)
-            if header.close_ns is not None and header.start_ns is not None
-            else None
-        ),
+        "duration_ns": run_duration_ns(header),
         "input_json": pretty(header.input) if header.has_input else "",
         "result_json": pretty(header.result) if header.has_result else "",
         "totals": totals,
@@ -714,7 +790,7 @@ def span_detail_ctx(span: dict[str, Any]) -> dict[str, Any]:
         sections = sections[2:]
     return {
         "span": span,
-        "duration_ms": round((span["end_ns"] - span["start_ns"]) / 1e6, 2),
+        "duration": duration_ns(span["end_ns"] - span["start_ns"]),
         "start": ns_to_datetime(span["start_ns"]),
         "sections": [
             (title, value if isinstance(value, str) else pretty(value))

@@ -45,6 +45,27 @@ _CLOSED: dict[int, tuple[str, str, str | None]] = {
     for event_type, outcome in vocab.ACTIVITY_CLOSE_OUTCOMES.items()
 }
 _SIGNALED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+_TIMER_STARTED = int(EventType.EVENT_TYPE_TIMER_STARTED)
+_TIMER_FIRED = int(EventType.EVENT_TYPE_TIMER_FIRED)
+_TIMER_CANCELED = int(EventType.EVENT_TYPE_TIMER_CANCELED)
+_TASK_SCHEDULED = int(EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED)
+_TASK_COMPLETED = int(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+_CHILD_INITIATED = int(EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED)
+_WORKFLOW_CLOSED = frozenset(int(t) for t in vocab.WORKFLOW_CLOSE_EVENT_TYPES)
+# What wakes a waiting workflow; everything else after a completed workflow
+# task (timers started, updates accepted or completed, markers) is written by
+# that task itself.
+_WAKING = frozenset(
+    {
+        _TASK_SCHEDULED,
+        _SIGNALED,
+        _TIMER_FIRED,
+        int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED),
+    }
+)
+# Agents SDK spans that group the agents of one Runner.run.
+_RUN_GROUP_KINDS = frozenset({"trace", "task", "agent"})
+_MAX_WALK = 64
 _UPDATE_ACCEPTED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
 _UPDATE_COMPLETED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED)
 
@@ -61,6 +82,9 @@ class Attempt:
     model_span_id: str = ""
     # True when a span reports this attempt; the history alone shows only the last.
     matched: bool = False
+    # What this attempt's model spans report: a failed attempt may cost tokens too.
+    tokens_in: int | None = None
+    tokens_out: int | None = None
 
 
 @dataclass
@@ -87,6 +111,8 @@ class ModelCall:
     model_span_id: str = ""
     # True when both the history and the spans know this call.
     matched: bool = False
+    # The agent span this call ran under (see AgentRun), "" when none is known.
+    agent_span_id: str = ""
 
 
 @dataclass
@@ -104,9 +130,30 @@ class StoryItem:
 
 
 @dataclass
+class AgentRun:
+    """One agent span: an agent's turn at the run (a Runner.run, or one after a handoff)."""
+
+    span_id: str
+    agent: str
+    start_ns: int
+    end_ns: int
+    # The span that groups it with the other agents of one Runner.run: the
+    # outermost trace/agent/task ancestor below the workflow's own spans.
+    root_span_id: str = ""
+    status_code: int = 0
+
+
+@dataclass
 class RunStory:
     items: list[StoryItem]
     model_calls: list[ModelCall]
+    # Agent spans in start order; model calls and tool/handoff/guardrail items
+    # name theirs (ModelCall.agent_span_id, StoryItem.detail["agent_span_id"]).
+    agents: list[AgentRun] = field(default_factory=list)
+    # What the workflow waited on, from the history: timers ("timer"), idle
+    # stretches ended by a signal or an update or still open ("wait"), and
+    # activities scheduled but not closed ("pending"). end_ns None: still waiting.
+    waits: list[StoryItem] = field(default_factory=list)
     total_model_calls: int = 0
     total_attempts: int = 0
     failed_attempts: int = 0
@@ -196,6 +243,71 @@ def _agent_of(row: Row, by_id: dict[str, Row]) -> str:
     return ""
 
 
+def _agent_span_of(row: Row, by_id: dict[str, Row]) -> str:
+    """The nearest agent span above row (bounded, cycle-safe), or ""."""
+    node: Row | None = by_id.get(row["parent_span_id"]) if row["parent_span_id"] else None
+    seen: set[str] = set()
+    for _ in range(_MAX_WALK):
+        if node is None or node["span_id"] in seen:
+            return ""
+        if node["kind"] == "agent":
+            return str(node["span_id"])
+        seen.add(node["span_id"])
+        node = by_id.get(node["parent_span_id"]) if node["parent_span_id"] else None
+    return ""
+
+
+def _agent_runs(rows: Sequence[Row], by_id: dict[str, Row]) -> list[AgentRun]:
+    runs: list[AgentRun] = []
+    for row in rows:
+        if row["kind"] != "agent":
+            continue
+        root = row
+        node = row
+        seen = {row["span_id"]}
+        for _ in range(_MAX_WALK):
+            parent = by_id.get(node["parent_span_id"]) if node["parent_span_id"] else None
+            if parent is None or parent["span_id"] in seen or parent["kind"] == "temporal":
+                break
+            seen.add(parent["span_id"])
+            node = parent
+            if node["kind"] in _RUN_GROUP_KINDS:
+                root = node
+        runs.append(
+            AgentRun(
+                row["span_id"], str(row.get("agent") or row["name"]), row["start_ns"],
+                row["end_ns"], root["span_id"], row["status_code"],
+            )
+        )  # fmt: skip
+    return runs
+
+
+class _AgentFinder:
+    """Which agent span a span ran under: its nearest agent ancestor, else the
+    innermost agent span of the same agent name that was running at that time
+    (model activities run outside the agent span's subtree in some setups)."""
+
+    def __init__(self, runs: list[AgentRun], by_id: dict[str, Row]) -> None:
+        self.by_id = by_id
+        self.by_name: dict[str, list[AgentRun]] = {}
+        for run in runs:
+            self.by_name.setdefault(run.agent, []).append(run)
+
+    def find(self, rows: Iterable[Row], agent: str, at_ns: int | None) -> str:
+        for row in rows:
+            found = _agent_span_of(row, self.by_id)
+            if found:
+                return found
+        candidates = self.by_name.get(agent, [])
+        if at_ns is None or not candidates:
+            return ""
+        running = [r for r in candidates if r.start_ns <= at_ns <= r.end_ns]
+        if running:
+            return max(running, key=lambda r: r.start_ns).span_id
+        before = [r for r in candidates if r.start_ns <= at_ns]
+        return max(before, key=lambda r: r.start_ns).span_id if before else ""
+
+
 def _attempts_from_spans(spans: Iterable[Row]) -> dict[int, Attempt]:
     attempts: dict[int, Attempt] = {}
     for row in spans:
@@ -204,8 +316,12 @@ def _attempts_from_spans(spans: Iterable[Row]) -> dict[int, Attempt]:
             continue
         attempt = attempts.setdefault(number, Attempt(number, matched=True))
         attempt.span_ids.append(row["span_id"])
-        if row["kind"] in MODEL_KINDS and not attempt.model_span_id:
-            attempt.model_span_id = row["span_id"]
+        if row["kind"] in MODEL_KINDS:
+            attempt.model_span_id = attempt.model_span_id or row["span_id"]
+            if row.get("tokens_in") is not None:
+                attempt.tokens_in = (attempt.tokens_in or 0) + row["tokens_in"]
+            if row.get("tokens_out") is not None:
+                attempt.tokens_out = (attempt.tokens_out or 0) + row["tokens_out"]
         # The activity span frames the attempt; a generation span inside it is narrower.
         if attempt.start_ns is None or row["start_ns"] < attempt.start_ns:
             attempt.start_ns = row["start_ns"]
@@ -384,7 +500,23 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
     items.sort(key=lambda i: (i.time_ns is None, i.time_ns or 0))
     model_calls.sort(key=lambda c: (c.scheduled_ns is None, c.scheduled_ns or 0))
     _number_model_calls(model_calls, known_ids, bool(activities))
-    story = RunStory(items=items, model_calls=model_calls)
+    agents = _agent_runs(rows, by_id)
+    finder = _AgentFinder(agents, by_id)
+    names = {a.span_id: a.agent for a in agents}
+    for call in model_calls:
+        spans_of_call = [by_id[i] for i in call.span_ids if i in by_id]
+        spans_of_call.sort(key=lambda r: r["kind"] not in MODEL_KINDS)
+        when = call.scheduled_ns or next((a.start_ns for a in call.attempts if a.start_ns), None)
+        call.agent_span_id = finder.find(spans_of_call, call.agent, when)
+        call.agent = call.agent or names.get(call.agent_span_id, "")
+    for item in items:
+        if item.kind in _STORY_SPAN_KINDS.values() and item.span_ids:
+            item_span = by_id.get(item.span_ids[0])
+            if item_span is not None:
+                item.detail["agent_span_id"] = finder.find(
+                    [item_span], item.detail.get("agent", ""), item.time_ns
+                )
+    story = RunStory(items=items, model_calls=model_calls, agents=agents, waits=_waits(events))
     story.total_model_calls = len(model_calls)
     story.total_attempts = sum(len(c.attempts) for c in model_calls)
     story.failed_attempts = sum(
@@ -454,3 +586,122 @@ def _message_item(
         kind, _ns(event), name, span is not None, None, [event.event_id],
         [span["span_id"]] if span else [], detail,
     )  # fmt: skip
+
+
+def _waits(events: Sequence[HistoryEvent]) -> list[StoryItem]:
+    """What the workflow waited on: timers, idle stretches, activities still pending.
+
+    An idle stretch starts when a workflow task completes with no activity or
+    child workflow open, and ends with the next event that wakes the workflow
+    (a signal, an update's workflow task, a timer firing); it is labelled by
+    what woke it. One still open at the end of an open run has end_ns None.
+    """
+    waits: list[StoryItem] = []
+    timers: dict[str, StoryItem] = {}
+    open_activities: dict[int, tuple[str, str, int, int]] = {}
+    open_children = 0
+    idle_since: int | None = None
+    idle_event = 0
+    closed = False
+    for index, event in enumerate(events):
+        kind = event.event_type
+        ns = _ns(event)
+        if kind == _SCHEDULED:
+            attrs = event.activity_task_scheduled_event_attributes
+            open_activities[event.event_id] = (
+                attrs.activity_id,
+                attrs.activity_type.name,
+                ns,
+                event.event_id,
+            )
+            idle_since = None
+            continue
+        if kind in _CLOSED:
+            attrs_field = _CLOSED[kind][1]
+            scheduled_id = getattr(event, attrs_field).scheduled_event_id
+            open_activities.pop(scheduled_id, None)
+        elif kind == _CHILD_INITIATED:
+            open_children += 1
+            idle_since = None
+            continue
+        elif kind == _TIMER_STARTED:
+            attrs_t = event.timer_started_event_attributes
+            timeout = int(attrs_t.start_to_fire_timeout.ToNanoseconds())
+            item = StoryItem(
+                "timer", ns, f"timer {attrs_t.timer_id}", True, None, [event.event_id], [],
+                {"timer_id": attrs_t.timer_id, "timeout_ns": timeout, "fire_ns": ns + timeout,
+                 "state": "pending"},
+            )  # fmt: skip
+            timers[attrs_t.timer_id] = item
+            waits.append(item)
+        elif kind in (_TIMER_FIRED, _TIMER_CANCELED):
+            timer_id = (
+                event.timer_fired_event_attributes.timer_id
+                if kind == _TIMER_FIRED
+                else event.timer_canceled_event_attributes.timer_id
+            )
+            timer = timers.pop(timer_id, None)
+            if timer is not None:
+                timer.end_ns = ns
+                timer.event_ids.append(event.event_id)
+                timer.detail["state"] = "fired" if kind == _TIMER_FIRED else "canceled"
+        elif kind in _WORKFLOW_CLOSED:
+            # Closing in the same task that found nothing to wait for.
+            closed = True
+            idle_since = None
+            continue
+        if kind == _TASK_COMPLETED:
+            if not open_activities and not open_children:
+                idle_since, idle_event = ns, event.event_id
+            continue
+        if idle_since is None or kind not in _WAKING:
+            continue
+        # Something woke the workflow: say what, and close the stretch.
+        woke = _what_woke(events, index)
+        waits.append(
+            StoryItem(
+                "wait", idle_since, f"waited for {woke[0]}{' ' + woke[1] if woke[1] else ''}",
+                True, None, [idle_event, event.event_id], [],
+                {"woken_by": woke[0], "name": woke[1]}, ns,
+            )
+        )  # fmt: skip
+        idle_since = None
+    if not closed:
+        if idle_since is not None:
+            waits.append(
+                StoryItem(
+                    "wait", idle_since, "waiting for a signal or an update", True, None,
+                    [idle_event], [], {"woken_by": "", "name": "",
+                                       "timers": sorted(timers)}, None,
+                )
+            )  # fmt: skip
+        for activity_id, activity_type, ns, event_id in open_activities.values():
+            waits.append(
+                StoryItem(
+                    "pending", ns, f"{activity_type} pending", True, None, [event_id], [],
+                    {"activity_id": activity_id, "activity_type": activity_type}, None,
+                )
+            )  # fmt: skip
+    waits.sort(key=lambda w: (w.time_ns or 0, w.event_ids[0] if w.event_ids else 0))
+    return waits
+
+
+def _what_woke(events: Sequence[HistoryEvent], index: int) -> tuple[str, str]:
+    """(kind, name) of the event at index that ended an idle stretch."""
+    event = events[index]
+    kind = event.event_type
+    if kind == _SIGNALED:
+        return "signal", event.workflow_execution_signaled_event_attributes.signal_name
+    if kind == _TIMER_FIRED:
+        return "timer", event.timer_fired_event_attributes.timer_id
+    if kind == _TASK_SCHEDULED:
+        # An update arrives as a workflow task; its acceptance follows it.
+        for later in events[index + 1 : index + 6]:
+            if later.event_type == _UPDATE_ACCEPTED:
+                request = later.workflow_execution_update_accepted_event_attributes
+                return "update", request.accepted_request.input.name
+            if later.event_type == _SIGNALED:
+                return "signal", later.workflow_execution_signaled_event_attributes.signal_name
+        return "workflow task", ""
+    name = EventType.Name(kind) if kind in EventType.values() else str(kind)
+    return name.removeprefix("EVENT_TYPE_").replace("_", " ").lower(), ""

@@ -25,6 +25,14 @@ def compact(value: int | None) -> str:
 
 
 @register.filter
+def exact(value: int | None) -> str:
+    """1296 -> 1,296: the number a compact figure stands for."""
+    if value is None:
+        return "—"
+    return f"{int(value):,}"
+
+
+@register.filter
 def duration_ns(value: int | None) -> str:
     if value is None:
         return "—"
