@@ -678,6 +678,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         "result_json": pretty(header.result) if header.has_result else "",
         "totals": totals,
         "calls": calls,
+        "story": story,
         "timeline": timeline(story, t0, t1),
         "tree": tree,
         "tree_html": render_tree(tree, span_base),
@@ -835,10 +836,12 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
             {
                 "activity_id": c.activity_id,
                 "number": c.number or None,
+                "label": call_label(c),
                 "agent": c.agent,
                 "model": c.model,
                 "tokens_in": c.tokens_in,
                 "tokens_out": c.tokens_out,
+                "cost_usd": _usd(cost_of(c.model, c.tokens_in, c.tokens_out)),
                 "outcome": c.outcome,
                 "matched": c.matched,
                 "scheduled_time": _iso(c.scheduled_ns),
@@ -851,6 +854,9 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
                         "end_time": _iso(a.end_ns),
                         "failed": a.outcome in FAILED_OUTCOMES,
                         "error": a.failure or None,
+                        "tokens_in": a.tokens_in,
+                        "tokens_out": a.tokens_out,
+                        "cost_usd": _usd(cost_of(c.model, a.tokens_in, a.tokens_out)),
                         "span_id": a.model_span_id or next(iter(a.span_ids), None),
                         "matched": a.matched,
                     }
@@ -858,6 +864,18 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
                 ],
             }
             for c in calls
+        ],
+        "waits": [
+            {
+                "kind": w.kind,
+                "title": w.title,
+                "start_time": _iso(w.time_ns),
+                "end_time": _iso(w.end_ns),
+                "waiting": w.end_ns is None,
+                **({"fires_at": _iso(w.detail["fire_ns"])} if w.kind == "timer" else {}),
+                **({"state": w.detail["state"]} if w.kind == "timer" else {}),
+            }
+            for w in ctx["story"].waits
         ],
         "spans": [
             {
@@ -880,6 +898,10 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
             for r in ctx["tree"]
         ],
     }
+
+
+def _usd(cost: Decimal | None) -> str | None:
+    return str(cost) if cost is not None else None
 
 
 def _iso(ns: int | None) -> str | None:
