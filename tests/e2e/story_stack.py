@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page
+from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize
 
 from tests.conftest import TemporalServer, WorkerProcess
 from tests.e2e.conftest import LiveDashboard, log_in, running_dashboard
 
 T = TypeVar("T")
-VIEWPORT = {"width": 1440, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1440, "height": 900}
 
 
 def in_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -261,9 +261,7 @@ def test_live_view_refits_as_each_of_ten_runs_grows(
         )
         # Open the page at once, as "Start a run" does: the run has barely begun.
         page.goto(f"{story_stack.url}/runs/{workflow_id}/{run_id}/")
-        expect(page.locator('#run-header [data-status="COMPLETED"]')).to_be_visible(
-            timeout=30_000
-        )
+        expect(page.locator('#run-header [data-status="COMPLETED"]')).to_be_visible(timeout=30_000)
 
         def fitted() -> bool:
             state = timeline_state(page)
