@@ -14,6 +14,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from dashboard.maintenance import MAINTENANCE_CHANNEL, MaintenanceConsumer  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from tracing.forwarder import FORWARDER_CHANNEL, ForwarderConsumer  # noqa: E402
 
@@ -28,6 +29,11 @@ application = ProtocolTypeRouter(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
         # Background work (`manage.py runforwarder`), not served by daphne.
-        "channel": ChannelNameRouter({FORWARDER_CHANNEL: ForwarderConsumer.as_asgi()}),
+        "channel": ChannelNameRouter(
+            {
+                FORWARDER_CHANNEL: ForwarderConsumer.as_asgi(),
+                MAINTENANCE_CHANNEL: MaintenanceConsumer.as_asgi(),
+            }
+        ),
     }
 )

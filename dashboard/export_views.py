@@ -7,14 +7,17 @@ from typing import Any
 from urllib.parse import quote
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db.models import Count, Min, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from dashboard import maintenance
 from dashboard.htmx import HtmxHttpRequest
 from tracing import encode, exporters, forwarder, store
-from tracing.models import RunExport
+from tracing.models import ArchivedHistory, RunExport, RunSummary, ns_to_datetime
 
 
 def _run_spans_or_404(workflow_id: str, run_id: str) -> list[dict[str, Any]]:
@@ -24,12 +27,31 @@ def _run_spans_or_404(workflow_id: str, run_id: str) -> list[dict[str, Any]]:
     return rows
 
 
+def storage() -> dict[str, Any]:
+    """Retention and the history archive, for the Exports page's Storage card."""
+    jobs = maintenance.status()
+    archived = ArchivedHistory.objects.aggregate(count=Count("id"), raw=Sum("size_bytes"))
+    oldest = RunSummary.objects.aggregate(oldest=Min("last_span_ns"))["oldest"]
+    return {
+        "retention_days": settings.LOOMVIEW_RETENTION_DAYS,
+        "audit_retention_days": settings.LOOMVIEW_AUDIT_RETENTION_DAYS,
+        "archive_on": settings.LOOMVIEW_ARCHIVE_HISTORIES,
+        "retention": jobs.get(maintenance.RETENTION),
+        "archive": jobs.get(maintenance.ARCHIVE),
+        "archived_count": archived["count"] or 0,
+        "archived_bytes": archived["raw"] or 0,
+        "oldest_run": ns_to_datetime(oldest),
+        "runs": RunSummary.objects.count(),
+    }
+
+
 @require_GET
 def exports(request: HtmxHttpRequest) -> HttpResponse:
     configured = exporters.configured()
     ctx = {
         "collectors": [forwarder.stats(e) for e in configured],
         "jobs": RunExport.objects.order_by("-id")[:20],
+        "storage": storage(),
     }
     if request.htmx:
         return render(request, "dashboard/exports.html#collectors", ctx)

@@ -33,6 +33,7 @@ from urllib.parse import quote
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.db import DatabaseError
 from django.urls import reverse
 from django.utils.safestring import SafeString
 from google.protobuf import json_format
@@ -45,7 +46,7 @@ from dashboard import pricing, temporal
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
-from tracing import store
+from tracing import archive, store
 from tracing.correlation import ModelCall, RunStory, StoryItem, correlate
 from tracing.models import ns_to_datetime
 
@@ -556,6 +557,8 @@ class Loaded:
     spans: list[dict[str, Any]]
     # store.stored_state() from before the spans were read.
     stored: str = "0"
+    # The history came from Loomview's archive: Temporal no longer has the run.
+    archived: bool = False
 
     @property
     def events(self) -> Sequence[HistoryEvent]:
@@ -566,6 +569,9 @@ class Loaded:
         """What the page was built from, in live_signature()'s terms."""
         if self.temporal_error is not None:
             events = "?"
+        elif self.archived:
+            # What live_signature() sees once Temporal has forgotten the run.
+            events = "-1"
         else:
             events = str(-1 if self.history is None else len(self.history.events))
         return f"{events}-{self.stored}"
@@ -576,23 +582,50 @@ def _cache_key(workflow_id: str, run_id: str) -> str:
     return f"loomview:history-pb:{run_digest(workflow_id, run_id)}"
 
 
-async def load_history(workflow_id: str, run_id: str) -> History | None:
-    """A run's history, from cache once closed; None if Temporal has no such run.
+async def load_history_from(workflow_id: str, run_id: str) -> tuple[History | None, bool]:
+    """A run's history and whether it came from Loomview's archive.
 
-    Raises temporal.TemporalUnavailable.
+    From the cache once closed, else from Temporal; a closed history fetched
+    here is archived on the spot (dashboard/archive.py sweeps the rest). When
+    Temporal has forgotten the run, or cannot be reached, an archived history
+    stands in: a closed run's history never changes. (None, False) if neither
+    has the run.
+
+    Raises temporal.TemporalUnavailable when Temporal cannot be reached and
+    nothing is archived.
     """
     key = _cache_key(workflow_id, run_id)
     cached = await cache.aget(key)
     if isinstance(cached, bytes):
-        return History.FromString(cached)
+        return History.FromString(cached), False
     try:
         fetched = await temporal.fetch_history(workflow_id, run_id)
     except temporal.RunNotFound:
-        return None
+        archived = await sync_to_async(archive.load)(workflow_id, run_id)
+        return archived, archived is not None
+    except temporal.TemporalUnavailable:
+        archived = await sync_to_async(archive.load)(workflow_id, run_id)
+        if archived is None:
+            raise
+        return archived, True
     if fetched.closed:
         # A closed run's history never changes again.
         await cache.aset(key, fetched.history.SerializeToString(), HISTORY_CACHE_SECONDS)
-    return fetched.history
+        if settings.LOOMVIEW_ARCHIVE_HISTORIES:
+            try:
+                await sync_to_async(archive.save)(workflow_id, run_id, fetched.history)
+            except DatabaseError:
+                logger.warning("could not archive %s / %s", workflow_id, run_id, exc_info=True)
+    return fetched.history, False
+
+
+async def load_history(workflow_id: str, run_id: str) -> History | None:
+    """A run's history (see load_history_from); None if neither Temporal nor the archive has it.
+
+    Raises temporal.TemporalUnavailable.
+    """
+    history, _ = await load_history_from(workflow_id, run_id)
+    return history
 
 
 async def load(workflow_id: str, run_id: str) -> Loaded:
@@ -600,13 +633,14 @@ async def load(workflow_id: str, run_id: str) -> Loaded:
     stored = await sync_to_async(store.stored_state)(workflow_id, run_id)
     history: History | None = None
     error: str | None = None
+    archived = False
     try:
-        history = await load_history(workflow_id, run_id)
+        history, archived = await load_history_from(workflow_id, run_id)
     except temporal.TemporalUnavailable as exc:
         logger.warning("%s", exc)
         error = exc.reason
     spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
-    return Loaded(history, error, spans, stored)
+    return Loaded(history, error, spans, stored, archived)
 
 
 async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
@@ -685,6 +719,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         "history": history,
         "compact": compact_history(history),
         "has_history": loaded.history is not None,
+        "archived": loaded.archived,
         "live_sig": loaded.signature,
         "temporal_error": loaded.temporal_error,
         "temporal_address": temporal.target()[0],
@@ -823,6 +858,7 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
         "result": header.result,
         "failure": header.failure or None,
         "temporal_error": ctx["temporal_error"],
+        "archived": ctx["archived"],
         "totals": {
             "model_calls": totals.model_calls,
             "attempts": totals.attempts,

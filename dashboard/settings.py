@@ -73,6 +73,16 @@ LOOMVIEW_ROLLUPS = envbool("LOOMVIEW_ROLLUPS", True)
 # or an API token like /api/.
 LOOMVIEW_METRICS_TOKEN = envstr("LOOMVIEW_METRICS_TOKEN", "")
 LOOMVIEW_FORWARDER_LEASE_SECONDS = envint("LOOMVIEW_FORWARDER_LEASE_SECONDS", 15, minimum=2)
+# Retention (tracing/retention.py), in days; 0 keeps everything. Spans, run
+# summaries, archived histories, rollups and finished exports go with the first,
+# the audit log with the second (usually longer).
+LOOMVIEW_RETENTION_DAYS = envint("LOOMVIEW_RETENTION_DAYS", 0, minimum=0)
+LOOMVIEW_AUDIT_RETENTION_DAYS = envint("LOOMVIEW_AUDIT_RETENTION_DAYS", 0, minimum=0)
+# How often the background worker prunes and sweeps closed runs into the archive.
+LOOMVIEW_RETENTION_INTERVAL_SECONDS = envint("LOOMVIEW_RETENTION_INTERVAL_SECONDS", 300, minimum=1)
+LOOMVIEW_ARCHIVE_INTERVAL_SECONDS = envint("LOOMVIEW_ARCHIVE_INTERVAL_SECONDS", 30, minimum=1)
+# Keep closed runs' histories in the store so they outlive Temporal's retention.
+LOOMVIEW_ARCHIVE_HISTORIES = envbool("LOOMVIEW_ARCHIVE_HISTORIES", True)
 
 INSTALLED_APPS = [
     "daphne",

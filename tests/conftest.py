@@ -70,6 +70,8 @@ BACKEND_MODULES = frozenset(
         "tests/tracing/test_receiver.py",  # /v1/traces into the store, live groups
         "tests/tracing/test_forwarder.py",  # cursors, leases, per-run exports
         "tests/tracing/test_backends.py",  # concurrency on the real servers
+        "tests/tracing/test_retention.py",  # batched deletes beside ingest
+        "tests/dashboard/test_archive.py",  # histories kept past Temporal's retention
         "tests/dashboard/test_consumers.py",  # runs list live updates
         "tests/dashboard/test_run_consumers.py",  # run page live updates
         "tests/dashboard/test_runs.py",  # runs list keyset pages and filters

@@ -57,9 +57,15 @@ class Span(models.Model):
         ]
         indexes = [
             models.Index(fields=["workflow_id", "run_id", "start_ns"], name="span_run_start"),
-            # Spans still waiting for an ancestor that carries Temporal ids;
-            # small, so adopting them when that ancestor arrives stays cheap.
-            models.Index(fields=["trace_id"], condition=Q(workflow_id=""), name="span_orphans"),
+            # Spans still waiting for an ancestor that carries Temporal ids, or
+            # for their run id; small, so adopting them when that ancestor
+            # arrives stays cheap, and retention finds the old ones without a
+            # scan (runs' spans go with their run, see tracing/retention.py).
+            models.Index(
+                fields=["trace_id"],
+                condition=Q(workflow_id="") | Q(run_id=""),
+                name="span_strays",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -317,3 +323,57 @@ class FailureRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bucket_ns} {self.message} x {self.count}"
+
+
+class ArchivedHistory(models.Model):
+    """A closed run's Temporal history, kept next to its spans (dashboard/archive.py).
+
+    Temporal forgets a closed run after its namespace's retention; this copy
+    lets the run page, the history views, ``history.json`` and the correlation
+    work the same afterwards. ``history`` is the ``temporal.api.history.v1.History``
+    protobuf, zlib-compressed.
+    """
+
+    workflow_id = models.CharField(max_length=1000)
+    run_id = models.CharField(max_length=255)
+    history = models.BinaryField()
+    event_count = models.IntegerField(default=0)
+    # Uncompressed protobuf size, for the figures on the Exports page.
+    size_bytes = models.BigIntegerField(default=0)
+    # The close event's type name (WORKFLOW_EXECUTION_COMPLETED, ...) and time.
+    close_event = models.CharField(max_length=64, blank=True, default="")
+    closed_ns = models.BigIntegerField(null=True, blank=True)
+    archived_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow_id", "run_id"], name="archive_run_uniq")
+        ]
+        verbose_name_plural = "archived histories"
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} / {self.run_id} ({self.event_count} events)"
+
+
+class Maintenance(models.Model):
+    """One background job (retention, the history archive sweep): who runs it, how it went.
+
+    Any number of ``runforwarder`` processes may run; the lease keeps each job
+    on one of them, as ExportCursor's does for collectors.
+    """
+
+    job = models.CharField(max_length=32, unique=True)
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_finished_at = models.DateTimeField(null=True, blank=True)
+    # What the last complete round did, e.g. {"spans": 1200, "runs": 4}.
+    last_result = models.JSONField(default=dict, blank=True)
+    # Deleted or archived since the job first ran.
+    totals = models.JSONField(default=dict, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    # Where the archive sweep stands: runs closed at or after this were looked at.
+    watermark_ns = models.BigIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.job

@@ -1,4 +1,5 @@
-"""`python manage.py runforwarder`: forward stored spans to the configured collectors.
+"""`python manage.py runforwarder`: forward stored spans to the configured collectors,
+and run the background maintenance (retention, the history archive; dashboard/maintenance.py).
 
 A Channels background worker on the ``loomview-forwarder`` channel (see
 tracing.forwarder). ``make run`` starts it next to the dashboard; run one per
@@ -13,6 +14,7 @@ from channels.layers import get_channel_layer
 from channels.routing import get_default_application
 from django.core.management.base import BaseCommand, CommandError
 
+from dashboard.maintenance import MAINTENANCE_CHANNEL
 from tracing import forwarder, transport
 
 
@@ -32,7 +34,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _interrupt)
         worker = forwarder.ForwarderWorker(
             application=get_default_application(),
-            channels=[forwarder.FORWARDER_CHANNEL],
+            # Maintenance (retention, the history archive) runs beside forwarding.
+            channels=[forwarder.FORWARDER_CHANNEL, MAINTENANCE_CHANNEL],
             channel_layer=layer,
         )
         self.stdout.write(f"forwarder {forwarder.OWNER} on channel {forwarder.FORWARDER_CHANNEL}")
