@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tracing", "0004_rollups"),
+        ("tracing", "0005_rollup_widths"),
     ]
 
     operations = [
