@@ -826,6 +826,7 @@ def span_detail_ctx(span: dict[str, Any]) -> dict[str, Any]:
         sections = sections[2:]
     return {
         "span": span,
+        "duration_ms": round((span["end_ns"] - span["start_ns"]) / 1e6, 2),
         "duration": duration_ns(span["end_ns"] - span["start_ns"]),
         "start": ns_to_datetime(span["start_ns"]),
         "sections": [
