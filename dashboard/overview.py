@@ -45,7 +45,7 @@ RANGE_CHOICES = [
     ("custom", "Custom…"),
 ]
 DEFAULT_RANGE = "24h"
-UNKNOWN = "UNKNOWN"
+UNKNOWN = rollups.UNKNOWN_STATUS
 TOP = 10
 N_MEASURES = len(rollups.MEASURES)
 

@@ -42,11 +42,11 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History, HistoryEvent
 
-from dashboard import pricing, temporal
+from dashboard import temporal
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
-from tracing import archive, store
+from tracing import archive, pricing, store
 from tracing.correlation import ModelCall, RunStory, StoryItem, correlate
 from tracing.models import ns_to_datetime
 

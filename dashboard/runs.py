@@ -30,8 +30,9 @@ from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.urls import NoReverseMatch, reverse
 
-from dashboard import pricing, temporal
+from dashboard import temporal
 from telemetry import vocab
+from tracing import pricing
 from tracing.models import RunRollupState, RunSummary, Span
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import envbool, envint, envlist, envstr
-from dashboard.pricing import PRICES_ENV, load_prices
 from tracing.exporters import EXPORTERS_ENV, load_exporters
+from tracing.pricing import PRICES_ENV, load_prices
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOOMVIEW_DATA_DIR = Path(envstr("LOOMVIEW_DATA_DIR", str(BASE_DIR / ".data"))).resolve()

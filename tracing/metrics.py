@@ -61,7 +61,6 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Any]:
         from django.db.models import Count, Sum
 
-        from dashboard.overview import UNKNOWN
         from tracing import exporters, forwarder, rollups
         from tracing.models import Rollup, RunRollupState
 
@@ -70,7 +69,7 @@ class StoreCollector(Collector):
         )
         by_status = RunRollupState.objects.values_list("status").annotate(n=Count("id"))
         for status, count in by_status.order_by("status"):
-            runs.add_metric([status or UNKNOWN], count)
+            runs.add_metric([status or rollups.UNKNOWN_STATUS], count)
         yield runs
 
         names = ("calls", "attempts", "failed_attempts", "tokens_in", "tokens_out",

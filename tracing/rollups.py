@@ -71,6 +71,8 @@ MEASURES = (
 )
 HIST = tuple(f"h{i:02d}" for i in range(LATENCY_BINS))
 VALUES = MEASURES + HIST
+# The status of a run whose Temporal status has not been seen yet.
+UNKNOWN_STATUS = "UNKNOWN"
 KEYS = ("width_ns", "bucket_ns", "workflow_type", "task_queue", "status", "agent", "model")
 _RUNS, _CALLS, _ATTEMPTS, _FAILED, _TIN, _TOUT, _FTIN, _FTOUT = range(len(MEASURES))
 _HIST0 = len(MEASURES)
@@ -168,7 +170,7 @@ class RunState:
         return names
 
     def cost(self) -> float | None:
-        from dashboard import pricing
+        from tracing import pricing
 
         tokens = self.tokens_by_model()
         if not tokens:

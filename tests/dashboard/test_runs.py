@@ -16,10 +16,11 @@ from django.test import Client
 from temporalio.client import Client as TemporalClient
 from temporalio.service import RPCError
 
-from dashboard import pricing, temporal
 from dashboard import runs as run_list
+from dashboard import temporal
 from dashboard.models import ApiToken, hash_token
 from tests.dashboard.runs_data import T0, FakeVisibility, model_span, summary, visible
+from tracing import pricing
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from dashboard import pricing
+from tracing import pricing
 
 
 def test_no_override_is_the_default_table_as_a_copy() -> None:

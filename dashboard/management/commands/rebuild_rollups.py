@@ -10,6 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from dashboard import overview, temporal
 from tracing import rollups
 
 
@@ -29,8 +30,6 @@ class Command(BaseCommand):
         self.stdout.write(f"rollups rebuilt: {runs} runs in {time.monotonic() - began:.1f} s")
         if options["no_statuses"]:
             return
-        from dashboard import overview, temporal
-
         try:
             changed = asyncio.run(overview.sync_all_statuses())
         except (temporal.TemporalUnavailable, ValueError) as exc:
