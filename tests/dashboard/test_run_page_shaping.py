@@ -276,7 +276,7 @@ def test_span_detail_shows_messages_as_json_and_tools_without_repeats() -> None:
             attributes={"gen_ai.input.messages": '[{"role": "user"}]', "b": 1, "a": 2},
         )
     )
-    assert detail["duration_ms"] == 2.5
+    assert detail["duration"] == duration_ns(2_500_000)
     assert detail["sections"] == [("Input messages", run_page.pretty([{"role": "user"}]))]
     assert detail["attributes"] == [
         ("a", "2"),
