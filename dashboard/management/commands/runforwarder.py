@@ -2,8 +2,9 @@
 and run the background maintenance (retention, the history archive; dashboard/maintenance.py).
 
 A Channels background worker on the ``loomview-forwarder`` channel (see
-tracing.forwarder). ``make run`` starts it next to the dashboard; run one per
-deployment, or more: collector leases keep each collector on one of them.
+tracing.forwarder); a dashboard command because the maintenance it runs asks
+Temporal. ``make run`` starts it next to the dashboard; run one per deployment,
+or more: collector leases keep each collector on one of them.
 """
 
 import signal
