@@ -40,7 +40,6 @@ RUN_AUDIT_ROWS = 8
 # Handlers rarely change within a run (dynamic registration is the exception).
 DEFINITIONS_CACHE_OPEN = 30
 DEFINITIONS_CACHE = 24 * 3600
-TABS = ("signal", "query", "update", "retry", "stop")
 
 
 async def _operator_or_403(
@@ -80,6 +79,21 @@ async def _audit(
         new_workflow_id=new_workflow_id,
         new_run_id=new_run_id,
     )
+
+
+async def _failed(
+    request: HtmxHttpRequest,
+    user: User,
+    action: str,
+    workflow_id: str,
+    run_id: str,
+    payload: dict[str, Any],
+    message: str,
+    **panel: Any,
+) -> HttpResponse:
+    """Audit an action that was refused or failed, then show the Actions card saying why."""
+    await _audit(user, action, workflow_id, run_id, payload, AuditEntry.Outcome.ERROR, message)
+    return await _panel(request, workflow_id, run_id, **panel)
 
 
 async def _definitions(workflow_id: str, run_id: str, is_open: bool) -> temporal.Definitions | None:
@@ -254,13 +268,31 @@ async def _handler_action(
             )
         name = actions.check_name(kind, name, known)
     except actions.InvalidAction as exc:
-        await _audit(user, kind, workflow_id, run_id, audit_payload, "error", str(exc))
-        return await _panel(
-            request, workflow_id, run_id, tab=kind, values=values, errors={kind: str(exc)}
+        return await _failed(
+            request,
+            user,
+            kind,
+            workflow_id,
+            run_id,
+            audit_payload,
+            str(exc),
+            tab=kind,
+            values=values,
+            errors={kind: str(exc)},
         )
     except temporal.TemporalUnavailable as exc:
-        await _audit(user, kind, workflow_id, run_id, audit_payload, "error", str(exc))
-        return await _panel(request, workflow_id, run_id, tab=kind, values=values, error=str(exc))
+        return await _failed(
+            request,
+            user,
+            kind,
+            workflow_id,
+            run_id,
+            audit_payload,
+            str(exc),
+            tab=kind,
+            values=values,
+            error=str(exc),
+        )
     try:
         if kind == "signal":
             await temporal.send_signal(identity, workflow_id, run_id, name, argument)
@@ -274,11 +306,19 @@ async def _handler_action(
                 await temporal.run_update(identity, workflow_id, run_id, name, argument)
             )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        await _audit(user, kind, workflow_id, run_id, audit_payload, "error", str(exc))
-        return await _panel(
-            request, workflow_id, run_id, tab=kind, values=values, error=f"{name}: {exc}"
+        return await _failed(
+            request,
+            user,
+            kind,
+            workflow_id,
+            run_id,
+            audit_payload,
+            str(exc),
+            tab=kind,
+            values=values,
+            error=f"{name}: {exc}",
         )
-    await _audit(user, kind, workflow_id, run_id, audit_payload, "ok", outcome)
+    await _audit(user, kind, workflow_id, run_id, audit_payload, AuditEntry.Outcome.OK, outcome)
     if kind == "signal":
         return await _panel(request, workflow_id, run_id, tab=kind, notice=f"Signal {name} sent.")
     verb = "Query" if kind == "query" else "Update"
@@ -330,14 +370,30 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
         event_id = actions.check_reset_point(values["reset_point"], actions.reset_points(events))
         reason = actions.check_reason(values["reset_reason"])
     except actions.InvalidAction as exc:
-        await _audit(user, "reset", workflow_id, run_id, payload, "error", str(exc))
-        return await _panel(
-            request, workflow_id, run_id, tab="retry", values=values, errors={"reset": str(exc)}
+        return await _failed(
+            request,
+            user,
+            "reset",
+            workflow_id,
+            run_id,
+            payload,
+            str(exc),
+            tab="retry",
+            values=values,
+            errors={"reset": str(exc)},
         )
     except temporal.TemporalUnavailable as exc:
-        await _audit(user, "reset", workflow_id, run_id, payload, "error", str(exc))
-        return await _panel(
-            request, workflow_id, run_id, tab="retry", values=values, error=str(exc)
+        return await _failed(
+            request,
+            user,
+            "reset",
+            workflow_id,
+            run_id,
+            payload,
+            str(exc),
+            tab="retry",
+            values=values,
+            error=str(exc),
         )
     payload.update({"event_id": event_id, "reason": reason})
     username = user.get_username()
@@ -350,9 +406,17 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
             actions.attributed(reason, username),
         )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        await _audit(user, "reset", workflow_id, run_id, payload, "error", str(exc))
-        return await _panel(
-            request, workflow_id, run_id, tab="retry", values=values, error=f"Reset: {exc}"
+        return await _failed(
+            request,
+            user,
+            "reset",
+            workflow_id,
+            run_id,
+            payload,
+            str(exc),
+            tab="retry",
+            values=values,
+            error=f"Reset: {exc}",
         )
     await _audit(
         user,
@@ -360,7 +424,7 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
         workflow_id,
         run_id,
         payload,
-        "ok",
+        AuditEntry.Outcome.OK,
         f"reset to event {event_id}",
         new_workflow_id=workflow_id,
         new_run_id=new_run_id,
@@ -392,15 +456,24 @@ async def run_again(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
             started.task_queue,
         )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        await _audit(user, "run_again", workflow_id, run_id, {}, "error", str(exc))
-        return await _panel(request, workflow_id, run_id, tab="retry", error=f"Run again: {exc}")
+        return await _failed(
+            request,
+            user,
+            "run_again",
+            workflow_id,
+            run_id,
+            {},
+            str(exc),
+            tab="retry",
+            error=f"Run again: {exc}",
+        )
     await _audit(
         user,
         "run_again",
         workflow_id,
         run_id,
         payload,
-        "ok",
+        AuditEntry.Outcome.OK,
         f"started {new_workflow_id}",
         new_workflow_id=new_workflow_id,
         new_run_id=new_run_id,
@@ -417,9 +490,17 @@ async def _stop(
     try:
         reason = actions.check_reason(raw)
     except actions.InvalidAction as exc:
-        await _audit(user, action, workflow_id, run_id, {"reason": raw}, "error", str(exc))
-        return await _panel(
-            request, workflow_id, run_id, tab="stop", values=values, errors={action: str(exc)}
+        return await _failed(
+            request,
+            user,
+            action,
+            workflow_id,
+            run_id,
+            {"reason": raw},
+            str(exc),
+            tab="stop",
+            values=values,
+            errors={action: str(exc)},
         )
     username = user.get_username()
     identity = temporal.identity_for(username)
@@ -433,11 +514,19 @@ async def _stop(
                 identity, workflow_id, run_id, actions.attributed(reason, username)
             )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        await _audit(user, action, workflow_id, run_id, {"reason": reason}, "error", str(exc))
-        return await _panel(
-            request, workflow_id, run_id, tab="stop", values=values, error=f"{action}: {exc}"
+        return await _failed(
+            request,
+            user,
+            action,
+            workflow_id,
+            run_id,
+            {"reason": reason},
+            str(exc),
+            tab="stop",
+            values=values,
+            error=f"{action}: {exc}",
         )
-    await _audit(user, action, workflow_id, run_id, {"reason": reason}, "ok")
+    await _audit(user, action, workflow_id, run_id, {"reason": reason}, AuditEntry.Outcome.OK)
     notice = (
         "Cancellation requested; the workflow decides how to wind down."
         if action == "cancel"
@@ -519,7 +608,9 @@ async def new_run(request: HtmxHttpRequest) -> HttpResponse:
     ctx: dict[str, Any] = {"form": form, "can_operate": True, "error": ""}
     if not form.is_valid():
         payload = {k: str(v) for k, v in request.POST.items() if k != "csrfmiddlewaretoken"}
-        await _audit(operator, "start", "", "", payload, "error", form.errors.as_text())
+        await _audit(
+            operator, "start", "", "", payload, AuditEntry.Outcome.ERROR, form.errors.as_text()
+        )
         return render(request, "dashboard/run_new.html", ctx, status=400)
     data = form.cleaned_data
     workflow_id = data["workflow_id"].strip() or f"{data['workflow']}-{uuid.uuid4().hex[:8]}"
@@ -538,7 +629,9 @@ async def new_run(request: HtmxHttpRequest) -> HttpResponse:
             data["task_queue"],
         )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        await _audit(operator, "start", workflow_id, "", payload, "error", str(exc))
+        await _audit(
+            operator, "start", workflow_id, "", payload, AuditEntry.Outcome.ERROR, str(exc)
+        )
         ctx["error"] = f"The run was not started: {exc}"
         return render(request, "dashboard/run_new.html", ctx, status=502)
     await _audit(
@@ -547,7 +640,7 @@ async def new_run(request: HtmxHttpRequest) -> HttpResponse:
         workflow_id,
         run_id,
         payload,
-        "ok",
+        AuditEntry.Outcome.OK,
         f"started {workflow_id}",
         new_workflow_id=workflow_id,
         new_run_id=run_id,

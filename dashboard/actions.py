@@ -18,7 +18,8 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 
 from dashboard.models import AuditEntry
-from telemetry.vocab import MODEL_ACTIVITY_TYPE
+from telemetry import vocab
+from telemetry.vocab import FAILED_OUTCOMES, MODEL_ACTIVITY_TYPE
 
 MAX_PAYLOAD_CHARS = 64 * 1024
 MAX_REASON_CHARS = 500
@@ -38,10 +39,10 @@ NO_ARGUMENT = {
     ("conversation", "signal", "end"),
 }
 
+# A failed or timed-out activity, or the run itself failing or timing out.
 _FAILURE_EVENTS = frozenset(
     {
-        EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED,
-        EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+        *(t for t, outcome in vocab.ACTIVITY_CLOSE_OUTCOMES.items() if outcome in FAILED_OUTCOMES),
         EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
         EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
     }

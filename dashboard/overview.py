@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -29,7 +29,7 @@ from django.urls import reverse
 from dashboard import temporal
 from dashboard.runs import DATETIME_FORMATS, STATUSES, run_url
 from tracing import rollups
-from tracing.models import FailureRollup, Rollup, RunRollupState
+from tracing.models import FailureRollup, Rollup, RunRollupState, datetime_to_ns
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +107,12 @@ class Query:
         return list(range(self.since_ns, self.until_ns, self.step_ns))
 
 
-def _ns(moment: datetime) -> int:
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
-
-
 def query_from(form: OverviewForm, now_ns: int) -> Query:
     data = form.cleaned_data if form.is_bound and hasattr(form, "cleaned_data") else {}
     choice = data.get("range") or DEFAULT_RANGE
     if choice == "custom" and data.get("since"):
-        since = _ns(data["since"])
-        until = _ns(data["until"]) if data.get("until") else now_ns
+        since = datetime_to_ns(data["since"])
+        until = datetime_to_ns(data["until"]) if data.get("until") else now_ns
     else:
         span = RANGES.get(choice, RANGES[DEFAULT_RANGE])
         since, until = now_ns - span, now_ns
@@ -572,7 +568,10 @@ def _updates(
     runs: Iterable[temporal.VisibilityRun],
 ) -> dict[tuple[str, str], tuple[str, int | None]]:
     return {
-        (r.workflow_id, r.run_id): (r.status, _ns(r.close_time) if r.close_time else None)
+        (r.workflow_id, r.run_id): (
+            r.status,
+            datetime_to_ns(r.close_time) if r.close_time else None,
+        )
         for r in runs
     }
 

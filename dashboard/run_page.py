@@ -47,7 +47,7 @@ from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
 from tracing import archive, pricing, store
-from tracing.correlation import ModelCall, RunStory, StoryItem, correlate
+from tracing.correlation import ModelCall, RunStory, StoryItem, correlate, event_ns
 from tracing.models import ns_to_datetime
 
 logger = logging.getLogger(__name__)
@@ -127,10 +127,6 @@ def maybe_json(text: Any) -> Any:
 
 
 # -- history ----------------------------------------------------------------
-
-
-def event_ns(event: HistoryEvent) -> int:
-    return int(event.event_time.ToNanoseconds())
 
 
 def event_type_name(event: HistoryEvent) -> str:

@@ -33,7 +33,7 @@ from django.urls import NoReverseMatch, reverse
 from dashboard import temporal
 from telemetry import vocab
 from tracing import pricing
-from tracing.models import RunRollupState, RunSummary, Span
+from tracing.models import RunRollupState, RunSummary, Span, datetime_to_ns
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +80,6 @@ DATETIME_FORMATS = [
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _ns(moment: datetime) -> int:
-    # Integer arithmetic: a float timestamp would lose the microseconds that
-    # tell runs started in the same second apart.
-    return (moment - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def _iso(ns: int) -> str:
@@ -158,10 +152,10 @@ class RunFilterForm(forms.Form):
         since_ns = until_ns = None
         window = RANGES.get(data.get("range") or "")
         if window is not None:
-            since_ns = _ns((now or datetime.now(UTC)) - window)
+            since_ns = datetime_to_ns((now or datetime.now(UTC)) - window)
         elif data.get("range") == "custom" or data.get("since") or data.get("until"):
-            since_ns = _ns(data["since"]) if data.get("since") else None
-            until_ns = _ns(data["until"]) if data.get("until") else None
+            since_ns = datetime_to_ns(data["since"]) if data.get("since") else None
+            until_ns = datetime_to_ns(data["until"]) if data.get("until") else None
         return Filters(
             status=data.get("status") or "",
             workflow_type=(data.get("type") or "").strip(),
@@ -308,8 +302,8 @@ def _from_visibility(run: temporal.VisibilityRun) -> RunRow:
         run_id=run.run_id,
         workflow_type=run.workflow_type,
         status=run.status,
-        start_ns=_ns(run.start_time),
-        close_ns=_ns(run.close_time) if run.close_time else None,
+        start_ns=datetime_to_ns(run.start_time),
+        close_ns=datetime_to_ns(run.close_time) if run.close_time else None,
         in_temporal=True,
     )
 

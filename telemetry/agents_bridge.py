@@ -69,7 +69,7 @@ def trace_id_for(agents_trace_id: str) -> int:
     return _hex_id(f"trace:{agents_trace_id}", 128)
 
 
-def _ns(iso: str | None) -> int | None:
+def _iso_to_ns(iso: str | None) -> int | None:
     if not iso:
         return None
     return int(datetime.fromisoformat(iso).timestamp() * 1_000_000_000)
@@ -444,8 +444,8 @@ class OtelBridgeProcessor(TracingProcessor):
                 "could not convert an Agents span of type %s", getattr(data, "type", "?")
             )
             return
-        end = _ns(span.ended_at) or _now_ns()
-        start = _ns(span.started_at) or end
+        end = _iso_to_ns(span.ended_at) or _now_ns()
+        start = _iso_to_ns(span.started_at) or end
         with self._lock:
             first = self._first_span_start.get(span.trace_id)
             if first is None or start < first:

@@ -176,7 +176,8 @@ class _Activity:
     event_ids: list[int] = field(default_factory=list)
 
 
-def _ns(event: HistoryEvent) -> int:
+def event_ns(event: HistoryEvent) -> int:
+    """When a history event happened, in nanoseconds since the epoch."""
     return int(event.event_time.ToNanoseconds())
 
 
@@ -187,7 +188,7 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
         if kind == _SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             by_scheduled[event.event_id] = _Activity(
-                attrs.activity_id, attrs.activity_type.name, event.event_id, _ns(event),
+                attrs.activity_id, attrs.activity_type.name, event.event_id, event_ns(event),
                 event_ids=[event.event_id],
             )  # fmt: skip
             continue
@@ -195,7 +196,7 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
             started = event.activity_task_started_event_attributes
             activity = by_scheduled.get(started.scheduled_event_id)
             if activity is not None:
-                activity.started_ns = _ns(event)
+                activity.started_ns = event_ns(event)
                 activity.attempt = started.attempt
                 activity.last_failure = started.last_failure.message
                 activity.outcome = "running"
@@ -210,7 +211,7 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
         activity = by_scheduled.get(closed_attrs.scheduled_event_id)  # type: ignore[attr-defined]
         if activity is None:
             continue
-        activity.closed_ns = _ns(event)
+        activity.closed_ns = event_ns(event)
         activity.outcome = outcome
         if failure_field:
             failure = getattr(closed_attrs, failure_field)
@@ -563,8 +564,8 @@ def _messages(events: Sequence[HistoryEvent], rows: Sequence[Row]) -> list[Story
             attrs = event.workflow_execution_update_completed_event_attributes
             failure = attrs.outcome.failure.message if attrs.outcome.HasField("failure") else ""
             items.append(
-                StoryItem("update", _ns(event), f"update {attrs.meta.update_id} completed", True,
-                          None, [event.event_id], [],
+                StoryItem("update", event_ns(event), f"update {attrs.meta.update_id} completed",
+                          True, None, [event.event_id], [],
                           {"update_id": attrs.meta.update_id, "state": "completed",
                            "failure": failure})
             )  # fmt: skip
@@ -583,7 +584,7 @@ def _message_item(
     # Handler spans run after the event is recorded; take the first one not yet used.
     span = candidates.pop(0) if candidates else None
     return StoryItem(
-        kind, _ns(event), name, span is not None, None, [event.event_id],
+        kind, event_ns(event), name, span is not None, None, [event.event_id],
         [span["span_id"]] if span else [], detail,
     )  # fmt: skip
 
@@ -605,7 +606,7 @@ def _waits(events: Sequence[HistoryEvent]) -> list[StoryItem]:
     closed = False
     for index, event in enumerate(events):
         kind = event.event_type
-        ns = _ns(event)
+        ns = event_ns(event)
         if kind == _SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             open_activities[event.event_id] = (

@@ -8,16 +8,23 @@ OTLP sends them, so nothing is lost to datetime rounding.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from django.db import models
 from django.db.models import Q
 
-from telemetry.vocab import STATUS_ERROR
-
 
 def ns_to_datetime(ns: int | None) -> datetime | None:
     return None if ns is None else datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def datetime_to_ns(moment: datetime) -> int:
+    """Nanoseconds since the epoch, exactly: a float timestamp would lose the
+    microseconds that tell runs started in the same second apart."""
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 class Span(models.Model):
@@ -79,10 +86,6 @@ class Span(models.Model):
     def end(self) -> datetime | None:
         return ns_to_datetime(self.end_ns)
 
-    @property
-    def is_error(self) -> bool:
-        return self.status_code == STATUS_ERROR
-
 
 class RunSummary(models.Model):
     workflow_id = models.CharField(max_length=1000)
@@ -113,14 +116,6 @@ class RunSummary(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow_id} / {self.run_id}"
-
-    @property
-    def first_span(self) -> datetime | None:
-        return ns_to_datetime(self.first_span_ns)
-
-    @property
-    def last_span(self) -> datetime | None:
-        return ns_to_datetime(self.last_span_ns)
 
 
 class ExportCursor(models.Model):
