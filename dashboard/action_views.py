@@ -8,6 +8,7 @@ identity, and recorded in the audit log whatever its outcome.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
@@ -81,19 +82,41 @@ async def _audit(
     )
 
 
-async def _failed(
-    request: HtmxHttpRequest,
-    user: User,
-    action: str,
-    workflow_id: str,
-    run_id: str,
-    payload: dict[str, Any],
-    message: str,
-    **panel: Any,
-) -> HttpResponse:
-    """Audit an action that was refused or failed, then show the Actions card saying why."""
-    await _audit(user, action, workflow_id, run_id, payload, AuditEntry.Outcome.ERROR, message)
-    return await _panel(request, workflow_id, run_id, **panel)
+@dataclass
+class _Action:
+    """One operator action on one run, as the audit log records it."""
+
+    request: HtmxHttpRequest
+    user: User
+    name: str
+    workflow_id: str
+    run_id: str
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    async def done(self, message: str = "", **new_run: str) -> None:
+        await _audit(
+            self.user,
+            self.name,
+            self.workflow_id,
+            self.run_id,
+            self.payload,
+            AuditEntry.Outcome.OK,
+            message,
+            **new_run,
+        )
+
+    async def failed(self, message: str, **panel: Any) -> HttpResponse:
+        """Audit the refusal or failure, then show the Actions card saying why."""
+        await _audit(
+            self.user,
+            self.name,
+            self.workflow_id,
+            self.run_id,
+            self.payload,
+            AuditEntry.Outcome.ERROR,
+            message,
+        )
+        return await _panel(self.request, self.workflow_id, self.run_id, **panel)
 
 
 async def _definitions(workflow_id: str, run_id: str, is_open: bool) -> temporal.Definitions | None:
@@ -255,11 +278,11 @@ async def _handler_action(
     name = request.POST.get("name", "")
     raw = request.POST.get("payload", "")
     values = {f"{kind}_name": name, f"{kind}_payload": raw}
-    audit_payload: dict[str, Any] = {"name": name, "payload": raw}
+    act = _Action(request, user, kind, workflow_id, run_id, {"name": name, "payload": raw})
     identity = temporal.identity_for(user.get_username())
     try:
         argument = actions.parse_payload(raw)
-        audit_payload["payload"] = argument
+        act.payload["payload"] = argument
         definitions = await _definitions(workflow_id, run_id, is_open=True)
         known = None
         if definitions is not None:
@@ -268,31 +291,9 @@ async def _handler_action(
             )
         name = actions.check_name(kind, name, known)
     except actions.InvalidAction as exc:
-        return await _failed(
-            request,
-            user,
-            kind,
-            workflow_id,
-            run_id,
-            audit_payload,
-            str(exc),
-            tab=kind,
-            values=values,
-            errors={kind: str(exc)},
-        )
+        return await act.failed(str(exc), tab=kind, values=values, errors={kind: str(exc)})
     except temporal.TemporalUnavailable as exc:
-        return await _failed(
-            request,
-            user,
-            kind,
-            workflow_id,
-            run_id,
-            audit_payload,
-            str(exc),
-            tab=kind,
-            values=values,
-            error=str(exc),
-        )
+        return await act.failed(str(exc), tab=kind, values=values, error=str(exc))
     try:
         if kind == "signal":
             await temporal.send_signal(identity, workflow_id, run_id, name, argument)
@@ -306,19 +307,8 @@ async def _handler_action(
                 await temporal.run_update(identity, workflow_id, run_id, name, argument)
             )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        return await _failed(
-            request,
-            user,
-            kind,
-            workflow_id,
-            run_id,
-            audit_payload,
-            str(exc),
-            tab=kind,
-            values=values,
-            error=f"{name}: {exc}",
-        )
-    await _audit(user, kind, workflow_id, run_id, audit_payload, AuditEntry.Outcome.OK, outcome)
+        return await act.failed(str(exc), tab=kind, values=values, error=f"{name}: {exc}")
+    await act.done(outcome)
     if kind == "signal":
         return await _panel(request, workflow_id, run_id, tab=kind, notice=f"Signal {name} sent.")
     verb = "Query" if kind == "query" else "Update"
@@ -363,6 +353,7 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
     values = {"reset_point": request.POST.get("event_id", ""), "reset_reason": ""}
     values["reset_reason"] = request.POST.get("reason", "")
     payload: dict[str, Any] = {"event_id": values["reset_point"], "reason": values["reset_reason"]}
+    act = _Action(request, user, "reset", workflow_id, run_id, payload)
     try:
         events = await _history_or_none(workflow_id, run_id)
         if events is None:
@@ -370,31 +361,9 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
         event_id = actions.check_reset_point(values["reset_point"], actions.reset_points(events))
         reason = actions.check_reason(values["reset_reason"])
     except actions.InvalidAction as exc:
-        return await _failed(
-            request,
-            user,
-            "reset",
-            workflow_id,
-            run_id,
-            payload,
-            str(exc),
-            tab="retry",
-            values=values,
-            errors={"reset": str(exc)},
-        )
+        return await act.failed(str(exc), tab="retry", values=values, errors={"reset": str(exc)})
     except temporal.TemporalUnavailable as exc:
-        return await _failed(
-            request,
-            user,
-            "reset",
-            workflow_id,
-            run_id,
-            payload,
-            str(exc),
-            tab="retry",
-            values=values,
-            error=str(exc),
-        )
+        return await act.failed(str(exc), tab="retry", values=values, error=str(exc))
     payload.update({"event_id": event_id, "reason": reason})
     username = user.get_username()
     try:
@@ -406,29 +375,8 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
             actions.attributed(reason, username),
         )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        return await _failed(
-            request,
-            user,
-            "reset",
-            workflow_id,
-            run_id,
-            payload,
-            str(exc),
-            tab="retry",
-            values=values,
-            error=f"Reset: {exc}",
-        )
-    await _audit(
-        user,
-        "reset",
-        workflow_id,
-        run_id,
-        payload,
-        AuditEntry.Outcome.OK,
-        f"reset to event {event_id}",
-        new_workflow_id=workflow_id,
-        new_run_id=new_run_id,
-    )
+        return await act.failed(str(exc), tab="retry", values=values, error=f"Reset: {exc}")
+    await act.done(f"reset to event {event_id}", new_workflow_id=workflow_id, new_run_id=new_run_id)
     return _to_run(request, workflow_id, new_run_id)
 
 
@@ -437,6 +385,7 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
 async def run_again(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
     """A new run of the same type, with the same raw input payloads, on the same task queue."""
     user = await _operator_or_403(request, "run_again", workflow_id, run_id)
+    act = _Action(request, user, "run_again", workflow_id, run_id)
     try:
         events = await _history_or_none(workflow_id, run_id)
         started = actions.started_with(events or [])
@@ -456,27 +405,10 @@ async def run_again(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
             started.task_queue,
         )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        return await _failed(
-            request,
-            user,
-            "run_again",
-            workflow_id,
-            run_id,
-            {},
-            str(exc),
-            tab="retry",
-            error=f"Run again: {exc}",
-        )
-    await _audit(
-        user,
-        "run_again",
-        workflow_id,
-        run_id,
-        payload,
-        AuditEntry.Outcome.OK,
-        f"started {new_workflow_id}",
-        new_workflow_id=new_workflow_id,
-        new_run_id=new_run_id,
+        return await act.failed(str(exc), tab="retry", error=f"Run again: {exc}")
+    act.payload = payload
+    await act.done(
+        f"started {new_workflow_id}", new_workflow_id=new_workflow_id, new_run_id=new_run_id
     )
     return _to_run(request, new_workflow_id, new_run_id)
 
@@ -487,21 +419,12 @@ async def _stop(
     user = await _operator_or_403(request, action, workflow_id, run_id)
     raw = request.POST.get("reason", "")
     values = {f"{action}_reason": raw}
+    act = _Action(request, user, action, workflow_id, run_id, {"reason": raw})
     try:
         reason = actions.check_reason(raw)
     except actions.InvalidAction as exc:
-        return await _failed(
-            request,
-            user,
-            action,
-            workflow_id,
-            run_id,
-            {"reason": raw},
-            str(exc),
-            tab="stop",
-            values=values,
-            errors={action: str(exc)},
-        )
+        return await act.failed(str(exc), tab="stop", values=values, errors={action: str(exc)})
+    act.payload = {"reason": reason}
     username = user.get_username()
     identity = temporal.identity_for(username)
     try:
@@ -514,19 +437,8 @@ async def _stop(
                 identity, workflow_id, run_id, actions.attributed(reason, username)
             )
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
-        return await _failed(
-            request,
-            user,
-            action,
-            workflow_id,
-            run_id,
-            {"reason": reason},
-            str(exc),
-            tab="stop",
-            values=values,
-            error=f"{action}: {exc}",
-        )
-    await _audit(user, action, workflow_id, run_id, {"reason": reason}, AuditEntry.Outcome.OK)
+        return await act.failed(str(exc), tab="stop", values=values, error=f"{action}: {exc}")
+    await act.done()
     notice = (
         "Cancellation requested; the workflow decides how to wind down."
         if action == "cancel"

@@ -283,6 +283,50 @@ class WorkerProcess:
 WorkerFactory = Callable[..., WorkerProcess]
 
 
+def new_worker_process(
+    address: str,
+    directory: Path,
+    *,
+    start: bool = True,
+    env: Mapping[str, str] | None = None,
+    **overrides: str,
+) -> WorkerProcess:
+    """``python -m worker`` on a fresh task queue (unless overridden); settings are env
+    overrides, as keywords or as ``env``.
+
+    The caller stops it; fixtures of any scope can hold one (see ``worker_factory``).
+    """
+    overrides = {**(env or {}), **overrides}
+    name = uuid.uuid4().hex[:8]
+    environ = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": address,
+        "TEMPORAL_NAMESPACE": "default",
+        "LOOMVIEW_TASK_QUEUE": f"test-{name}",
+        "LOOMVIEW_DEMO_LOG": str(directory / f"demo-{name}.jsonl"),
+        "PYTHONUNBUFFERED": "1",
+        **TEST_WORKER_ENV,
+        **overrides,
+    }
+    environ.pop("OPENAI_API_KEY", None)
+    for variable in list(environ):
+        if variable.startswith("OTEL_") and variable not in overrides:
+            del environ[variable]
+    worker = WorkerProcess(
+        task_queue=environ["LOOMVIEW_TASK_QUEUE"],
+        env=environ,
+        log_path=directory / f"worker-{name}.log",
+        demo_log=Path(environ["LOOMVIEW_DEMO_LOG"]),
+    )
+    if start:
+        try:
+            worker.start()
+        except BaseException:
+            worker.stop()
+            raise
+    return worker
+
+
 @pytest.fixture
 def worker_factory(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[WorkerFactory]:
     """Start ``python -m worker`` subprocesses on a fresh task queue; settings are env overrides.
@@ -293,27 +337,7 @@ def worker_factory(temporal_server: TemporalServer, tmp_path: Path) -> Iterator[
     started: list[WorkerProcess] = []
 
     def start(start: bool = True, **overrides: str) -> WorkerProcess:
-        name = uuid.uuid4().hex[:8]
-        env = {
-            **os.environ,
-            "TEMPORAL_ADDRESS": temporal_server.address,
-            "TEMPORAL_NAMESPACE": "default",
-            "LOOMVIEW_TASK_QUEUE": f"test-{name}",
-            "LOOMVIEW_DEMO_LOG": str(tmp_path / f"demo-{name}.jsonl"),
-            "PYTHONUNBUFFERED": "1",
-            **TEST_WORKER_ENV,
-            **overrides,
-        }
-        env.pop("OPENAI_API_KEY", None)
-        for name in list(env):
-            if name.startswith("OTEL_") and name not in overrides:
-                del env[name]
-        worker = WorkerProcess(
-            task_queue=env["LOOMVIEW_TASK_QUEUE"],
-            env=env,
-            log_path=tmp_path / f"worker-{name}.log",
-            demo_log=Path(env["LOOMVIEW_DEMO_LOG"]),
-        )
+        worker = new_worker_process(temporal_server.address, tmp_path, start=False, env=overrides)
         started.append(worker)
         if start:
             worker.start()

@@ -4,9 +4,13 @@ Chromium is launched by hand instead of through pytest-playwright's fixtures:
 the project never downloads Playwright's own browser builds.
 """
 
+import atexit
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -54,10 +58,8 @@ def _wait_healthy(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"daphne did not become healthy:\n{log.read_text()}")
 
 
-@contextmanager
-def running_dashboard(data_dir: Path, temporal_address: str) -> Iterator[LiveDashboard]:
-    """daphne serving the dashboard on a free port, with its own migrated database."""
-    env = {
+def _dashboard_env(data_dir: Path, temporal_address: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{data_dir / 'e2e.sqlite3'}",
         "LOOMVIEW_DATA_DIR": str(data_dir),
@@ -67,9 +69,39 @@ def running_dashboard(data_dir: Path, temporal_address: str) -> Iterator[LiveDas
         "TEMPORAL_NAMESPACE": "default",
         "PYTHONPATH": str(BASE_DIR),
     }
-    manage = [sys.executable, str(BASE_DIR / "manage.py")]
-    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=BASE_DIR, check=True)
-    subprocess.run([*manage, "ensure_admin"], env=env, cwd=BASE_DIR, check=True)
+
+
+_template: Path | None = None
+
+
+def _copy_of_a_migrated_database(target: Path) -> None:
+    """A copy of one database migrated, with the admin user, once per session.
+
+    ``migrate`` and ``ensure_admin`` (a password hash) are two Django start-ups
+    and seconds of CPU; every dashboard gets its own copy, so none shares state.
+    """
+    global _template
+    if _template is None:
+        directory = Path(tempfile.mkdtemp(prefix="loomview-e2e-template-"))
+        atexit.register(shutil.rmtree, directory, True)
+        env = _dashboard_env(directory, "127.0.0.1:1")
+        manage = [sys.executable, str(BASE_DIR / "manage.py")]
+        subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=BASE_DIR, check=True)
+        subprocess.run([*manage, "ensure_admin"], env=env, cwd=BASE_DIR, check=True)
+        _template = directory / "e2e.sqlite3"
+    source, copy = sqlite3.connect(_template), sqlite3.connect(target)
+    try:
+        source.backup(copy)  # consistent even with a WAL beside the file
+    finally:
+        source.close()
+        copy.close()
+
+
+@contextmanager
+def running_dashboard(data_dir: Path, temporal_address: str) -> Iterator[LiveDashboard]:
+    """daphne serving the dashboard on a free port, with its own migrated database."""
+    env = _dashboard_env(data_dir, temporal_address)
+    _copy_of_a_migrated_database(data_dir / "e2e.sqlite3")
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

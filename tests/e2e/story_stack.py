@@ -4,9 +4,7 @@ bundled worker exporting its spans to that daphne, shared by the module's tests.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize
 
-from tests.conftest import TemporalServer, WorkerProcess
+from tests.conftest import TemporalServer, WorkerProcess, new_worker_process
 from tests.e2e.conftest import LiveDashboard, log_in, running_dashboard
 
 T = TypeVar("T")
@@ -32,33 +30,14 @@ def module_worker(
     temporal_server: TemporalServer, stack: LiveDashboard, tmp: Path, **overrides: str
 ) -> Iterator[WorkerProcess]:
     """The bundled worker on a fresh task queue, tracing to the stack's receiver."""
-    name = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "TEMPORAL_ADDRESS": temporal_server.address,
-        "TEMPORAL_NAMESPACE": "default",
-        "LOOMVIEW_TASK_QUEUE": f"e2e-{name}",
-        "LOOMVIEW_MODEL_PROVIDER": "demo",
+    settings = {
         "LOOMVIEW_DEMO_LATENCY_MS": "80",
-        "LOOMVIEW_MODEL_RETRY_INITIAL_SECONDS": "0.2",
-        "LOOMVIEW_MODEL_RETRY_MAX_SECONDS": "1",
-        "PYTHONUNBUFFERED": "1",
         "LOOMVIEW_TRACING": "on",
         "LOOMVIEW_OTLP_ENDPOINT": f"{stack.url}/v1/traces",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         **overrides,
     }
-    env.pop("OPENAI_API_KEY", None)
-    for key in list(env):
-        if key.startswith("OTEL_") and key not in overrides and key != "OTEL_BSP_SCHEDULE_DELAY":
-            del env[key]
-    worker = WorkerProcess(
-        task_queue=env["LOOMVIEW_TASK_QUEUE"],
-        env=env,
-        log_path=tmp / f"worker-{name}.log",
-        demo_log=tmp / f"demo-{name}.jsonl",
-    )
-    worker.start()
+    worker = new_worker_process(temporal_server.address, tmp, env=settings)
     try:
         yield worker
     finally:

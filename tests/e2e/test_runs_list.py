@@ -74,6 +74,10 @@ def test_runs_list_filters_and_live_updates(
 
     # Filter by workflow type: htmx swaps the panel and pushes the URL, no reload.
     page.evaluate("window.__noReload = true")
+    page.evaluate(
+        "window.__wsOpens = 0;"
+        "document.addEventListener('htmx:wsOpen', () => { window.__wsOpens += 1; });"
+    )
     page.get_by_label("Workflow type").fill("parallel")
     expect(page).to_have_url(
         f"{traced_stack.url}/?status=&type=parallel&agent=&range=&since=&until=&q="
@@ -84,10 +88,13 @@ def test_runs_list_filters_and_live_updates(
     page.screenshot(path=str(results_dir / "runs-list-filtered.png"), full_page=True)
 
     # A run started now appears without a reload, within 2 s.
+    opened = page.evaluate("window.__wsOpens")
     page.get_by_label("Workflow type").fill("")
     expect(page).to_have_url(f"{traced_stack.url}/?status=&type=&agent=&range=&since=&until=&q=")
     expect(rows.filter(has_text=f"e2e-triage-{tag}")).to_have_count(1)
-    page.wait_for_timeout(500)  # the websocket of the swapped panel reconnects
+    # The swapped panel's websocket is open (the server joined it to the group
+    # before accepting), so the clock starts when live updates can flow.
+    page.wait_for_function("n => window.__wsOpens > n", arg=opened)
     started = time.monotonic()
     start_workflow(address, worker, "triage", f"e2e-new-{tag}")
     expect(rows.filter(has_text=f"e2e-new-{tag}")).to_have_count(1, timeout=2000)

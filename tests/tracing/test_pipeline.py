@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from tests.conftest import ROOT, TemporalServer, WorkerFactory, WorkerProcess
+from tests.conftest import ROOT, TemporalServer, WorkerProcess, new_worker_process
 from tests.worker.history import model_calls
 from tracing.correlation import correlate
 from tracing.models import RunSummary, Span
@@ -40,13 +40,20 @@ Rows = list[dict[str, Any]]
 HANDLERS = ("HandleSignal:", "HandleQuery:", "HandleUpdate:", "ValidateUpdate:")
 
 
-@pytest.fixture
-def traced_worker(worker_factory: WorkerFactory, live_server: Any) -> WorkerProcess:
-    return worker_factory(
+@pytest.fixture(scope="module")
+def traced_worker(
+    temporal_server: TemporalServer, live_server: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """One traced worker process for the module: each test tells its runs apart by id."""
+    worker = new_worker_process(
+        temporal_server.address,
+        tmp_path_factory.mktemp("traced-worker"),
         LOOMVIEW_TRACING="on",
         LOOMVIEW_OTLP_ENDPOINT=f"{live_server.url}/v1/traces",
         OTEL_BSP_SCHEDULE_DELAY="100",
     )
+    yield worker
+    worker.stop()
 
 
 @sync_to_async
