@@ -71,14 +71,23 @@ def _payload(value: Any) -> dict[str, Any]:
     }
 
 
-def generate(calls: int) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Spans and history events of one run with `calls` model calls."""
+def generate(
+    calls: int,
+    workflow_id: str = WORKFLOW_ID,
+    run_id: str = RUN_ID,
+    trace_id: str = "b" * 32,
+    variant: int = 0,
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Spans and history events of one run with `calls` model calls.
+
+    ``variant`` 1 is the same run told differently (bench/compare.py): every 10th
+    call was asked and answered something else, and other calls were retried.
+    """
     from tracing.models import Span
 
-    trace_id = "b" * 32
     base_attrs = {
-        "temporal.workflow.id": WORKFLOW_ID,
-        "temporal.run.id": RUN_ID,
+        "temporal.workflow.id": workflow_id,
+        "temporal.run.id": run_id,
         "temporal.workflow.type": "triage",
         "temporal.task_queue": "bench",
     }
@@ -98,8 +107,8 @@ def generate(calls: int) -> tuple[list[Any], list[dict[str, Any]]]:
                 parent_span_id=parent,
                 name=name,
                 kind=kind,
-                workflow_id=WORKFLOW_ID,
-                run_id=RUN_ID,
+                workflow_id=workflow_id,
+                run_id=run_id,
                 start_ns=start,
                 end_ns=end,
                 duration_ns=end - start,
@@ -133,7 +142,8 @@ def generate(calls: int) -> tuple[list[Any], list[dict[str, Any]]]:
         turn = span("turn", "other", agent, start, start + 380 * ms)
         starter = span("temporal:startActivity", "custom", turn, start, start + 300 * ms)
         sched = span("StartActivity:invoke_model_activity", "temporal", root, start, start + ms)
-        attempts = 2 if call % 25 == 0 else 1
+        attempts = 2 if call % 25 == (5 if variant else 0) else 1
+        changed = bool(variant) and call % 10 == 0
         for attempt in range(1, attempts + 1):
             a0 = start + (attempt - 1) * 150 * ms
             failed = attempt < attempts
@@ -154,7 +164,7 @@ def generate(calls: int) -> tuple[list[Any], list[dict[str, Any]]]:
             exe = span("temporal:executeActivity", "custom", starter, a0, a1, attrs=ids, **common)
             messages = [
                 {"role": "system", "content": system},
-                {"role": "user", "content": f"turn {call}"},
+                {"role": "user", "content": f"turn {call}" + (" (rephrased)" if changed else "")},
             ]
             span(
                 "chat loomview-demo-1",
@@ -166,11 +176,11 @@ def generate(calls: int) -> tuple[list[Any], list[dict[str, Any]]]:
                     **ids,
                     "gen_ai.input.messages": json.dumps(messages),
                     "gen_ai.output.messages": json.dumps(
-                        [{"role": "assistant", "content": "ok " * 40}]
+                        [{"role": "assistant", "content": ("fine " if changed else "ok ") * 40}]
                     ),
                 },
                 model="loomview-demo-1",
-                tokens_in=None if failed else 400 + call,
+                tokens_in=None if failed else 400 + call + (7 if changed else 0),
                 tokens_out=None if failed else 80,
                 **common,
                 **status,

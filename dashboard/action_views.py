@@ -562,7 +562,17 @@ async def new_run(request: HtmxHttpRequest) -> HttpResponse:
 
 # -- the audit log ------------------------------------------------------------
 
-ACTIONS = ["signal", "query", "update", "reset", "run_again", "cancel", "terminate", "start"]
+ACTIONS = [
+    "signal",
+    "query",
+    "update",
+    "reset",
+    "run_again",
+    "cancel",
+    "terminate",
+    "start",
+    "replay",
+]
 
 
 @require_GET

@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
@@ -86,3 +87,75 @@ class AuditEntry(models.Model):
     @property
     def payload_json(self) -> str:
         return json.dumps(self.payload, ensure_ascii=False) if self.payload else ""
+
+
+class Replay(models.Model):
+    """One model call run again, with edited messages, model or settings, through the worker.
+
+    The original call's input and output are kept beside the replay's, so a
+    replay still reads (and compares) after its run is gone from Temporal.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    username = models.CharField(max_length=150)
+    # The call replayed: run, activity, model call number, agent, generation span.
+    workflow_id = models.CharField(max_length=1000)
+    run_id = models.CharField(max_length=64)
+    activity_id = models.CharField(max_length=255)
+    call_number = models.IntegerField(default=0)
+    agent = models.CharField(max_length=255, blank=True)
+    span_id = models.CharField(max_length=64, blank=True)
+    # "history": the exact model input from the scheduled activity; "spans": its messages only.
+    source = models.CharField(max_length=16, default="history")
+    original_model = models.CharField(max_length=255, blank=True)
+    original_system = models.TextField(blank=True)
+    original_input = models.JSONField(null=True, blank=True)
+    original_settings = models.JSONField(default=dict, blank=True)
+    original_output = models.JSONField(null=True, blank=True)
+    original_tokens_in = models.IntegerField(null=True, blank=True)
+    original_tokens_out = models.IntegerField(null=True, blank=True)
+    original_latency_ms = models.FloatField(null=True, blank=True)
+    # What was sent this time.
+    model = models.CharField(max_length=255, blank=True)
+    system = models.TextField(blank=True)
+    input = models.JSONField(null=True, blank=True)
+    model_settings = models.JSONField(default=dict, blank=True)
+    task_queue = models.CharField(max_length=255)
+    replay_workflow_id = models.CharField(max_length=1000, blank=True)
+    replay_run_id = models.CharField(max_length=64, blank=True)
+    # What came back.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    output = models.JSONField(null=True, blank=True)
+    response_model = models.CharField(max_length=255, blank=True)
+    tokens_in = models.IntegerField(null=True, blank=True)
+    tokens_out = models.IntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["workflow_id", "run_id"], name="replay_run")]
+
+    def __str__(self) -> str:
+        return f"replay {self.pk} of {self.workflow_id} / {self.run_id} call {self.call_number}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == self.Status.PENDING
+
+    @property
+    def cost(self) -> Decimal | None:
+        """Estimated USD of the replay's answer, from the model price table."""
+        from dashboard.replays import cost
+
+        model = self.response_model or self.model or self.original_model
+        return cost(model, self.tokens_in, self.tokens_out)

@@ -655,12 +655,17 @@ async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
     return f"{events}-{stored}", is_open
 
 
-def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
-    """Everything the run template renders, from history and spans."""
+def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> dict[str, Any]:
+    """Everything the run template renders, from history and spans.
+
+    ``page=False`` leaves out the span tree, the timeline and the history rows
+    (most of the time after correlate) for callers that want the run's story
+    but not its page: the compare page builds two runs.
+    """
     events = loaded.events
     spans = loaded.spans
     story = correlate(events, spans)
-    history = full_history(events)
+    history = full_history(events) if page else []
     header = header_from_history(events)
     if not events:
         attrs: dict[str, Any] = next(
@@ -672,8 +677,8 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
     ends = [s["end_ns"] for s in spans]
     if events:
         # Events are in time order: the first and last bound the whole history.
-        starts.append(history[0].ns)
-        ends.append(history[-1].ns)
+        starts.append(event_ns(events[0]))
+        ends.append(event_ns(events[-1]))
     t0 = min(starts) if starts else 0
     t1 = max([*ends, t0 + 1])
     if header.is_open and events:
@@ -694,7 +699,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
     cost = pricing.estimate(by_model, settings.LOOMVIEW_MODEL_PRICES) if calls else None
     totals.cost = cost.quantize(Decimal("0.0001")) if cost is not None else None
     namespace = temporal.target()[1]
-    tree = span_tree(spans, t0, t1)
+    tree = span_tree(spans, t0, t1) if page else []
     span_base = reverse("dash-run-span", args=[workflow_id, run_id, "x"]).removesuffix("x/")
     return {
         "workflow_id": workflow_id,
@@ -709,7 +714,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
         "totals": totals,
         "calls": calls,
         "story": story,
-        "timeline": timeline(story, t0, t1),
+        "timeline": timeline(story, t0, t1) if page else {},
         "tree": tree,
         "tree_html": render_tree(tree, span_base),
         "history": history,

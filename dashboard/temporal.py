@@ -430,6 +430,7 @@ async def start_run(
     args: list[Any],
     workflow_id: str,
     task_queue: str,
+    execution_timeout: timedelta | None = None,
 ) -> str:
     """Start a workflow; `args` may hold RawValue payloads to pass through as they are."""
     client = await get_client_as(identity)
@@ -439,6 +440,7 @@ async def start_run(
             args=args,
             id=workflow_id,
             task_queue=task_queue,
+            execution_timeout=execution_timeout,
             rpc_timeout=ACTION_TIMEOUT,
         )
     except WorkflowAlreadyStartedError as exc:

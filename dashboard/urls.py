@@ -4,10 +4,12 @@ from django.urls import path
 
 from dashboard import (
     action_views,
+    compare_views,
     export_views,
     list_views,
     ops_views,
     overview_views,
+    replay_views,
     run_views,
 )
 from tracing import views as tracing_views
@@ -70,6 +72,21 @@ urlpatterns = [
         name="dash-run-terminate",
     ),
     path("audit/", action_views.audit, name="dash-audit"),
+    # comparing runs, and replaying model calls (operators)
+    path("compare/", compare_views.compare_page, name="dash-compare"),
+    path("compare/previous/", compare_views.compare_previous, name="dash-compare-previous"),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/compare/",
+        compare_views.run_compare_panel,
+        name="dash-run-compare",
+    ),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/calls/<str:activity_id>/replay/",
+        replay_views.call_replay,
+        name="dash-call-replay",
+    ),
+    path("replays/<int:pk>/", replay_views.replay_page, name="dash-replay"),
+    path("replays/compare/", replay_views.replays_compare, name="dash-replays-compare"),
     # exports to OTLP collectors
     path("exports/", export_views.exports, name="dash-exports"),
     path("exports/jobs/<int:job_id>/", export_views.run_export_job, name="dash-export-job"),

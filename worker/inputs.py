@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -77,6 +78,23 @@ class ConversationInput:
 class ConversationResult:
     turns: int
     history: list[ChatMessage]
+
+
+# The workflow that runs one model call again (a replay from the dashboard).
+REPLAY_WORKFLOW = "replay_model_call"
+
+
+@dataclass
+class ReplayInput:
+    """One model call to run again through the worker's model provider.
+
+    ``model_input`` is what ``invoke_model_activity`` takes (temporalio's
+    ``ActivityModelInput`` as JSON: model name, system instructions, input
+    items, model settings, tools, handoffs, ...), edited by the operator.
+    """
+
+    model_input: dict[str, Any]
+    timeout_seconds: float = 120.0
 
 
 # Each bundled workflow type and the dataclass its run takes.

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         ConversationResult,
         Decision,
     )
+    from worker.replay import ReplayModelCallWorkflow
 
 RESILIENT_DEFAULT_FAULTS = ["call=1:permanent"]
 _MODEL_FAILURES = (ActivityError, AgentsWorkflowError, AgentsException)
@@ -330,4 +331,5 @@ WORKFLOWS = [
     ResilientWorkflow,
     ParallelWorkflow,
     ConversationWorkflow,
+    ReplayModelCallWorkflow,
 ]
