@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench import run_page  # noqa: E402
+import run_page  # noqa: E402  (a sibling script: bench/ is the script's directory on sys.path)
 
 TARGET_P95_MS = 800.0
 A = ("bench-compare-a", "01a20000-0000-7000-8000-00000000000a")

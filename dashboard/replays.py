@@ -32,11 +32,11 @@ from django.conf import settings
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
-from dashboard import diffs, pricing, run_page, temporal
+from dashboard import diffs, run_page, temporal
 from dashboard.models import Replay
 from telemetry import vocab
 from telemetry.redact import REDACTED, is_secret_name, redact_text
-from tracing.correlation import correlate
+from tracing.correlation import correlate, event_ns
 from worker.faults import FAULTS_METADATA_KEY
 from worker.inputs import INPUT_TYPES, REPLAY_WORKFLOW, ReplayInput
 
@@ -142,7 +142,7 @@ def _from_history(events: Sequence[HistoryEvent], activity_id: str) -> dict[str,
             if later.event_type == _STARTED and (
                 later.activity_task_started_event_attributes.scheduled_event_id == event.event_id
             ):
-                started_ns = run_page.event_ns(later)
+                started_ns = event_ns(later)
             elif later.event_type == _COMPLETED and (
                 later.activity_task_completed_event_attributes.scheduled_event_id == event.event_id
             ):
@@ -152,7 +152,7 @@ def _from_history(events: Sequence[HistoryEvent], activity_id: str) -> dict[str,
                     found["output"] = response.get("output")
                     found["usage"] = response.get("usage") or {}
                 if started_ns is not None:
-                    found["latency_ms"] = (run_page.event_ns(later) - started_ns) / 1e6
+                    found["latency_ms"] = (event_ns(later) - started_ns) / 1e6
         return found
     return None
 
@@ -403,9 +403,9 @@ def _result(events: Sequence[HistoryEvent]) -> tuple[Any, str, float | None]:
     started = None
     for event in events:
         if event.event_type == _STARTED:
-            started = run_page.event_ns(event)
+            started = event_ns(event)
         elif event.event_type == _COMPLETED and started is not None:
-            latency = (run_page.event_ns(event) - started) / 1e6
+            latency = (event_ns(event) - started) / 1e6
     header = run_page.header_from_history(events)
     return header.result, header.failure, latency
 
@@ -447,12 +447,7 @@ def for_run(workflow_id: str, run_id: str) -> list[Replay]:
 
 
 def cost(model: str, tokens_in: int | None, tokens_out: int | None) -> Decimal | None:
-    if tokens_in is None and tokens_out is None:
-        return None
-    estimate = pricing.estimate(
-        {model: (tokens_in or 0, tokens_out or 0)}, settings.LOOMVIEW_MODEL_PRICES
-    )
-    return estimate.quantize(Decimal("0.000001")) if estimate is not None else None
+    return run_page.cost_of(model, tokens_in, tokens_out)
 
 
 @dataclass

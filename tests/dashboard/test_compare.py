@@ -121,8 +121,8 @@ def test_compare_two_triage_runs_that_took_different_handoffs(
         )
 
     billing, technical = run(both())
-    settled(*billing, "triage")
-    settled(*technical, "triage")
+    for workflow_id, run_id in (billing, technical):
+        settled(workflow_id, run_id, "triage")
 
     response = compare_ctx(ops, billing, technical)
     ctx = response.context
@@ -172,7 +172,7 @@ def test_compare_two_triage_runs_that_took_different_handoffs(
 
 
 def wait_for_event(
-    client: TemporalClient, workflow_id: str, run_id: str, event_type: int
+    client: TemporalClient, workflow_id: str, run_id: str, event_type: EventType.ValueType
 ) -> list[Any]:
     async def go() -> list[Any]:
         deadline = time.monotonic() + 60
