@@ -110,6 +110,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """On SQLite, a test database file instead of Django's shared-cache in-memory one.
+
+    Live servers (daphne threads) write while a test reads; shared cache answers
+    that with "database table is locked" at once, where a file in WAL mode lets
+    readers read and the busy timeout makes writers wait their turn.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        path = tmp_path_factory.mktemp("database") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(path)
+        # A test database need not survive a power cut (the PostgreSQL pass's
+        # server runs without fsync for the same reason).
+        options = database.setdefault("OPTIONS", {})
+        options["init_command"] = options.get("init_command", "") + " PRAGMA synchronous=OFF;"
+
+
+@pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: None, django_db_blocker: object) -> Iterator[None]:
     """On PostgreSQL, end connections that threads (daphne's, sync_to_async's) kept
     open, so the test database can be dropped at the end."""

@@ -8,7 +8,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 from temporalio.api.history.v1 import History
 
-from dashboard import run_page, temporal
+from dashboard import temporal
 from dashboard.routing import websocket_urlpatterns
 from tests.dashboard.run_fixtures import history_proto, recorded, store_spans
 from tracing.groups import run_group
@@ -22,14 +22,14 @@ def open_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     run = recorded()
     run["live_events"] = history_proto(run).events[:-1]
 
-    async def fake(workflow_id: str, run_id: str) -> History:
-        return History(events=run["live_events"])
+    async def fake(workflow_id: str, run_id: str) -> temporal.RunHistory:
+        return temporal.RunHistory(workflow_id, run_id, History(events=run["live_events"]))
 
     async def fake_state(workflow_id: str, run_id: str) -> temporal.RunState:
         events = run["live_events"]
         return temporal.RunState(len(events), len(events) < len(history_proto(run).events))
 
-    monkeypatch.setattr(run_page, "load_history", fake)
+    monkeypatch.setattr(temporal, "fetch_history", fake)
     monkeypatch.setattr(temporal, "run_state", fake_state)
     return run
 
