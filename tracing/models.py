@@ -166,7 +166,11 @@ class RunExport(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["status", "id"], name="runexport_status")]
+        indexes = [
+            models.Index(fields=["status", "id"], name="runexport_status"),
+            # Retention deletes a run's exports with the run.
+            models.Index(fields=["workflow_id", "run_id"], name="runexport_run"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow_id} / {self.run_id} → {self.collector} ({self.status})"

@@ -131,10 +131,11 @@ class _Batcher:
 
     def run(self, work: Callable[[], int]) -> int:
         """One batch in its own short write transaction; returns rows deleted."""
-        started = time.monotonic()
         with store._writer():
+            # From when this batch has the database (not while it queues behind an ingest).
+            started = time.monotonic()
             deleted = work()
-        held = time.monotonic() - started
+            held = time.monotonic() - started
         self.result.batches += 1
         self.result.longest_batch = max(self.result.longest_batch, held)
         if self.pause:
