@@ -46,9 +46,9 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _setup(tmp: Path) -> None:
+def _setup(tmp: Path, database_url: str | None = None) -> None:
     os.environ["DJANGO_SETTINGS_MODULE"] = "dashboard.settings"
-    os.environ["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
+    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{tmp / 'bench.sqlite3'}"
     os.environ["LOOMVIEW_DATA_DIR"] = str(tmp)
     os.environ["TEMPORAL_ADDRESS"] = f"127.0.0.1:{_closed_port()}"
     os.environ.setdefault("LOOMVIEW_LOG_LEVEL", "ERROR")
@@ -270,9 +270,29 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--calls", type=int, default=500)
     parser.add_argument("--mode", choices=("spans", "history"), default="spans")
+    parser.add_argument(
+        "--postgres", action="store_true", help="a fresh PostgreSQL server (bench/pg.py)"
+    )
     args = parser.parse_args()
+    print(f"load average: {os.getloadavg()[0]:.2f} (1 min)")
+    server = None
+    if args.postgres:
+        import pg
+
+        server = pg.start()
+    try:
+        return _measure(args, server.url if server else None)
+    finally:
+        if server is not None:
+            from django.db import connections
+
+            connections.close_all()
+            server.stop()
+
+
+def _measure(args: argparse.Namespace, database_url: str | None) -> int:
     with tempfile.TemporaryDirectory(prefix="loomview-bench-") as tmp:
-        _setup(Path(tmp))
+        _setup(Path(tmp), database_url)
         from django.contrib.auth.models import User
         from django.core.cache import cache
         from django.test import Client
@@ -306,6 +326,7 @@ def main() -> int:
         p50 = statistics.median(timings)
         p95 = timings[max(0, round(0.95 * len(timings)) - 1)]
         print(
+            f"{'PostgreSQL' if database_url else 'SQLite'}: "
             f"run page, {args.calls} model calls, {len(spans)} spans, "
             f"{len(events) if args.mode == 'history' else 0} history events, mode={args.mode}: "
             f"{args.requests} requests, p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
