@@ -150,6 +150,7 @@ def test_replay_through_the_demo_model(
         ("ok", replay.tokens_in)
     ]
     # The original answered differently: technical support.
+    assert replay.original_output is not None
     assert replay.original_output[0]["name"] == "transfer_to_technical_support"
     assert replay.original_tokens_in and replay.tokens_in and replay.latency_ms is not None
 
