@@ -7,6 +7,7 @@ identity, and recorded in the audit log whatever its outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,6 +188,7 @@ async def _panel_ctx(
             "definitions": definitions,
             "reset_points": actions.reset_points(events),
             "can_run_again": actions.started_with(events) is not None,
+            "can_edit_input": header.workflow_type in BUNDLED,
             "links": await sync_to_async(actions.run_links)(
                 workflow_id, run_id, actions.reset_from(events)
             ),
@@ -380,31 +382,103 @@ async def run_reset(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
     return _to_run(request, workflow_id, new_run_id)
 
 
-@require_POST
+def _again_ctx(
+    workflow_id: str, run_id: str, started: actions.StartedWith | None, **extra: Any
+) -> dict[str, Any]:
+    decoded = (
+        [run_page.decode_payload(run_page.to_json(p)) for p in started.payloads] if started else []
+    )
+    shown = decoded[0] if len(decoded) == 1 else decoded
+    return {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "started": started,
+        "editable": started is not None and started.workflow_type in BUNDLED,
+        "input": run_page.pretty(shown) if started else "",
+        "task_queue": started.task_queue if started else "",
+        "error": "",
+        **extra,
+    }
+
+
+async def _run_again_editor(
+    request: HtmxHttpRequest, workflow_id: str, run_id: str
+) -> HttpResponse:
+    """The input of the run, to edit before it runs again (bundled workflows)."""
+    user = await request.auser()
+    try:
+        started = actions.started_with(await _history_or_none(workflow_id, run_id) or [])
+        error = "" if started else "Temporal has no start event for this run to copy."
+    except temporal.TemporalUnavailable as exc:
+        started, error = None, str(exc)
+    ctx = _again_ctx(
+        workflow_id, run_id, started, error=error, can_operate=await user.ahas_perm(OPERATE_RUNS)
+    )
+    return render(request, "dashboard/run_again.html", ctx)
+
+
+@require_http_methods(["GET", "POST"])
 @login_required
 async def run_again(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
-    """A new run of the same type, with the same raw input payloads, on the same task queue."""
+    """A new run of the same type on the same task queue: the same raw input payloads, or,
+    for a bundled workflow, the input as edited on the GET page."""
+    if request.method == "GET":
+        return await _run_again_editor(request, workflow_id, run_id)
     user = await _operator_or_403(request, "run_again", workflow_id, run_id)
     act = _Action(request, user, "run_again", workflow_id, run_id)
+    raw_input = request.POST.get("input")
+    started: actions.StartedWith | None = None
     try:
         events = await _history_or_none(workflow_id, run_id)
         started = actions.started_with(events or [])
         if started is None:
             raise temporal.ActionFailed("Temporal has no start event for this run to copy")
         new_workflow_id = actions.again_id(workflow_id, uuid.uuid4().hex[:6])
-        payload = {
+        task_queue = request.POST.get("task_queue", "").strip() or started.task_queue
+        payload: dict[str, Any] = {
             "workflow_type": started.workflow_type,
-            "task_queue": started.task_queue,
+            "task_queue": task_queue,
             "new_workflow_id": new_workflow_id,
         }
+        args: list[Any] = [RawValue(p) for p in started.payloads]
+        act.payload = payload
+        if raw_input is not None:
+            payload.update(edited=True, input=raw_input[:4000])
+            edited = actions.edited_input(started.workflow_type, raw_input)
+            payload["input"] = dataclasses.asdict(edited)
+            args = [edited]
         new_run_id = await temporal.start_run(
             temporal.identity_for(user.get_username()),
             started.workflow_type,
-            [RawValue(p) for p in started.payloads],
+            args,
             new_workflow_id,
-            started.task_queue,
+            task_queue,
         )
+    except actions.InvalidAction as exc:
+        await _audit(
+            user, "run_again", workflow_id, run_id, act.payload, AuditEntry.Outcome.ERROR, str(exc)
+        )
+        ctx = _again_ctx(
+            workflow_id, run_id, started, can_operate=True, error=str(exc),
+            input=raw_input or "", task_queue=request.POST.get("task_queue", ""),
+        )  # fmt: skip
+        return render(request, "dashboard/run_again.html", ctx, status=400)
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
+        if raw_input is not None:
+            await _audit(
+                user,
+                "run_again",
+                workflow_id,
+                run_id,
+                act.payload,
+                AuditEntry.Outcome.ERROR,
+                str(exc),
+            )
+            ctx = _again_ctx(
+                workflow_id, run_id, started, can_operate=True, error=f"Run again: {exc}",
+                input=raw_input, task_queue=request.POST.get("task_queue", ""),
+            )  # fmt: skip
+            return render(request, "dashboard/run_again.html", ctx, status=502)
         return await act.failed(str(exc), tab="retry", error=f"Run again: {exc}")
     act.payload = payload
     await act.done(

@@ -7,6 +7,7 @@ refused whole, never half-done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ from temporalio.api.history.v1 import HistoryEvent
 from dashboard.models import AuditEntry
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, MODEL_ACTIVITY_TYPE
+from worker.faults import FaultSpecError, parse_faults
+from worker.inputs import INPUT_TYPES
 
 MAX_PAYLOAD_CHARS = 64 * 1024
 MAX_REASON_CHARS = 500
@@ -198,6 +201,40 @@ def reset_from(events: Sequence[HistoryEvent]) -> str | None:
             if attrs.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW:
                 return attrs.base_run_id or None
     return None
+
+
+def edited_input(workflow_type: str, raw: str) -> Any:
+    """The edited input of a run again of a bundled workflow, checked like a new run's."""
+    kind = INPUT_TYPES.get(workflow_type)
+    if kind is None:
+        raise InvalidAction(
+            f"Loomview edits the input of its bundled workflows only, not {workflow_type!r}"
+        )
+    value = parse_payload(raw)
+    if not isinstance(value, dict):
+        raise InvalidAction("the input is a JSON object")
+    fields = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise InvalidAction(f"the {workflow_type} input has no field {', '.join(unknown)}")
+    try:
+        made = kind(**value)
+    except TypeError as exc:
+        raise InvalidAction(f"the {workflow_type} input is incomplete: {exc}") from None
+    prompt = value.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise InvalidAction("the prompt is text")
+    if workflow_type != "conversation" and not prompt.strip():
+        raise InvalidAction("give the agent something to do: the prompt is empty")
+    faults = value.get("faults")
+    if faults is not None:
+        if not isinstance(faults, list) or not all(isinstance(f, str) for f in faults):
+            raise InvalidAction('faults is a list of fault specs such as "call=2:fail=1"')
+        try:
+            parse_faults(faults)
+        except FaultSpecError as exc:
+            raise InvalidAction(f"bad fault spec: {exc}") from None
+    return made
 
 
 def again_id(workflow_id: str, suffix: str) -> str:

@@ -38,6 +38,7 @@ from temporalio.api.history.v1 import HistoryEvent
 
 from dashboard import diffs, run_page
 from dashboard.run_page import Header, Loaded, Totals
+from dashboard.runs import run_url
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from tracing.correlation import ModelCall, RunStory
@@ -151,7 +152,7 @@ def side(workflow_id: str, run_id: str, loaded: Loaded) -> Side:
     ctx = run_page.build(workflow_id, run_id, loaded, page=False)
     header: Header = ctx["header"]
     story: RunStory = ctx["story"]
-    span_base = reverse("dash-run-span", args=[workflow_id, run_id, "x"]).removesuffix("x/")
+    span_base = run_page.span_base_url(workflow_id, run_id)
     seen: dict[str, int] = {}
     calls = []
     for call in story.model_calls:
@@ -163,7 +164,7 @@ def side(workflow_id: str, run_id: str, loaded: Loaded) -> Side:
                 agent=call.agent,
                 ordinal=seen[call.agent],
                 latency_ns=_latency(call),
-                span_url=f"{span_base}{quote(span, safe='')}/" if span else "",
+                span_url=f"{span_base}{quote(span, safe='')}/" if span and span_base else "",
             )
         )
     duration = None
@@ -180,7 +181,7 @@ def side(workflow_id: str, run_id: str, loaded: Loaded) -> Side:
         events=loaded.events,
         has_history=ctx["has_history"],
         temporal_error=ctx["temporal_error"],
-        url=reverse("dash-run", args=[workflow_id, run_id]),
+        url=run_url(workflow_id, run_id),
     )
 
 

@@ -34,7 +34,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import SafeString
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -700,7 +700,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
     totals.cost = cost.quantize(Decimal("0.0001")) if cost is not None else None
     namespace = temporal.target()[1]
     tree = span_tree(spans, t0, t1) if page else []
-    span_base = reverse("dash-run-span", args=[workflow_id, run_id, "x"]).removesuffix("x/")
+    span_base = span_base_url(workflow_id, run_id)
     return {
         "workflow_id": workflow_id,
         "run_id": run_id,
@@ -731,6 +731,14 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
         ),
         "openai_trace_links": openai_trace_links(spans),
     }
+
+
+def span_base_url(workflow_id: str, run_id: str) -> str:
+    """The URL a span id is appended to; "" for ids the run page's route cannot carry."""
+    try:
+        return reverse("dash-run-span", args=[workflow_id, run_id, "x"]).removesuffix("x/")
+    except NoReverseMatch:  # e.g. a workflow id with a slash
+        return ""
 
 
 def openai_trace_links(spans: list[dict[str, Any]]) -> list[str]:

@@ -389,3 +389,63 @@ def test_replay_through_an_openai_compatible_server(
         json.dumps(list(AuditEntry.objects.values()), default=str),
     ):
         assert key not in text
+
+
+# -- run again with edits ------------------------------------------------------------
+
+
+def test_run_again_with_an_edited_input_links_back_and_compares(
+    ops: Client, vera: Client, shared_worker: InProcessWorker, on_temporal: str
+) -> None:
+    workflow_id, run_id = triage_run(on_temporal, shared_worker.task_queue)
+    again = f"/runs/{workflow_id}/{run_id}/again/"
+    page = ops.get(again)
+    assert page.status_code == 200 and page.context["editable"] is True
+    assert json.loads(page.context["input"]) == {"prompt": TECHNICAL, "faults": None}
+    # The Actions card opens the editor first for a bundled workflow.
+    card = ops.get(f"/runs/{workflow_id}/{run_id}/actions/", headers={"HX-Request": "true"})
+    assert f'href="{again}" data-run-again-edit' in card.content.decode()
+
+    assert vera.post(again, {"input": "{}"}).status_code == 403
+    for bad, message in (
+        ('{"prompt": ""}', "the prompt is empty"),
+        ('{"prompt": "hi", "temperature": 2}', "has no field temperature"),
+        ('{"prompt": "hi", "faults": ["call=x"]}', "bad fault spec"),
+        ("[1, 2", "not valid JSON"),
+    ):
+        response = ops.post(again, {"input": bad, "task_queue": shared_worker.task_queue})
+        assert response.status_code == 400, bad
+        assert message in response.context["error"]
+
+    edited = {"prompt": BILLING, "faults": ["call=2:fail=1"]}
+    response = ops.post(
+        again, {"input": json.dumps(edited), "task_queue": shared_worker.task_queue}
+    )
+    assert response.status_code == 302, response.content[:500]
+    _, new_workflow_id, new_run_id, _ = response["Location"].split("/")[1:]
+    assert new_workflow_id.startswith(f"{workflow_id}-again-")
+
+    async def result() -> Any:
+        client = await connect_client(on_temporal)
+        handle = client.get_workflow_handle(new_workflow_id, run_id=new_run_id)
+        await handle.result()
+        return (await handle.fetch_history()).events[0]
+
+    started = asyncio.run(result()).workflow_execution_started_event_attributes
+    assert started.identity == "loomview:ops"
+    payload = json.loads(started.input.payloads[0].data)
+    assert payload == edited
+    entries = list(AuditEntry.objects.filter(action="run_again").order_by("id"))
+    assert [(e.username, e.outcome) for e in entries] == [("vera", "denied")] + [
+        ("ops", "error")
+    ] * 4 + [("ops", "ok")]
+    assert entries[-1].payload["edited"] is True and entries[-1].payload["input"] == edited
+    # The new run links back, with the comparison to the original.
+    new_card = ops.get(f"/runs/{new_workflow_id}/{new_run_id}/compare/").content.decode()
+    assert "Compare with the original" in new_card
+    from dashboard.compare import compare_url
+
+    assert (
+        compare_url((workflow_id, run_id), (new_workflow_id, new_run_id)).replace("&", "&amp;")
+        in new_card
+    )
