@@ -14,9 +14,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from dashboard import http_guard  # noqa: E402
 from dashboard.maintenance import MAINTENANCE_CHANNEL, MaintenanceConsumer  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
 from tracing.forwarder import FORWARDER_CHANNEL, ForwarderConsumer  # noqa: E402
+
+# Bodies over the limit are refused before daphne buffers them.
+http_guard.install()
 
 http_app = (
     ASGIStaticFilesHandler(django_asgi_app) if settings.LOOMVIEW_SERVE_STATIC else django_asgi_app

@@ -342,16 +342,21 @@ def span_tree(spans: list[dict[str, Any]], t0: int, t1: int) -> list[TreeRow]:
             roots.append(row)
     total = max(t1 - t0, 1)
     ordered: list[tuple[dict[str, Any], int]] = []
-    stack: list[tuple[dict[str, Any], int]] = [(r, 0) for r in reversed(roots)]
     seen: set[str] = set()
-    while stack:
-        row, depth = stack.pop()
-        if row["span_id"] in seen:
+    # Spans whose parents form a cycle are reachable from no root: each one
+    # not shown yet starts a tree of its own, so nothing stored goes missing.
+    for start in (*roots, *spans):
+        if start["span_id"] in seen:
             continue
-        seen.add(row["span_id"])
-        ordered.append((row, depth))
-        for child in reversed(children.get(row["span_id"], [])):
-            stack.append((child, depth + 1))
+        stack: list[tuple[dict[str, Any], int]] = [(start, 0)]
+        while stack:
+            row, depth = stack.pop()
+            if row["span_id"] in seen:
+                continue
+            seen.add(row["span_id"])
+            ordered.append((row, depth))
+            for child in reversed(children.get(row["span_id"], [])):
+                stack.append((child, depth + 1))
     rows: list[TreeRow] = []
     for index, (row, depth) in enumerate(ordered):
         next_depth = ordered[index + 1][1] if index + 1 < len(ordered) else 0

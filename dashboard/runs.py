@@ -86,6 +86,9 @@ def _iso(ns: int) -> str:
     return (EPOCH + timedelta(microseconds=ns // 1000)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+MAX_CURSOR_NS = 2**63 - 1001
+
+
 def encode_cursor(key: SortKey) -> str:
     raw = json.dumps(list(key), separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -98,6 +101,10 @@ def decode_cursor(text: str) -> SortKey:
     except (binascii.Error, ValueError, TypeError) as exc:
         raise ValueError("not a cursor") from exc
     if not (isinstance(ns, int) and isinstance(workflow_id, str) and isinstance(run_id, str)):
+        raise ValueError("not a cursor")
+    # A cursor is a start time the store holds (int64 nanoseconds); anything
+    # else would overflow the query, not page it.
+    if not 0 <= ns <= MAX_CURSOR_NS or len(workflow_id) > 1000 or len(run_id) > 255:
         raise ValueError("not a cursor")
     return ns, workflow_id, run_id
 

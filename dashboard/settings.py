@@ -14,6 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import envbool, envint, envlist, envstr
+from telemetry import redact
 from tracing.exporters import EXPORTERS_ENV, load_exporters
 from tracing.pricing import PRICES_ENV, load_prices
 
@@ -63,6 +64,16 @@ LOOMVIEW_TASK_QUEUE = envstr("LOOMVIEW_TASK_QUEUE", "loomview-agents")
 # largest body it accepts, checked on the wire and again after gunzip.
 LOOMVIEW_OTLP_TOKEN = envstr("LOOMVIEW_OTLP_TOKEN", "")
 LOOMVIEW_OTLP_MAX_BODY_BYTES = envint("LOOMVIEW_OTLP_MAX_BODY_BYTES", 16 * 1024 * 1024, minimum=1)
+# Under daphne: a request body must arrive within this many seconds of its
+# headers, or it is answered 408 (dashboard.http_guard).
+LOOMVIEW_BODY_TIMEOUT_SECONDS = envint("LOOMVIEW_BODY_TIMEOUT_SECONDS", 30, minimum=1)
+# Extra redaction patterns (JSON list of regular expressions), applied at ingest
+# and export on top of telemetry.redact's own rules.
+try:
+    LOOMVIEW_REDACT_PATTERNS = redact.parse_patterns(envstr(redact.PATTERNS_ENV, ""))
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+redact.set_extra_patterns(LOOMVIEW_REDACT_PATTERNS)
 # OTLP collectors the forwarder sends every stored span to (JSON list).
 LOOMVIEW_EXPORTERS = load_exporters(envstr(EXPORTERS_ENV, ""))
 # How long a forwarder holds a collector before another process may take it over.

@@ -35,7 +35,14 @@ from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_
 
 from telemetry import vocab
 from telemetry.agents_bridge import OtelBridgeProcessor, temporal_context_attributes
-from telemetry.redact import redact_attributes, redact_text, redact_value
+from telemetry.redact import (
+    PATTERNS_ENV,
+    parse_patterns,
+    redact_attributes,
+    redact_text,
+    redact_value,
+    set_extra_patterns,
+)
 
 if TYPE_CHECKING:
     from agents.tracing.processors import BatchTraceProcessor
@@ -97,17 +104,20 @@ def redact_span(span: ReadableSpan) -> ReadableSpan:
     if status.description:
         status = Status(status.status_code, redact_text(status.description))
     events = tuple(
-        type(event)(event.name, redact_attributes(event.attributes), event.timestamp)
+        type(event)(redact_text(event.name), redact_attributes(event.attributes), event.timestamp)
         for event in span.events
     )
+    links = tuple(
+        type(link)(link.context, redact_attributes(link.attributes)) for link in span.links
+    )
     return ReadableSpan(
-        name=span.name,
+        name=redact_text(span.name),
         context=span.context,
         parent=span.parent,
         resource=span.resource,
         attributes=redact_attributes(span.attributes),
         events=events,
-        links=span.links,
+        links=links,
         kind=span.kind,
         status=status,
         start_time=span.start_time,
@@ -308,6 +318,8 @@ def configure_tracing(
     from agents import set_trace_processors
 
     name = service_name or _env("OTEL_SERVICE_NAME") or DEFAULT_SERVICE_NAME
+    if _env(PATTERNS_ENV):
+        set_extra_patterns(parse_patterns(_env(PATTERNS_ENV)))
     resource = Resource.create({SERVICE_NAME: name, **(resource_attributes or {})})
     if exporters is None:
         endpoint = (

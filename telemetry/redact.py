@@ -1,11 +1,28 @@
-"""Secrets never leave the process: redaction of span attributes before export."""
+"""Secrets never leave the process: the one set of redaction rules.
+
+The bundled worker applies them to every span before export
+(telemetry.otel), the dashboard's receiver to every span it is sent
+(tracing.otlp), and the forwarder again on the way out (tracing.encode), so
+spans from apps that redact nothing are redacted too.
+
+Two rules: attributes named like secrets (``authorization``, ``api_key``,
+``password``, ...) lose their value whatever it is; text that looks like a
+credential (OpenAI, AWS, GitHub, Slack and Google keys, bearer and basic
+credentials, JWTs) is replaced wherever it appears: attribute values, span and
+event names, status messages. Deployments add value patterns of their own
+with ``LOOMVIEW_REDACT_PATTERNS`` (a JSON list of regular expressions), read
+by the worker and the dashboard alike.
+"""
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+PATTERNS_ENV = "LOOMVIEW_REDACT_PATTERNS"
 
 REDACTED = "[REDACTED]"
 
@@ -31,26 +48,63 @@ _SECRET_VALUE = re.compile(
 _NOT_SECRET_NAME = re.compile(r"(token_count|tokens|token_type|usage)", re.IGNORECASE)
 
 
-# Every _SECRET_VALUE alternative contains one of these literals; checking
-# them first (a fast substring search) skips the regex for ordinary text, which
-# keeps redaction cheap enough for the forwarder's hot path.
-_MARKERS = ("sk-", "Bearer", "Basic", "AKIA", "ASIA", "hp_", "ho_", "hu_", "hs_", "hr_",
-            "xox", "AIza", "eyJ")  # fmt: skip
+# Every _SECRET_VALUE alternative contains one of these literals, each of
+# which contains the character it is filed under; a character found (memchr)
+# before its literals are searched keeps ordinary text clear of the regex,
+# cheap enough for the receiver's and the forwarder's hot paths.
+_MARKERS_BY_CHAR = (
+    ("-", ("sk-", "xox")),
+    ("_", ("hp_", "ho_", "hu_", "hs_", "hr_")),
+    ("A", ("AKIA", "ASIA", "AIza")),
+    ("B", ("Bearer", "Basic")),
+    ("J", ("eyJ",)),
+)
+# No _SECRET_VALUE match is shorter ("Basic " and 8 characters).
+_SHORTEST_SECRET = 14
 
 
-# ... and at least one of these characters, found faster still (memchr).
-_MARKER_CHARS = ("-", "_", "A", "B", "J")
+# Configured patterns (LOOMVIEW_REDACT_PATTERNS), one alternation; None: none.
+_extra: re.Pattern[str] | None = None
+# Text shorter than this is clear; a configured pattern may match anything.
+_shortest = _SHORTEST_SECRET
+
+
+def parse_patterns(text: str) -> list[str]:
+    """The patterns of LOOMVIEW_REDACT_PATTERNS: a JSON list of regular expressions."""
+    if not text.strip():
+        return []
+    try:
+        patterns = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{PATTERNS_ENV} is not JSON: {exc}") from None
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise ValueError(f"{PATTERNS_ENV} must be a JSON list of non-empty strings")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            message = f"{PATTERNS_ENV}: {pattern!r} is not a regular expression: {exc}"
+            raise ValueError(message) from None
+    return patterns
+
+
+def set_extra_patterns(patterns: Sequence[str]) -> None:
+    """Redact text matching any of these too (replacing what was set before)."""
+    global _extra, _shortest
+    _extra = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+    _shortest = 0 if patterns else _SHORTEST_SECRET
 
 
 def redact_text(value: str) -> str:
-    for char in _MARKER_CHARS:
-        if char in value:
-            break
-    else:
+    if len(value) < _shortest:
         return value
-    for marker in _MARKERS:
-        if marker in value:
-            return _SECRET_VALUE.sub(REDACTED, value)
+    if _extra is not None:
+        value = _extra.sub(REDACTED, value)
+    for char, markers in _MARKERS_BY_CHAR:
+        if char in value:
+            for marker in markers:
+                if marker in value:
+                    return _SECRET_VALUE.sub(REDACTED, value)
     return value
 
 

@@ -101,14 +101,14 @@ def _span(row: dict[str, Any]) -> Span:
         trace_id=bytes.fromhex(row["trace_id"]),
         span_id=bytes.fromhex(row["span_id"]),
         parent_span_id=bytes.fromhex(row["parent_span_id"]) if row["parent_span_id"] else b"",
-        name=row["name"],
+        name=redact_text(row["name"]),
         kind=row["span_kind"],
         start_time_unix_nano=row["start_ns"],
         end_time_unix_nano=row["end_ns"],
         attributes=export_attributes(row),
         events=[
             Span.Event(
-                name=event.get("name", ""),
+                name=redact_text(event.get("name", "")),
                 time_unix_nano=event.get("time_ns", 0),
                 attributes=key_values(redact_attributes(event.get("attributes"))),
             )

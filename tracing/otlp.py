@@ -9,8 +9,18 @@ JSON into the base64 that proto3's JSON mapping expects.
 A row is a plain dict: ids as lowercase hex, times as integer nanoseconds,
 attributes flattened to JSON-able values, plus the correlation keys Loomview
 indexes (workflow/run/activity ids, normalized kind, model, agent, tool,
-tokens). Spans that break the OTLP data model (bad ids, end before start) are
-rejected one by one and counted, as ``partial_success`` reports them.
+tokens). Spans that break the OTLP data model (bad ids, end before start) or
+that the store cannot hold (times beyond int64 or far in the future, ids longer
+than their columns, attempt and token counts that are not plausible numbers)
+are rejected one by one and counted, as ``partial_success`` reports them.
+Descriptive text (names, models, agents, status messages, long attribute
+values) is truncated with a visible marker instead: one sender must not be
+able to make a page huge. The limits are the module constants below; the
+README's "The receiver" section lists them.
+
+Everything is redacted on the way in with the worker's rules
+(telemetry.redact): apps other than the bundled worker send secrets in the
+clear, and what is never stored cannot leak from a page, the API or an export.
 """
 
 from __future__ import annotations
@@ -18,6 +28,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +45,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from telemetry import vocab
+from telemetry.redact import REDACTED, is_secret_name, redact_text
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -42,6 +55,30 @@ CONTENT_TYPES = frozenset({PROTOBUF, JSON})
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 
+# -- limits (see the README's "The receiver") -----------------------------------
+# Times are stored in signed 64-bit columns; a span may end at most this far
+# ahead of the receiver's clock (clock skew), so no sender pins a run at the
+# top of the runs list for centuries.
+MAX_NS = 2**63 - 1
+FUTURE_SKEW_NS = 24 * 3600 * 10**9
+# Correlation ids are keys: a truncated id would join the wrong run, so a
+# longer one rejects the span. Temporal's own default limit for ids is 1000.
+MAX_ID_CHARS = {"workflow_id": 1000, "run_id": 255, "activity_id": 255}
+# Temporal numbers attempts with an int32.
+MAX_ATTEMPT = 2**31 - 1
+# Tokens of one span: no model call comes near a billion.
+MAX_TOKENS = 10**9
+# OTLP enums Loomview stores in small integer columns.
+MAX_SPAN_KIND = 5
+MAX_STATUS_CODE = 2
+# Text is truncated, with TRUNCATED at the end, beyond these lengths.
+MAX_NAME_CHARS = 1000
+MAX_LABEL_CHARS = 255  # model, agent, tool, service, scope, workflow type
+MAX_MESSAGE_CHARS = 4000  # status message
+MAX_KEY_CHARS = 255  # attribute keys
+MAX_VALUE_CHARS = 256 * 1024  # one string attribute value
+TRUNCATED = "…[truncated]"
+
 
 class DecodeError(ValueError):
     """The body is not a valid OTLP trace export request."""
@@ -49,6 +86,10 @@ class DecodeError(ValueError):
 
 class BodyTooLarge(ValueError):
     """The body, or what it decompresses to, exceeds the configured limit."""
+
+
+class InvalidSpan(ValueError):
+    """One span the store cannot hold; the rest of the request goes on."""
 
 
 @dataclass
@@ -66,17 +107,27 @@ class DecodeResult:
 
 
 def gunzip(body: bytes, max_bytes: int) -> bytes:
-    """Decompress a gzip body, refusing to produce more than max_bytes."""
-    inflater = zlib.decompressobj(wbits=31)
-    try:
-        data = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise DecodeError(f"body is not valid gzip: {exc}") from None
-    if len(data) > max_bytes or inflater.unconsumed_tail:
-        raise BodyTooLarge(f"decompressed body exceeds {max_bytes} bytes")
-    if not inflater.eof:
-        raise DecodeError("body is not valid gzip: truncated stream")
-    return data
+    """Decompress a gzip body, every member of it, refusing to produce more than max_bytes."""
+    parts: list[bytes] = []
+    total = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits=31)
+        try:
+            # max_length is at least 1 here: 0 would mean "no limit".
+            data = inflater.decompress(rest, max_bytes + 1 - total)
+        except zlib.error as exc:
+            raise DecodeError(f"body is not valid gzip: {exc}") from None
+        total += len(data)
+        if total > max_bytes or inflater.unconsumed_tail:
+            raise BodyTooLarge(f"decompressed body exceeds {max_bytes} bytes")
+        if not inflater.eof:
+            raise DecodeError("body is not valid gzip: truncated stream")
+        parts.append(data)
+        # Concatenated gzip members are one stream (RFC 1952, section 2.2).
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
 
 
 def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
@@ -94,6 +145,8 @@ def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
             document = json.loads(body)
         except (UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise DecodeError("body is not valid OTLP/JSON: nested too deeply") from None
         if not isinstance(document, dict):
             raise DecodeError("body is not an OTLP/JSON ExportTraceServiceRequest object")
         _hex_ids_to_base64(document)
@@ -103,6 +156,8 @@ def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
             raise DecodeError(
                 f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}"
             ) from None
+        except RecursionError:
+            raise DecodeError("body is not valid OTLP/JSON: nested too deeply") from None
         return request
     raise DecodeError(f"unsupported content type {content_type!r}")
 
@@ -148,36 +203,59 @@ def _hex_ids_to_base64(document: dict[str, Any]) -> None:
                         _hex_to_b64(link, "spanId", "span_id")
 
 
+def truncate(text: str, limit: int) -> str:
+    """text cut to at most limit characters, the cut marked."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(TRUNCATED)] + TRUNCATED
+
+
 def any_value(value: AnyValue) -> Any:
+    # Nesting is bounded by the protobuf decoder (upb's depth limit, and
+    # json_format's for OTLP/JSON), so this recursion is too.
     which = value.WhichOneof("value")
     if which is None:
         return None
+    if which == "string_value":
+        text = redact_text(value.string_value)
+        return text if len(text) <= MAX_VALUE_CHARS else truncate(text, MAX_VALUE_CHARS)
     if which == "array_value":
         return [any_value(item) for item in value.array_value.values]
     if which == "kvlist_value":
         return attributes(value.kvlist_value.values)
     if which == "bytes_value":
-        return base64.b64encode(value.bytes_value).decode()
-    return getattr(value, which)
+        return truncate(base64.b64encode(value.bytes_value).decode(), MAX_VALUE_CHARS)
+    number = getattr(value, which)
+    if which == "double_value" and not math.isfinite(number):
+        # JSON has no Infinity or NaN: keep them as text, which every reader can store.
+        return str(number)
+    return number
 
 
 def attributes(key_values: Any) -> dict[str, Any]:
+    """Attributes as a dict, redacted (telemetry.redact) and bounded, in one pass."""
     result: dict[str, Any] = {}
     for kv in key_values:
+        key = kv.key
+        if len(key) > MAX_KEY_CHARS:
+            key = truncate(key, MAX_KEY_CHARS)
         kv_value: AnyValue = kv.value
         which = kv_value.WhichOneof("value")
-        if which == "string_value":
-            result[kv.key] = kv_value.string_value
+        if which is not None and is_secret_name(key):
+            result[key] = REDACTED
+        elif which == "string_value":
+            text = redact_text(kv_value.string_value)
+            result[key] = text if len(text) <= MAX_VALUE_CHARS else truncate(text, MAX_VALUE_CHARS)
         elif which is None:
-            result[kv.key] = None
-        elif which in ("int_value", "double_value", "bool_value"):
-            result[kv.key] = getattr(kv_value, which)
+            result[key] = None
+        elif which in ("int_value", "bool_value"):
+            result[key] = getattr(kv_value, which)
         else:
-            result[kv.key] = any_value(kv_value)
+            result[key] = any_value(kv_value)
     return result
 
 
-def _invalid(span: ProtoSpan) -> str | None:
+def _invalid(span: ProtoSpan, horizon_ns: int) -> str | None:
     if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
         return "trace_id must be 16 non-zero bytes"
     if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
@@ -186,27 +264,38 @@ def _invalid(span: ProtoSpan) -> str | None:
         return "parent_span_id must be empty or 8 bytes"
     if span.end_time_unix_nano < span.start_time_unix_nano:
         return "end_time_unix_nano is before start_time_unix_nano"
+    if span.end_time_unix_nano > horizon_ns:
+        return "end_time_unix_nano is more than 24 hours ahead of the receiver's clock"
+    if not 0 <= span.kind <= MAX_SPAN_KIND:
+        return f"kind {span.kind} is not an OTLP SpanKind"
+    if not 0 <= span.status.code <= MAX_STATUS_CODE:
+        return f"status.code {span.status.code} is not an OTLP StatusCode"
     return None
 
 
-def rows_from_request(request: ExportTraceServiceRequest) -> DecodeResult:
+def rows_from_request(
+    request: ExportTraceServiceRequest, now_ns: int | None = None
+) -> DecodeResult:
     result = DecodeResult()
     rows = result.rows
+    # Never beyond int64, whatever the clock says.
+    horizon = min(MAX_NS, (time.time_ns() if now_ns is None else now_ns) + FUTURE_SKEW_NS)
     for resource_spans in request.resource_spans:
         resource = attributes(resource_spans.resource.attributes)
         service = resource.get(vocab.SERVICE_NAME)
-        service_name = service if isinstance(service, str) else ""
+        service_name = truncate(service, MAX_LABEL_CHARS) if isinstance(service, str) else ""
         for scope_spans in resource_spans.scope_spans:
-            scope = scope_spans.scope.name
+            scope = truncate(scope_spans.scope.name, MAX_LABEL_CHARS)
             for span in scope_spans.spans:
-                problem = _invalid(span)
-                if problem is not None:
-                    result.rejected += 1
-                    result.errors.append(
-                        f"span {binascii.hexlify(span.span_id).decode()}: {problem}"
-                    )
-                    continue
-                rows.append(_row(span, resource, service_name, scope))
+                problem = _invalid(span, horizon)
+                if problem is None:
+                    try:
+                        rows.append(_row(span, resource, service_name, scope))
+                        continue
+                    except InvalidSpan as exc:
+                        problem = str(exc)
+                result.rejected += 1
+                result.errors.append(f"span {binascii.hexlify(span.span_id).decode()}: {problem}")
     return result
 
 
@@ -216,22 +305,30 @@ def _row(span: ProtoSpan, resource: dict[str, Any], service: str, scope: str) ->
     start = span.start_time_unix_nano
     end = span.end_time_unix_nano
     status = span.status
+    name = redact_text(span.name)
+    message = redact_text(status.message) if status.message else ""
     row: dict[str, Any] = {
         "trace_id": span.trace_id.hex(),
         "span_id": span.span_id.hex(),
         "parent_span_id": "" if not parent or parent == _ZERO_SPAN else parent.hex(),
-        "name": span.name,
+        "name": name if len(name) <= MAX_NAME_CHARS else truncate(name, MAX_NAME_CHARS),
         "span_kind": span.kind,
         "start_ns": start,
         "end_ns": end,
         "duration_ns": end - start,
         "status_code": status.code,
-        "status_message": status.message,
+        "status_message": message
+        if len(message) <= MAX_MESSAGE_CHARS
+        else truncate(message, MAX_MESSAGE_CHARS),
         "service_name": service,
         "scope": scope,
         "attributes": attrs,
         "events": [
-            {"name": e.name, "time_ns": e.time_unix_nano, "attributes": attributes(e.attributes)}
+            {
+                "name": truncate(redact_text(e.name), MAX_NAME_CHARS),
+                "time_ns": e.time_unix_nano,
+                "attributes": attributes(e.attributes),
+            }
             for e in span.events
         ]
         if span.events
@@ -248,7 +345,7 @@ def _row(span: ProtoSpan, resource: dict[str, Any], service: str, scope: str) ->
         else [],
         "resource": resource,
     }
-    row.update(correlation_keys(attrs, span.name))
+    row.update(correlation_keys(attrs, name))
     return row
 
 
@@ -256,13 +353,49 @@ def _text(value: Any) -> str:
     return "" if not value else value if value.__class__ is str else str(value)
 
 
+def _label(value: Any) -> str:
+    text = _text(value)
+    return text if len(text) <= MAX_LABEL_CHARS else truncate(text, MAX_LABEL_CHARS)
+
+
+def _id(value: Any, column: str) -> str:
+    text = _text(value)
+    limit = MAX_ID_CHARS[column]
+    if len(text) > limit:
+        raise InvalidSpan(f"{column} is longer than {limit} characters")
+    return text
+
+
 def _int(value: Any) -> int | None:
+    """An integer attribute: None when the value is not a number at all."""
     if value is None or value.__class__ is bool:
         return None
-    try:
+    if value.__class__ is int:
         return int(value)
-    except (TypeError, ValueError):
-        return None
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidSpan(f"{value} is not a finite number")
+        return int(value)
+    return None
+
+
+def _count(value: Any, name: str, maximum: int) -> int | None:
+    try:
+        number = _int(value)
+    except InvalidSpan as exc:
+        raise InvalidSpan(f"{name}: {exc}") from None
+    if number is not None and not 0 <= number <= maximum:
+        raise InvalidSpan(f"{name} must be a number from 0 to {maximum}, not {str(value)[:40]}")
+    return number
 
 
 def normalize_kind(attrs: dict[str, Any], name: str) -> str:
@@ -285,10 +418,10 @@ def normalize_kind(attrs: dict[str, Any], name: str) -> str:
 def workflow_type(attrs: dict[str, Any], name: str) -> str:
     value = attrs.get(vocab.WORKFLOW_TYPE)
     if value:
-        return str(value)
+        return _label(value)
     prefix, colon, rest = name.partition(":")
     if colon and prefix in vocab.WORKFLOW_SPAN_PREFIXES:
-        return rest
+        return _label(rest)
     return ""
 
 
@@ -302,6 +435,7 @@ def first(attrs: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
+    """The indexed columns of a span; raises InvalidSpan for values the store cannot hold."""
     # Hot path (every span): plain dict lookups, no helper calls per key.
     get = attrs.get
     kind = normalize_kind(attrs, name)
@@ -310,17 +444,18 @@ def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
         agent = get(vocab.OI_GRAPH_NODE) or name
     tokens_in = first(attrs, vocab.INPUT_TOKEN_KEYS)
     tokens_out = first(attrs, vocab.OUTPUT_TOKEN_KEYS)
+    attempt = get(vocab.ACTIVITY_ATTEMPT)
     return {
-        "workflow_id": _text(first(attrs, vocab.WORKFLOW_ID_KEYS)),
-        "run_id": _text(first(attrs, vocab.RUN_ID_KEYS)),
-        "activity_id": _text(first(attrs, vocab.ACTIVITY_ID_KEYS)),
-        "attempt": _int(get(vocab.ACTIVITY_ATTEMPT)),
+        "workflow_id": _id(first(attrs, vocab.WORKFLOW_ID_KEYS), "workflow_id"),
+        "run_id": _id(first(attrs, vocab.RUN_ID_KEYS), "run_id"),
+        "activity_id": _id(first(attrs, vocab.ACTIVITY_ID_KEYS), "activity_id"),
+        "attempt": None if attempt is None else _count(attempt, "attempt", MAX_ATTEMPT),
         "kind": kind,
-        "model": _text(first(attrs, vocab.MODEL_KEYS)),
-        "agent": _text(agent),
-        "tool": _text(first(attrs, vocab.TOOL_KEYS)),
-        "tokens_in": _int(tokens_in),
-        "tokens_out": _int(tokens_out),
+        "model": _label(first(attrs, vocab.MODEL_KEYS)),
+        "agent": _label(agent),
+        "tool": _label(first(attrs, vocab.TOOL_KEYS)),
+        "tokens_in": None if tokens_in is None else _count(tokens_in, "tokens_in", MAX_TOKENS),
+        "tokens_out": None if tokens_out is None else _count(tokens_out, "tokens_out", MAX_TOKENS),
         "workflow_type": workflow_type(attrs, name),
         "inherited": False,
     }

@@ -10,7 +10,15 @@ Temporal ids reach spans that do not carry them (OpenInference, GenAI
 instrumentations) from their nearest ancestor that does: at ingest when the
 ancestor is in the batch or already stored, at ingest of the ancestor for
 descendants stored before it (exporters send children first, since they end
-first), and at query time by walking the tree.
+first), and at query time by walking the tree. Parent links come from
+strangers: every walk up the tree is bounded (MAX_ANCESTOR_DEPTH) and stops at
+a cycle (a span that is its own ancestor).
+
+Rows reach here validated by tracing.otlp. Should the database still refuse
+one (a constraint, a value too big for a column), the batch is stored again
+span by span, so only that span is lost (``IngestResult.rejected``); a failure
+that is not a span's fault (the database locked, the disk full) propagates,
+and the receiver answers 503.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from django.db import connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
@@ -40,6 +48,11 @@ INSERT_CHUNK = 500
 # How far up the tree ingest looks for stored ancestors; deeper orphans are
 # still resolved at query time.
 MAX_ANCESTOR_ROUNDS = 8
+# How many parents any walk up the tree follows, at most.
+MAX_ANCESTOR_DEPTH = 256
+# A run summary lists at most this many agents: a sender inventing a new
+# agent name per span must not make the runs list row huge.
+MAX_SUMMARY_AGENTS = 50
 
 _COLUMNS = [
     "trace_id",
@@ -84,6 +97,21 @@ class IngestResult:
     duplicates: int = 0
     runs: dict[RunKey, dict[str, Any]] = field(default_factory=dict)
     new_spans: dict[RunKey, int] = field(default_factory=dict)
+    # Spans the database refused, each "span <id>: <reason>".
+    rejected: list[str] = field(default_factory=list)
+
+    def merge(self, other: IngestResult) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.runs.update(other.runs)
+        for key, count in other.new_spans.items():
+            self.new_spans[key] = self.new_spans.get(key, 0) + count
+        self.rejected += other.rejected
+
+
+# What a span's values can make the database refuse: the span's fault, not
+# the database's. OverflowError is sqlite3's answer to an int beyond int64.
+_SPAN_FAULTS = (IntegrityError, DataError, OverflowError)
 
 
 # PostgreSQL advisory lock key for span writers (any constant; "loomspan").
@@ -104,7 +132,32 @@ def _writer() -> Iterator[None]:
 
 
 def ingest(rows: list[dict[str, Any]]) -> IngestResult:
-    """Store decoded rows (from tracing.otlp) and bring run summaries up to date."""
+    """Store decoded rows (from tracing.otlp) and bring run summaries up to date.
+
+    All or nothing per span: if the database refuses the batch because of a
+    span's values, each span is stored on its own and the refused ones are
+    reported in ``rejected``.
+    """
+    try:
+        return _ingest(rows)
+    except _SPAN_FAULTS as exc:
+        if len(rows) <= 1:
+            return IngestResult(rejected=[_refusal(row, exc) for row in rows])
+    result = IngestResult()
+    for row in rows:
+        try:
+            result.merge(_ingest([row]))
+        except _SPAN_FAULTS as exc:
+            result.rejected.append(_refusal(row, exc))
+    return result
+
+
+def _refusal(row: dict[str, Any], exc: BaseException) -> str:
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return f"span {row.get('span_id', '?')}: the store cannot hold it ({reason})"
+
+
+def _ingest(rows: list[dict[str, Any]]) -> IngestResult:
     result = IngestResult()
     unique: dict[SpanKey, dict[str, Any]] = {}
     for row in rows:
@@ -129,20 +182,48 @@ def ingest(rows: list[dict[str, Any]]) -> IngestResult:
     return result
 
 
-def _nearest_with_ids(key: SpanKey, nodes: dict[SpanKey, dict[str, Any]]) -> dict[str, Any] | None:
-    """The closest ancestor of key (in nodes) that carries a workflow id."""
-    trace_id = key[0]
-    node = nodes.get(key)
-    seen = 0
-    while node is not None and seen < 256:
-        parent = node["parent_span_id"]
-        if not parent:
-            return None
-        node = nodes.get((trace_id, parent))
-        if node is not None and node["workflow_id"]:
-            return node
-        seen += 1
-    return None
+Node = dict[str, Any]
+
+
+def nearest_carriers(
+    keys: Iterable[SpanKey], nodes: dict[SpanKey, Node]
+) -> dict[SpanKey, Node | None]:
+    """For each key, its closest ancestor in nodes that carries a workflow id.
+
+    One walk per chain, not per span: every span a walk passes shares its
+    answer (they carry no ids, or the walk would have stopped at them). A walk
+    stops at a cycle and after MAX_ANCESTOR_DEPTH parents.
+    """
+    found: dict[SpanKey, Node | None] = {}
+    for start in keys:
+        if start in found:
+            continue
+        path: list[SpanKey] = []
+        on_path: set[SpanKey] = set()
+        key = start
+        carrier: Node | None = None
+        while True:
+            if key in found:
+                carrier = found[key]
+                break
+            if key in on_path or len(path) >= MAX_ANCESTOR_DEPTH:
+                break
+            path.append(key)
+            on_path.add(key)
+            node = nodes.get(key)
+            parent = node["parent_span_id"] if node is not None else ""
+            if not parent:
+                break
+            key = (key[0], parent)
+            ancestor = nodes.get(key)
+            if ancestor is None:
+                break
+            if ancestor["workflow_id"]:
+                carrier = ancestor
+                break
+        for passed in path:
+            found[passed] = carrier
+    return found
 
 
 def _take_ids(row: dict[str, Any], source: dict[str, Any]) -> None:
@@ -162,10 +243,18 @@ def _inherit_from_ancestors(batch: list[dict[str, Any]]) -> None:
     nodes: dict[SpanKey, dict[str, Any]] = {(r["trace_id"], r["span_id"]): r for r in batch}
     for _ in range(MAX_ANCESTOR_ROUNDS):
         missing: set[SpanKey] = set()
+        # Where each chain's walk already went: a chain shared by many orphans
+        # (or a cycle) is followed once.
+        walked: set[SpanKey] = set()
         for row in orphans:
             node: dict[str, Any] | None = row
-            while node is not None and not node["workflow_id"] and node["parent_span_id"]:
+            for _ in range(MAX_ANCESTOR_DEPTH):
+                if node is None or node["workflow_id"] or not node["parent_span_id"]:
+                    break
                 parent_key = (node["trace_id"], node["parent_span_id"])
+                if parent_key in walked:
+                    break
+                walked.add(parent_key)
                 if parent_key not in nodes:
                     missing.add(parent_key)
                     break
@@ -181,8 +270,9 @@ def _inherit_from_ancestors(batch: list[dict[str, Any]]) -> None:
                 "parent_span_id": "",
                 "workflow_id": "",
             }
+    carriers = nearest_carriers([(r["trace_id"], r["span_id"]) for r in orphans], nodes)
     for row in orphans:
-        source = _nearest_with_ids((row["trace_id"], row["span_id"]), nodes)
+        source = carriers[(row["trace_id"], row["span_id"])]
         if source is not None:
             _take_ids(row, source)
 
@@ -262,7 +352,10 @@ def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return _insert_copy(batch)
     sqlite = connection.vendor == "sqlite"
     inserted_keys: set[SpanKey] = set()
-    with connection.cursor() as wrapper:
+    # wrap_database_errors: the plain cursor's sqlite3 errors become Django's,
+    # so a refused span (IntegrityError) and a locked database
+    # (OperationalError) are told apart as on PostgreSQL.
+    with connection.cursor() as wrapper, connection.wrap_database_errors:
         # On SQLite, the plain DB-API cursor: Django's wrapper would rewrite
         # every %s of a 12,000-parameter statement into ? on each call.
         cursor = connection.connection.cursor() if sqlite else wrapper
@@ -357,8 +450,9 @@ def _adopt_orphans(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
         nodes[(orphan["trace_id"], orphan["span_id"])] = orphan
     adopted: list[dict[str, Any]] = []
     updates: dict[tuple[Any, ...], list[int]] = {}
+    found = nearest_carriers([(o["trace_id"], o["span_id"]) for o in orphans], nodes)
     for orphan in orphans:
-        source = _nearest_with_ids((orphan["trace_id"], orphan["span_id"]), nodes)
+        source = found[(orphan["trace_id"], orphan["span_id"])]
         if source is None:
             continue
         _take_ids(orphan, source)
@@ -494,7 +588,7 @@ def apply_rows(summary: RunSummary, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if not summary.workflow_type and row.get("workflow_type"):
             summary.workflow_type = row["workflow_type"]
-        if row["agent"] and row["agent"] not in agents:
+        if row["agent"] and len(agents) < MAX_SUMMARY_AGENTS and row["agent"] not in agents:
             agents.append(row["agent"])
         if row["kind"] in MODEL_KINDS:
             summary.tokens_in += row["tokens_in"] or 0
@@ -567,8 +661,9 @@ def spans_for_run(workflow_id: str, run_id: str) -> list[dict[str, Any]]:
         orphans = [span_row(s) for s in Span.objects.filter(workflow_id="", trace_id__in=traces)]
         for orphan in orphans:
             nodes[(orphan["trace_id"], orphan["span_id"])] = orphan
+        found = nearest_carriers([(o["trace_id"], o["span_id"]) for o in orphans], nodes)
         for orphan in orphans:
-            source = _nearest_with_ids((orphan["trace_id"], orphan["span_id"]), nodes)
+            source = found[(orphan["trace_id"], orphan["span_id"])]
             if source is not None and (source["workflow_id"], source["run_id"]) == (
                 workflow_id,
                 run_id,

@@ -30,6 +30,8 @@ INVALID_ARGUMENT = 3
 RESOURCE_EXHAUSTED = 8
 UNAVAILABLE = 14
 UNAUTHENTICATED = 16
+# What a 503 asks exporters to wait before they retry.
+RETRY_AFTER_SECONDS = 2
 
 
 def _status(http_status: int, code: int, message: str, content_type: str) -> HttpResponse:
@@ -124,15 +126,23 @@ async def receive_traces(request: HttpRequest) -> HttpResponse:
     try:
         result = await sync_to_async(store.ingest)(decoded.rows)
     except DatabaseError:
+        # Not the sender's fault (the database is locked, down or full):
+        # exporters retry a 503, and the batch is stored whole or not at all.
         logger.exception("storing %d spans failed", len(decoded.rows))
-        return _status(503, UNAVAILABLE, "span store unavailable, retry later", reply_type)
+        response = _status(503, UNAVAILABLE, "span store unavailable, retry later", reply_type)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+    # Spans the database refused are reported like those the decoder refused.
+    decoded.errors += result.rejected
+    rejected = decoded.rejected + len(result.rejected)
     metrics.record_ingest(
         len(decoded.rows) + decoded.rejected,
         result.stored,
         result.duplicates,
-        decoded.rejected,
+        rejected,
         time.perf_counter() - began,
     )
+    decoded.rejected = rejected
     if decoded.rejected:
         logger.info("OTLP export: %s", decoded.error_message())
     await _publish(result)

@@ -64,3 +64,41 @@ def test_temporal_tooling_queries_are_not_exported() -> None:
         "HandleQuery:status",
         "RunWorkflow:triage",
     ]
+
+
+def test_span_names_event_names_and_link_attributes_are_redacted() -> None:
+    from opentelemetry.sdk.trace import Event
+    from opentelemetry.trace import Link
+
+    context = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(1))
+    span = ReadableSpan(
+        name=f"response {OPENAI_KEY}",
+        context=context,
+        events=(Event(f"retry with {OPENAI_KEY}", {}),),
+        links=(Link(context, {"api_key": "x", "note": f"k={OPENAI_KEY}"}),),
+    )
+    redacted = redact_span(span)
+    assert redacted.name == f"response {REDACTED}"
+    assert redacted.events[0].name == f"retry with {REDACTED}"
+    assert dict(redacted.links[0].attributes or {}) == {
+        "api_key": REDACTED,
+        "note": f"k={REDACTED}",
+    }
+
+
+def test_configured_patterns_are_parsed_checked_and_applied() -> None:
+    import pytest
+
+    from telemetry import redact
+
+    assert redact.parse_patterns("") == []
+    assert redact.parse_patterns('["ACME-\\\\d{6}"]') == ["ACME-\\d{6}"]
+    for bad in ("not json", '"one"', "[1]", '["("]', '[""]'):
+        with pytest.raises(ValueError, match="LOOMVIEW_REDACT_PATTERNS"):
+            redact.parse_patterns(bad)
+    redact.set_extra_patterns(["ACME-\\d{6}", "internal-[a-z]+"])
+    try:
+        assert redact_text("ACME-123456 at internal-host") == f"{REDACTED} at {REDACTED}"
+    finally:
+        redact.set_extra_patterns([])
+    assert redact_text("ACME-123456") == "ACME-123456"
