@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import OperationalError
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
@@ -58,6 +59,16 @@ def traced_worker(
 
 @sync_to_async
 def stored(workflow_id: str, run_id: str) -> Rows:
+    # The test database is SQLite in memory with a shared cache: a read while
+    # the live server's receiver writes fails at once ("table is locked")
+    # instead of waiting as a file database would. Read again.
+    for _ in range(50):
+        try:
+            return spans_for_run(workflow_id, run_id)
+        except OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05)
     return spans_for_run(workflow_id, run_id)
 
 
