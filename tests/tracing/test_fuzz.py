@@ -181,7 +181,7 @@ def spans(draw: st.DrawFn) -> ProtoSpan:
     )
     for key, value in draw(attribute_sets()).items():
         span.attributes.add(key=key, value=_any_value(value))
-    span.status.code = draw(_mostly(st.integers(0, 2), st.integers(-(2**31), 2**31 - 1)))  # type: ignore[assignment]
+    span.status.code = draw(_mostly(st.integers(0, 2), st.integers(-(2**31), 2**31 - 1)))
     span.status.message = draw(TEXT)
     if draw(st.booleans()):
         span.events.add(name=draw(TEXT), time_unix_nano=draw(TIMES))
@@ -206,9 +206,9 @@ def _stored_keys() -> set[tuple[str, str]]:
 
 
 def _post(client: Client, body: bytes, content_type: str, gzipped: bool = False) -> Any:
-    headers = {"HTTP_CONTENT_ENCODING": "gzip"} if gzipped else {}
+    headers = {"Content-Encoding": "gzip"} if gzipped else {}
     started = time.monotonic()
-    response = client.post(URL, body, content_type=content_type, **headers)
+    response = client.post(URL, body, content_type=content_type, headers=headers)
     elapsed = time.monotonic() - started
     assert response.status_code < 500, response.content[:500]
     assert elapsed < REQUEST_DEADLINE_SECONDS
