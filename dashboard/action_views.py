@@ -646,6 +646,9 @@ ACTIONS = [
     "terminate",
     "start",
     "replay",
+    "export",
+    "token_create",
+    "token_revoke",
 ]
 
 

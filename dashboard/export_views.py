@@ -15,7 +15,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from dashboard import maintenance
+from dashboard.action_views import _audit, _operator_or_403
 from dashboard.htmx import HtmxHttpRequest
+from dashboard.models import OPERATE_RUNS
 from tracing import encode, exporters, forwarder, store
 from tracing.models import ArchivedHistory, RunExport, RunSummary, ns_to_datetime
 
@@ -79,6 +81,7 @@ def _job_ctx(
         "run_id": run_id,
         "collectors": exporters.configured(),
         "job": job,
+        "can_operate": request.user.has_perm(OPERATE_RUNS),
         "otlp_json_url": reverse("dash-run-otlp-json", args=[workflow_id, run_id]),
         "export_url": reverse("dash-run-export", args=[workflow_id, run_id]),
     }
@@ -86,12 +89,22 @@ def _job_ctx(
 
 @require_POST
 async def run_export(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
+    """Send one run's spans to a collector: an operator's action, audited like the others."""
+    user = await _operator_or_403(request, "export", workflow_id, run_id)
     collector = request.POST.get("collector", "")
     if exporters.by_name(collector) is None:
+        message = f"unknown collector {collector!r}"
+        await _audit(
+            user, "export", workflow_id, run_id, {"collector": collector}, "error", message
+        )
         ctx = await sync_to_async(_job_ctx)(request, workflow_id, run_id, None)
-        ctx["error"] = f"unknown collector {collector!r}"
+        ctx["error"] = message
         return render(request, "dashboard/_run_export.html", ctx, status=400)
     job = await sync_to_async(forwarder.enqueue_run_export)(workflow_id, run_id, collector)
+    await _audit(
+        user, "export", workflow_id, run_id, {"collector": collector, "job": job.id}, "ok",
+        f"export job {job.id} to {collector}",
+    )  # fmt: skip
     await forwarder.wake()
     if not request.htmx:
         return redirect(reverse("dash-run", args=[workflow_id, run_id]))

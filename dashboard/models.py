@@ -3,10 +3,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 TOKEN_PREFIX = "lv_"
 
@@ -25,6 +27,8 @@ class ApiToken(models.Model):
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     last_used = models.DateTimeField(null=True, blank=True)
+    # After this moment the token is refused; null: it never expires.
+    expires = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -34,11 +38,19 @@ class ApiToken(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.user})"
 
+    @property
+    def expired(self) -> bool:
+        return self.expires is not None and self.expires <= timezone.now()
+
     @classmethod
-    def issue(cls, user: models.Model, name: str) -> tuple[ApiToken, str]:
+    def issue(
+        cls, user: models.Model, name: str, expires: datetime | None = None
+    ) -> tuple[ApiToken, str]:
         """Create a token; the raw value is returned once and never stored."""
         raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = cls.objects.create(user=user, name=name, token_hash=hash_token(raw))
+        token = cls.objects.create(
+            user=user, name=name, token_hash=hash_token(raw), expires=expires
+        )
         return token, raw
 
 

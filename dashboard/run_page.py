@@ -769,17 +769,17 @@ def openai_trace_links(spans: list[dict[str, Any]]) -> list[str]:
 
 
 _ROW = (
-    '<a class="span-row{error}" style="--depth:{depth}" href="{url}" hx-get="{url}"'
+    '<a class="span-row{error}" data-depth="{depth}" href="{url}" hx-get="{url}"'
     ' hx-target="#span-panel" data-span="{id}"><span class="kind kind-{kind}">{kind}</span>'
     '<span class="span-name">{name}</span><span class="att">{attempt}</span>'
     '<span class="dur">{duration}</span>'
-    '<span class="dbar"><i style="left:{offset}%;width:{width}%"></i></span></a>'
+    '<span class="dbar"><i data-left="{offset}" data-width="{width}"></i></span></a>'
 )
 
 
 _BRANCH = (
     '<details class="node" open><summary>'
-    '<i class="tw" style="--depth:{depth}" aria-hidden="true"></i>{link}</summary>'
+    '<i class="tw" data-depth="{depth}" aria-hidden="true"></i>{link}</summary>'
 )
 _LEAF = '<div class="node leaf">{link}</div>'
 _CLOSE = "</details>"

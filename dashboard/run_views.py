@@ -32,17 +32,24 @@ async def _run_or_404(workflow_id: str, run_id: str) -> Loaded:
     return loaded
 
 
-def _not_found(request: HttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
-    ctx = {"workflow_id": workflow_id, "run_id": run_id}
+def _not_found(
+    request: HttpRequest, workflow_id: str, run_id: str, temporal_error: str | None = None
+) -> HttpResponse:
+    ctx = {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "temporal_error": temporal_error,
+        "temporal_address": temporal.target()[0],
+    }
     return render(request, "dashboard/run_404.html", ctx, status=404)
 
 
 @require_GET
 async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
-    try:
-        loaded = await _run_or_404(workflow_id, run_id)
-    except Http404:
-        return _not_found(request, workflow_id, run_id)
+    loaded = await run_page.load(workflow_id, run_id)
+    if loaded.history is None and not loaded.spans:
+        # Unknown to the store, and Temporal does not know it or cannot say.
+        return _not_found(request, workflow_id, run_id, loaded.temporal_error)
     ctx = await sync_to_async(run_page.build)(workflow_id, run_id, loaded)
     ctx["history_mode"] = "full" if request.GET.get("history") == "full" else "compact"
     template = "dashboard/run.html"

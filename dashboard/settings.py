@@ -8,12 +8,14 @@ variables.
 import contextlib
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from dashboard.env import envbool, envint, envlist, envstr
+from dashboard.middleware import CONTENT_SECURITY_POLICY
 from telemetry import redact
 from tracing.exporters import EXPORTERS_ENV, load_exporters
 from tracing.pricing import PRICES_ENV, load_prices
@@ -108,10 +110,12 @@ INSTALLED_APPS = [
     "template_partials",
     "dashboard",
     "tracing",
+    "axes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "dashboard.middleware.SecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -120,6 +124,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -188,6 +194,29 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Login throttling (django-axes): after LOOMVIEW_LOGIN_FAILURE_LIMIT failed
+# sign-ins from one address, or for one username, further attempts from that
+# address or for that username are refused with 429 for
+# LOOMVIEW_LOGIN_LOCKOUT_MINUTES. A successful sign-in clears the count.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOOMVIEW_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=envint("LOOMVIEW_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "dashboard/login_locked.html"
+AXES_HTTP_RESPONSE_CODE = 429
+# Behind N reverse proxies, LOOMVIEW_TRUSTED_PROXY_COUNT=N makes the client's
+# address the one the outermost proxy put in X-Forwarded-For (default 0: the
+# socket's own address), so one address's lockout does not lock everyone out.
+LOOMVIEW_TRUSTED_PROXY_COUNT = envint("LOOMVIEW_TRUSTED_PROXY_COUNT", 0, minimum=0)
+AXES_CLIENT_IP_CALLABLE = "dashboard.auth.client_address"
+
+# The Content-Security-Policy every response carries (dashboard.middleware).
+LOOMVIEW_CSP = CONTENT_SECURITY_POLICY
+
 LOGIN_URL = "dash-login"
 LOGIN_REDIRECT_URL = "dash-runs"
 LOGOUT_REDIRECT_URL = "dash-login"

@@ -11,6 +11,7 @@ from dashboard import (
     overview_views,
     replay_views,
     run_views,
+    token_views,
 )
 from tracing import views as tracing_views
 
@@ -105,6 +106,10 @@ urlpatterns = [
         export_views.run_export_panel,
         name="dash-run-export-panel",
     ),
+    # API tokens
+    path("tokens/", token_views.tokens, name="dash-tokens"),
+    path("tokens/new/", token_views.token_new, name="dash-token-new"),
+    path("tokens/<int:token_id>/revoke/", token_views.token_revoke, name="dash-token-revoke"),
     # accounts
     path(
         "login/",

@@ -15,6 +15,7 @@
   function restore() {
     const tree = document.querySelector("#run-trace .tree");
     if (!tree) return;
+    geometry(tree);
     folded.forEach(function (spanId) {
       const row = rowOf(spanId);
       const node = row && row.closest("details.node");
@@ -51,6 +52,23 @@
     const detail = event.target.querySelector("[data-span-detail]");
     selected = detail ? detail.dataset.spanDetail : null;
     restore();
+  });
+
+  // The tree's geometry rides in data attributes, not inline styles, which the
+  // Content-Security-Policy refuses: indentation and duration bars are set here.
+  function geometry(root) {
+    root.querySelectorAll("[data-depth]").forEach(function (node) {
+      node.style.setProperty("--depth", node.dataset.depth);
+    });
+    root.querySelectorAll(".dbar i[data-left]").forEach(function (bar) {
+      bar.style.left = bar.dataset.left + "%";
+      bar.style.width = bar.dataset.width + "%";
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { geometry(document); });
+  document.addEventListener("htmx:load", function (event) {
+    if (event.target instanceof Element) geometry(event.target);
   });
 
   document.addEventListener("htmx:wsAfterMessage", restore);

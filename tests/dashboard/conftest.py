@@ -35,3 +35,14 @@ def user(db: None) -> User:
 def logged_in_client(client: Client, user: User) -> Client:
     client.force_login(user)
     return client
+
+
+@pytest.fixture
+def operator_client(client: Client, db: None) -> Client:
+    """Signed in with the operator role (dashboard.operate_runs)."""
+    from django.core.management import call_command
+
+    operator = User.objects.create_user("otto", password="correct horse battery staple")
+    call_command("set_role", "otto", "operator")
+    client.force_login(operator)
+    return client

@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 from pytest_django.fixtures import Settings
 
+from dashboard.models import AuditEntry
 from tests.tracing.collector import Collector, running_collector
 from tests.tracing.spans import agent_run, protobuf_body, record
 from tracing import forwarder, otlp, store
@@ -93,11 +94,12 @@ def test_otlp_json_download_is_a_valid_export_request(
 
 
 def test_run_export_runs_in_the_background_with_progress(
-    logged_in_client: Client,
+    operator_client: Client,
     configured: list[Exporter],
     collector: Collector,
     stored_run: list[dict[str, object]],
 ) -> None:
+    logged_in_client = operator_client
     response = logged_in_client.post(
         "/runs/wf-1/run-1/export/", {"collector": "tempo"}, headers={"HX-Request": "true"}
     )
@@ -116,8 +118,34 @@ def test_run_export_runs_in_the_background_with_progress(
 
 
 def test_run_export_panel_offers_the_collectors_and_the_download(
-    logged_in_client: Client, configured: list[Exporter], stored_run: list[dict[str, Any]]
+    operator_client: Client, configured: list[Exporter], stored_run: list[dict[str, Any]]
 ) -> None:
-    html = logged_in_client.get("/runs/wf-1/run-1/export/panel/").content.decode()
+    html = operator_client.get("/runs/wf-1/run-1/export/panel/").content.decode()
     assert 'href="/runs/wf-1/run-1/otlp.json"' in html
     assert '<option value="tempo">' in html and '<option value="jaeger">' in html
+
+
+def test_a_viewer_cannot_start_a_run_export(
+    logged_in_client: Client, configured: list[Exporter], stored_run: list[dict[str, Any]]
+) -> None:
+    response = logged_in_client.post("/runs/wf-1/run-1/export/", {"collector": "tempo"})
+    assert response.status_code == 403
+    assert not RunExport.objects.exists()
+    denied = AuditEntry.objects.get()
+    assert (denied.action, denied.outcome, denied.run_id) == ("export", "denied", "run-1")
+    html = logged_in_client.get("/runs/wf-1/run-1/export/panel/").content.decode()
+    assert "needs the operator role" in html and "<select" not in html
+
+
+def test_an_operators_run_export_is_audited(
+    operator_client: Client, configured: list[Exporter], stored_run: list[dict[str, Any]]
+) -> None:
+    assert (
+        operator_client.post("/runs/wf-1/run-1/export/", {"collector": "tempo"}).status_code == 302
+    )
+    job = RunExport.objects.get()
+    entry = AuditEntry.objects.get()
+    assert (entry.action, entry.outcome, entry.username) == ("export", "ok", "otto")
+    assert entry.payload == {"collector": "tempo", "job": job.id}
+    operator_client.post("/runs/wf-1/run-1/export/", {"collector": "nope"})
+    assert AuditEntry.objects.filter(outcome="error", action="export").count() == 1
