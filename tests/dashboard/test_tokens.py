@@ -47,7 +47,7 @@ def test_an_expired_token_is_refused(closed_temporal_address: str, user: User) -
     token, raw = ApiToken.issue(user, "old", timezone.now() - timedelta(seconds=1))
     assert token.expired
     assert _api(Client(), raw) == 401
-    fresh, raw = ApiToken.issue(user, "new", timezone.now() + timedelta(days=1))
+    _, raw = ApiToken.issue(user, "new", timezone.now() + timedelta(days=1))
     assert _api(Client(), raw) == 200
 
 
