@@ -45,6 +45,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from telemetry import vocab
+from telemetry import redact
 from telemetry.redact import REDACTED, is_secret_name, redact_text
 
 PROTOBUF = "application/x-protobuf"
@@ -232,23 +233,50 @@ def any_value(value: AnyValue) -> Any:
     return number
 
 
+# Attribute keys known to be short enough and not secret-looking: a handful of
+# distinct keys make up nearly every span, so each is judged once.
+_CLEAN_KEYS: set[str] = set()
+_MAX_KEYS_CACHED = 50_000
+
+
+def _judge_key(key: str) -> tuple[str, bool]:
+    """(the key as stored, whether its value is a secret); remembers clean keys."""
+    secret = is_secret_name(key)
+    if len(key) > MAX_KEY_CHARS:
+        return truncate(key, MAX_KEY_CHARS), secret
+    if not secret:
+        if len(_CLEAN_KEYS) >= _MAX_KEYS_CACHED:
+            _CLEAN_KEYS.clear()  # a sender inventing keys must not grow this without bound
+        _CLEAN_KEYS.add(key)
+    return key, secret
+
+
 def attributes(key_values: Any) -> dict[str, Any]:
     """Attributes as a dict, redacted (telemetry.redact) and bounded, in one pass."""
+    # Hot path (every attribute of every span): locals, and no call for the
+    # common case of a clean key with a short value.
     result: dict[str, Any] = {}
+    clean = _CLEAN_KEYS
+    shortest = redact.shortest_secret()
     for kv in key_values:
         key = kv.key
-        if len(key) > MAX_KEY_CHARS:
-            key = truncate(key, MAX_KEY_CHARS)
         kv_value: AnyValue = kv.value
         which = kv_value.WhichOneof("value")
-        if which is not None and is_secret_name(key):
-            result[key] = REDACTED
-        elif which == "string_value":
-            text = redact_text(kv_value.string_value)
-            result[key] = text if len(text) <= MAX_VALUE_CHARS else truncate(text, MAX_VALUE_CHARS)
+        if key not in clean:
+            key, secret = _judge_key(key)
+            if secret and which is not None:
+                result[key] = REDACTED
+                continue
+        if which == "string_value":
+            text = kv_value.string_value
+            if len(text) >= shortest:
+                text = redact_text(text)
+                if len(text) > MAX_VALUE_CHARS:
+                    text = truncate(text, MAX_VALUE_CHARS)
+            result[key] = text
         elif which is None:
             result[key] = None
-        elif which in ("int_value", "bool_value"):
+        elif which == "int_value" or which == "bool_value":  # noqa: PLR1714
             result[key] = getattr(kv_value, which)
         else:
             result[key] = any_value(kv_value)
