@@ -44,8 +44,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
-from telemetry import vocab
-from telemetry import redact
+from telemetry import redact, vocab
 from telemetry.redact import REDACTED, is_secret_name, redact_text
 
 PROTOBUF = "application/x-protobuf"
@@ -276,7 +275,7 @@ def attributes(key_values: Any) -> dict[str, Any]:
             result[key] = text
         elif which is None:
             result[key] = None
-        elif which == "int_value" or which == "bool_value":  # noqa: PLR1714
+        elif which == "int_value" or which == "bool_value":
             result[key] = getattr(kv_value, which)
         else:
             result[key] = any_value(kv_value)

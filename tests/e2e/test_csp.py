@@ -1,4 +1,4 @@
-"""The strict Content-Security-Policy in Chromium: no violation on any page, and what uses JS still works.
+"""The strict Content-Security-Policy in Chromium: no violation anywhere, and JS still works.
 
 The dashboard runs under daphne with its real policy header; spans of a run
 (with a parent cycle) are sent to its receiver, then every page is opened and
@@ -33,9 +33,11 @@ def _violations(page: Page) -> list[str]:
     found: list[str] = []
     page.on(
         "console",
-        lambda message: found.append(message.text)
-        if "Content Security Policy" in message.text or "Refused to" in message.text
-        else None,
+        lambda message: (
+            found.append(message.text)
+            if "Content Security Policy" in message.text or "Refused to" in message.text
+            else None
+        ),
     )
     return found
 
@@ -67,13 +69,9 @@ def test_no_page_breaks_the_content_security_policy(
     expect(page.locator("[data-timeline] svg rect").first).to_be_attached()
     rows = page.locator("#run-trace .span-row")
     expect(rows.first).to_be_visible()
-    depths = rows.evaluate_all(
-        "rows => rows.map(r => parseFloat(getComputedStyle(r).paddingLeft))"
-    )
+    depths = rows.evaluate_all("rows => rows.map(r => parseFloat(getComputedStyle(r).paddingLeft))")
     assert max(depths) > min(depths), depths  # --depth applied from data-depth
-    widths = page.locator("#run-trace .dbar i").evaluate_all(
-        "bars => bars.map(b => b.style.width)"
-    )
+    widths = page.locator("#run-trace .dbar i").evaluate_all("bars => bars.map(b => b.style.width)")
     assert all(w.endswith("%") for w in widths), widths
     rows.nth(1).click()
     expect(page.locator("#span-panel [data-span-detail]")).to_be_visible()
