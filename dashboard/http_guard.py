@@ -138,6 +138,8 @@ def install() -> None:
                 return
             self._refused = True
             self._cancel_deadline()
+            # No "100 Continue" after the refusal (Twisted sends it after gotLength).
+            self.requestHeaders.removeHeader(b"Expect")
             # Whatever still arrives is dropped, never buffered.
             self.content = BytesIO()
             logger.warning(

@@ -182,3 +182,23 @@ def test_a_multipart_body_is_415_with_a_message(daphne: Daphne) -> None:
         status, answer = _response(sock)
     assert status == 415
     assert "multipart/form-data" in json.loads(answer)["message"]
+
+
+def test_expect_100_continue_over_the_limit_gets_only_the_413(daphne: Daphne) -> None:
+    with _connect(daphne) as sock:
+        head = {
+            "Content-Type": "application/x-protobuf",
+            "Content-Length": str(LIMIT + 1),
+            "Expect": "100-continue",
+        }
+        sock.sendall(_head("/v1/traces", head))
+        status, _ = _response(sock)
+        assert status == 413
+        sock.settimeout(2)
+        rest = b""
+        try:
+            while chunk := sock.recv(65536):
+                rest += chunk
+        except OSError:
+            pass
+        assert b"100 Continue" not in rest
