@@ -449,3 +449,18 @@ def test_run_again_with_an_edited_input_links_back_and_compares(
         compare_url((workflow_id, run_id), (new_workflow_id, new_run_id)).replace("&", "&amp;")
         in new_card
     )
+
+
+def test_replays_go_with_their_run_under_retention(settings: Any) -> None:
+    from tests.tracing.test_retention import ingest
+    from tracing import retention
+
+    settings.LOOMVIEW_RETENTION_DAYS = 30
+    ingest("old", 45)
+    ingest("new", 2)
+    for workflow_id in ("old", "new"):
+        Replay.objects.create(
+            workflow_id=workflow_id, run_id="run-1", activity_id="1", task_queue="q"
+        )
+    retention.prune(pause=0)
+    assert list(Replay.objects.values_list("workflow_id", flat=True)) == ["new"]
