@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.test import Client
 from opentelemetry.trace import Tracer
@@ -23,7 +24,10 @@ from tracing import archive, otlp, store
 from tracing.models import ArchivedHistory
 from worker.inputs import AgentRunInput
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+# Not transactional: async_to_sync runs the page's database work in this thread,
+# inside the test's transaction (a transactional test here would flush the
+# database ahead of test_compare's serialized rollback).
+pytestmark = [pytest.mark.django_db, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
@@ -82,7 +86,7 @@ def delete_from_temporal(address: str, workflow_id: str, run_id: str) -> None:
 
 def page_facts(workflow_id: str, run_id: str) -> dict[str, Any]:
     cache.clear()
-    loaded = asyncio.run(run_page.load(workflow_id, run_id))
+    loaded = async_to_sync(run_page.load)(workflow_id, run_id)
     ctx = run_page.build(workflow_id, run_id, loaded)
     return {
         "archived": ctx["archived"],
@@ -112,7 +116,7 @@ def test_a_run_deleted_from_temporal_still_shows_its_page_and_history(
 
     # The background sweep archives it, whoever opens the page (nobody, here).
     ArchivedHistory.objects.all().delete()
-    swept = asyncio.run(maintenance.run_archive(force=True))
+    swept = async_to_sync(maintenance.run_archive)(force=True)
     assert swept is not None and swept.archived >= 1
     row = ArchivedHistory.objects.get(workflow_id=workflow_id, run_id=run_id)
     assert (
@@ -120,7 +124,7 @@ def test_a_run_deleted_from_temporal_still_shows_its_page_and_history(
     )
     assert len(bytes(row.history)) < row.size_bytes  # compressed
     # A second sweep finds nothing new.
-    again = asyncio.run(maintenance.run_archive(force=True))
+    again = async_to_sync(maintenance.run_archive)(force=True)
     assert again is not None and again.archived == 0
 
     delete_from_temporal(on_temporal, workflow_id, run_id)
@@ -171,7 +175,7 @@ def test_an_open_run_is_never_archived(shared_worker: InProcessWorker, on_tempor
     run_id = asyncio.run(go())
     ingest_spans(workflow_id, run_id)
     page_facts(workflow_id, run_id)
-    assert asyncio.run(maintenance.run_archive(force=True)) is not None
+    assert async_to_sync(maintenance.run_archive)(force=True) is not None
     assert archive.load(workflow_id, run_id) is None
 
     async def stop() -> None:
