@@ -11,6 +11,8 @@ import logging
 import re
 import uuid
 import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +22,7 @@ from temporalio.client import (
     Client,
     WorkflowExecution,
     WorkflowExecutionStatus,
+    WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
@@ -345,58 +348,53 @@ def _args(payload: Any) -> list[Any]:
     return [] if payload is None else [payload]
 
 
+@asynccontextmanager
+async def _acting(identity: str, workflow_id: str, run_id: str) -> AsyncIterator[WorkflowHandle]:
+    """The run's handle on a client that carries ``identity``; RPC errors become the
+    user-facing ActionFailed / TemporalUnavailable."""
+    client = await get_client_as(identity)
+    try:
+        yield client.get_workflow_handle(workflow_id, run_id=run_id)
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+
+
 async def send_signal(
     identity: str, workflow_id: str, run_id: str, name: str, payload: Any
 ) -> None:
-    client = await get_client_as(identity)
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
+    async with _acting(identity, workflow_id, run_id) as handle:
         await handle.signal(name, args=_args(payload), rpc_timeout=ACTION_TIMEOUT)
-    except RPCError as exc:
-        raise _failed(client, exc) from exc
 
 
 async def run_query(identity: str, workflow_id: str, run_id: str, name: str, payload: Any) -> Any:
-    client = await get_client_as(identity)
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
-        return await handle.query(name, args=_args(payload), rpc_timeout=WORKER_ANSWER_TIMEOUT)
-    except WorkflowQueryFailedError as exc:
-        raise ActionFailed(f"the query failed: {exc.message}") from exc
-    except RPCError as exc:
-        raise _failed(client, exc) from exc
+    async with _acting(identity, workflow_id, run_id) as handle:
+        try:
+            return await handle.query(name, args=_args(payload), rpc_timeout=WORKER_ANSWER_TIMEOUT)
+        except WorkflowQueryFailedError as exc:
+            raise ActionFailed(f"the query failed: {exc.message}") from exc
 
 
 async def run_update(identity: str, workflow_id: str, run_id: str, name: str, payload: Any) -> Any:
-    client = await get_client_as(identity)
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
-        return await handle.execute_update(name, args=_args(payload), rpc_timeout=UPDATE_TIMEOUT)
-    except WorkflowUpdateFailedError as exc:
-        message = getattr(exc.cause, "message", None) or str(exc.cause)
-        raise ActionFailed(f"the workflow rejected the update: {message}") from exc
-    except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
-        raise ActionFailed("the update did not complete in time") from exc
-    except RPCError as exc:
-        raise _failed(client, exc) from exc
+    async with _acting(identity, workflow_id, run_id) as handle:
+        try:
+            return await handle.execute_update(
+                name, args=_args(payload), rpc_timeout=UPDATE_TIMEOUT
+            )
+        except WorkflowUpdateFailedError as exc:
+            message = getattr(exc.cause, "message", None) or str(exc.cause)
+            raise ActionFailed(f"the workflow rejected the update: {message}") from exc
+        except WorkflowUpdateRPCTimeoutOrCancelledError as exc:
+            raise ActionFailed("the update did not complete in time") from exc
 
 
 async def cancel_run(identity: str, workflow_id: str, run_id: str, reason: str) -> None:
-    client = await get_client_as(identity)
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
+    async with _acting(identity, workflow_id, run_id) as handle:
         await handle.cancel(reason=reason, rpc_timeout=ACTION_TIMEOUT)
-    except RPCError as exc:
-        raise _failed(client, exc) from exc
 
 
 async def terminate_run(identity: str, workflow_id: str, run_id: str, reason: str) -> None:
-    client = await get_client_as(identity)
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
+    async with _acting(identity, workflow_id, run_id) as handle:
         await handle.terminate(reason=reason, rpc_timeout=ACTION_TIMEOUT)
-    except RPCError as exc:
-        raise _failed(client, exc) from exc
 
 
 async def reset_run(

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import TemporalServer, WorkerFactory
+from tests.conftest import TemporalServer, WorkerProcess
 from tests.e2e.conftest import LiveDashboard
 from tests.e2e.test_run_page import log_in, stack, traced_worker, watch_problems
 
 pytestmark = pytest.mark.timeout(240)
-__all__ = ["stack"]  # the real stack fixture, shared with the run page tests
+__all__ = ["stack", "traced_worker"]  # the run page tests' fixtures
 
 
 def start_from_the_ui(
@@ -34,11 +34,11 @@ def start_from_the_ui(
 def test_operator_approves_from_the_run_page_and_it_finishes_live(
     stack: LiveDashboard,
     temporal_server: TemporalServer,
-    worker_factory: WorkerFactory,
+    traced_worker: WorkerProcess,
     chromium: Browser,
     results_dir: Path,
 ) -> None:
-    worker = traced_worker(worker_factory, stack)
+    worker = traced_worker
     context = chromium.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
     problems = watch_problems(page)
@@ -93,11 +93,11 @@ def test_operator_approves_from_the_run_page_and_it_finishes_live(
 def test_reset_a_failed_run_to_before_its_failing_model_call(
     stack: LiveDashboard,
     temporal_server: TemporalServer,
-    worker_factory: WorkerFactory,
+    traced_worker: WorkerProcess,
     chromium: Browser,
     results_dir: Path,
 ) -> None:
-    worker = traced_worker(worker_factory, stack)
+    worker = traced_worker
     context = chromium.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
     problems = watch_problems(page)

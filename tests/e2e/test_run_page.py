@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.conftest import TemporalServer, WorkerFactory, WorkerProcess, connect_client
+from tests.conftest import TemporalServer, WorkerProcess, connect_client
 from tests.e2e.conftest import LiveDashboard, log_in, running_dashboard, watch_problems
+from tests.e2e.story_stack import module_worker
 from worker.inputs import AgentRunInput, ApprovalInput, Decision
 
 pytestmark = pytest.mark.timeout(240)
@@ -42,11 +43,13 @@ def stack(
         yield live
 
 
-def traced_worker(worker_factory: WorkerFactory, stack: LiveDashboard) -> WorkerProcess:
-    return worker_factory(
-        LOOMVIEW_TRACING="on",
-        LOOMVIEW_OTLP_ENDPOINT=f"{stack.url}/v1/traces",
-        OTEL_BSP_SCHEDULE_DELAY="100",
+@pytest.fixture(scope="module")
+def traced_worker(
+    temporal_server: TemporalServer, stack: LiveDashboard, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerProcess]:
+    """The bundled worker exporting its spans to the stack; the module's tests share it."""
+    yield from module_worker(
+        temporal_server, stack, tmp_path_factory.mktemp("worker"), LOOMVIEW_DEMO_LATENCY_MS="20"
     )
 
 
@@ -102,11 +105,11 @@ def post_json(url: str, body: dict[str, Any]) -> None:
 def test_triage_run_with_a_failed_attempt(
     stack: LiveDashboard,
     temporal_server: TemporalServer,
-    worker_factory: WorkerFactory,
+    traced_worker: WorkerProcess,
     chromium: Browser,
     results_dir: Path,
 ) -> None:
-    worker = traced_worker(worker_factory, stack)
+    worker = traced_worker
     workflow_id = f"e2e-triage-{uuid.uuid4().hex[:6]}"
 
     async def run_triage() -> str:
@@ -183,11 +186,11 @@ def test_triage_run_with_a_failed_attempt(
 def test_running_run_updates_live(
     stack: LiveDashboard,
     temporal_server: TemporalServer,
-    worker_factory: WorkerFactory,
+    traced_worker: WorkerProcess,
     chromium: Browser,
     results_dir: Path,
 ) -> None:
-    worker = traced_worker(worker_factory, stack)
+    worker = traced_worker
     workflow_id = f"e2e-approval-{uuid.uuid4().hex[:6]}"
 
     async def start() -> str:
