@@ -219,14 +219,20 @@ def _read_failed(client: Client, exc: RPCError, workflow_id: str, run_id: str) -
     return TemporalUnavailable(client.service_client.config.target_host, exc.message)
 
 
-async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
-    """Every event of one run; RunNotFound if Temporal has no such run."""
+@asynccontextmanager
+async def _reading(workflow_id: str, run_id: str) -> AsyncIterator[WorkflowHandle]:
+    """The run's handle; RPC errors become RunNotFound or TemporalUnavailable."""
     client = await get_client()
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
-        history = await handle.fetch_history(rpc_timeout=RPC_TIMEOUT)
+        yield client.get_workflow_handle(workflow_id, run_id=run_id)
     except RPCError as exc:
         raise _read_failed(client, exc, workflow_id, run_id) from exc
+
+
+async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
+    """Every event of one run; RunNotFound if Temporal has no such run."""
+    async with _reading(workflow_id, run_id) as handle:
+        history = await handle.fetch_history(rpc_timeout=RPC_TIMEOUT)
     return RunHistory(workflow_id, run_id, History(events=history.events))
 
 
@@ -238,12 +244,8 @@ class RunState:
 
 async def run_state(workflow_id: str, run_id: str) -> RunState:
     """How long a run's history is and whether it is open: one small RPC, no events."""
-    client = await get_client()
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
+    async with _reading(workflow_id, run_id) as handle:
         description = await handle.describe(rpc_timeout=RPC_TIMEOUT)
-    except RPCError as exc:
-        raise _read_failed(client, exc, workflow_id, run_id) from exc
     return RunState(
         description.history_length, description.status == WorkflowExecutionStatus.RUNNING
     )
@@ -489,15 +491,8 @@ async def run_now(workflow_id: str, run_id: str, with_stack: bool = True) -> Run
     """
     from temporalio.api.enums.v1 import PendingActivityState
 
-    client = await get_client()
-    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
-    try:
+    async with _reading(workflow_id, run_id) as handle:
         description = await handle.describe(rpc_timeout=ACTION_TIMEOUT)
-    except RPCError as exc:
-        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-            raise RunNotFound(f"{workflow_id} / {run_id}") from exc
-        _forget(client)
-        raise TemporalUnavailable(client.service_client.config.target_host, exc.message) from exc
     pending = [
         PendingActivity(
             activity_id=p.activity_id,
