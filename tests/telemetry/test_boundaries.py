@@ -4,6 +4,7 @@ import ast
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,11 @@ def test_the_worker_and_telemetry_never_load_django() -> None:
 
 
 def _imported_packages(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
+    # Parsed on a thread of its own: CPython 3.11's AST validator keeps a
+    # per-thread recursion count that earlier tests on the session's event-loop
+    # thread can leave off ("SystemError: AST constructor recursion depth mismatch").
+    with ThreadPoolExecutor(1) as fresh_thread:
+        tree = fresh_thread.submit(ast.parse, path.read_text(), str(path)).result()
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
