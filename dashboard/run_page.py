@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
@@ -42,12 +42,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History, HistoryEvent
 
-from dashboard import temporal
+from dashboard import run_family, temporal
+from dashboard import run_health as run_health_panel
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
 from tracing import archive, pricing, store
-from tracing.correlation import ModelCall, RunStory, StoryItem, correlate, event_ns
+from tracing.correlation import Attempt, ModelCall, RunStory, StoryItem, correlate, event_ns
 from tracing.models import ns_to_datetime
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,8 @@ class Header:
     failure: str = ""
     has_input: bool = False
     has_result: bool = False
+    # A reset run: when the run it was reset from started (its history starts there).
+    original_start_ns: int | None = None
 
     @property
     def status_label(self) -> str:
@@ -438,6 +441,43 @@ def _wait_label(wait: StoryItem) -> str:
     return wait.title
 
 
+def _attempt_windows(call: ModelCall, t1: int) -> list[tuple[Attempt, int, int, bool]]:
+    """(attempt, start, end, estimated) for each attempt the timeline can place.
+
+    Temporal records only the last attempt's start; an earlier attempt that no
+    span covers still ran, between the call's scheduling (or the attempt before)
+    and the attempt after. It is drawn in an equal share of that gap, marked
+    as estimated, rather than left out.
+    """
+    placed: list[tuple[Attempt, int, int, bool]] = []
+    attempts = sorted(call.attempts, key=lambda a: a.number)
+    index = 0
+    previous_end = call.scheduled_ns
+    while index < len(attempts):
+        attempt = attempts[index]
+        if attempt.start_ns is not None:
+            end = attempt.end_ns
+            if end is None:
+                end = t1 if attempt.outcome == "running" else attempt.start_ns
+            placed.append((attempt, attempt.start_ns, end, False))
+            previous_end = end
+            index += 1
+            continue
+        unknown = []
+        while index < len(attempts) and attempts[index].start_ns is None:
+            unknown.append(attempts[index])
+            index += 1
+        following = attempts[index].start_ns if index < len(attempts) else call.closed_ns
+        if previous_end is None or following is None or following <= previous_end:
+            continue  # Temporal says they ran; nothing says when.
+        slot = (following - previous_end) / len(unknown)
+        for number, missing in enumerate(unknown):
+            start = int(previous_end + slot * number)
+            # Leave the rest of the slot as the retry's backoff.
+            placed.append((missing, start, int(start + slot * 0.6), True))
+    return placed
+
+
 def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
     """Compact data for static/js/timeline.js: times in ms from the run's start."""
     lanes: list[str] = []
@@ -468,31 +508,32 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
                 "span": call.model_span_id or next(iter(call.span_ids), ""),
             }
         )
-        for attempt in call.attempts:
-            if attempt.start_ns is None:
-                continue  # Temporal says it ran; nothing says when.
-            end = attempt.end_ns
-            if end is None:
-                end = t1 if attempt.outcome == "running" else attempt.start_ns
+        if call.inherited_from:
+            call_rows[-1]["inh"] = call.inherited_from
+        for attempt, start, end, estimated in _attempt_windows(call, t1):
             attempt_cost = cost_of(call.model, attempt.tokens_in, attempt.tokens_out)
-            attempts.append(
-                {
-                    "c": index,
-                    "l": lane_no,
-                    "n": attempt.number,
-                    "of": len(call.attempts),
-                    "s": _ms(attempt.start_ns, t0),
-                    "e": _ms(max(end, attempt.start_ns), t0),
-                    "f": attempt.outcome in FAILED_OUTCOMES,
-                    "o": attempt.outcome,
-                    "err": attempt.failure[:500],
-                    "in": attempt.tokens_in,
-                    "out": attempt.tokens_out,
-                    "cost": str(attempt_cost) if attempt_cost is not None else "",
-                    "label": call_label(call, attempt.number),
-                    "span": attempt.model_span_id or next(iter(attempt.span_ids), ""),
-                }
-            )
+            bar = {
+                "c": index,
+                "l": lane_no,
+                "n": attempt.number,
+                "of": len(call.attempts),
+                "s": _ms(start, t0),
+                "e": _ms(max(end, start), t0),
+                "f": attempt.outcome in FAILED_OUTCOMES,
+                "o": attempt.outcome,
+                "err": attempt.failure[:500],
+                "in": attempt.tokens_in,
+                "out": attempt.tokens_out,
+                "cost": str(attempt_cost) if attempt_cost is not None else "",
+                "label": call_label(call, attempt.number),
+                "span": attempt.model_span_id or next(iter(attempt.span_ids), ""),
+            }
+            if not attempt.matched:
+                # The history records this attempt; no span covers it.
+                bar["u"] = 1
+            if estimated:
+                bar["est"] = 1
+            attempts.append(bar)
     points = []
     marks = []
     for item in story.items:
@@ -545,6 +586,7 @@ def timeline(story: RunStory, t0: int, t1: int) -> dict[str, Any]:
         "points": points,
         "marks": marks,
         "waits": waits,
+        "no_span": sum(1 for a in attempts if a.get("u")),
     }
 
 
@@ -560,6 +602,8 @@ class Loaded:
     stored: str = "0"
     # The history came from Loomview's archive: Temporal no longer has the run.
     archived: bool = False
+    # The runs around this one (reset base and inherited spans, chain, children).
+    family: run_family.Family = field(default_factory=run_family.Family)
 
     @property
     def events(self) -> Sequence[HistoryEvent]:
@@ -641,7 +685,8 @@ async def load(workflow_id: str, run_id: str) -> Loaded:
         logger.warning("%s", exc)
         error = exc.reason
     spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
-    return Loaded(history, error, spans, stored, archived)
+    family = await run_family.load(workflow_id, run_id, history, spans)
+    return Loaded(history, error, spans, stored, archived, family)
 
 
 async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
@@ -669,9 +714,15 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
     """
     events = loaded.events
     spans = loaded.spans
-    story = correlate(events, spans)
+    family = loaded.family
+    # A reset run's calls before its reset point were made (and traced) by its base run.
+    story = correlate(events, [*spans, *family.inherited])
     history = full_history(events) if page else []
     header = header_from_history(events)
+    if family.lineage.reset_ns is not None:
+        # The history starts with the base run's events; this run began at the reset.
+        header.original_start_ns = header.start_ns
+        header.start_ns = family.lineage.reset_ns
     if not events:
         attrs: dict[str, Any] = next(
             (s["attributes"] for s in spans if not s["parent_span_id"]), {}
@@ -702,6 +753,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
         )
     calls = story.model_calls
     cost = pricing.estimate(by_model, settings.LOOMVIEW_MODEL_PRICES) if calls else None
+    run_health = run_health_panel.build(workflow_id, run_id, spans, story, events, header.close_ns)
     totals.cost = cost.quantize(Decimal("0.0001")) if cost is not None else None
     namespace = temporal.target()[1]
     tree = span_tree(spans, t0, t1) if page else []
@@ -724,6 +776,9 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
         "tree_html": render_tree(tree, span_base),
         "history": history,
         "compact": compact_history(history),
+        "family": family,
+        "health": run_health,
+        "inherited_calls": [c for c in calls if c.inherited_from],
         "has_history": loaded.history is not None,
         "archived": loaded.archived,
         "live_sig": loaded.signature,
@@ -874,6 +929,9 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
         "failure": header.failure or None,
         "temporal_error": ctx["temporal_error"],
         "archived": ctx["archived"],
+        "original_start_time": _iso(header.original_start_ns),
+        "family": ctx["family"].as_json(),
+        "health": ctx["health"].as_json(),
         "totals": {
             "model_calls": totals.model_calls,
             "attempts": totals.attempts,
@@ -895,6 +953,7 @@ def story_json(ctx: dict[str, Any]) -> dict[str, Any]:
                 "cost_usd": _usd(cost_of(c.model, c.tokens_in, c.tokens_out)),
                 "outcome": c.outcome,
                 "matched": c.matched,
+                "inherited_from": c.inherited_from or None,
                 "scheduled_time": _iso(c.scheduled_ns),
                 "closed_time": _iso(c.closed_ns),
                 "attempts": [

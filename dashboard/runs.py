@@ -27,12 +27,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.urls import NoReverseMatch, reverse
 
-from dashboard import temporal
+from dashboard import run_family, temporal
 from telemetry import vocab
-from tracing import pricing
+from tracing import health, lineage, pricing
 from tracing.models import RunRollupState, RunSummary, Span, datetime_to_ns
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,8 @@ class Filters:
     text: str = ""
     model: str = ""
     task_queue: str = ""
+    # Only runs whose trace health shows a problem (tracing.health).
+    problems: bool = False
 
 
 class RunFilterForm(forms.Form):
@@ -134,6 +136,11 @@ class RunFilterForm(forms.Form):
     since = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="From")
     until = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="To")
     q = forms.CharField(required=False, max_length=200, label="Search")
+    health = forms.ChoiceField(
+        required=False,
+        choices=[("", "Any trace health"), ("problems", "Trace problems")],
+        label="Trace health",
+    )
     cursor = forms.CharField(required=False, max_length=2000)
 
     def clean_cursor(self) -> SortKey | None:
@@ -172,6 +179,7 @@ class RunFilterForm(forms.Form):
             text=(data.get("q") or "").strip(),
             model=(data.get("model") or "").strip(),
             task_queue=(data.get("queue") or "").strip(),
+            problems=data.get("health") == "problems",
         )
 
 
@@ -207,6 +215,16 @@ class RunRow:
     last_error: str = ""
     in_temporal: bool = False
     has_spans: bool = False
+    # Trace-health problems counted for this run (0: none known).
+    health_problems: int = 0
+    # A reset run: the run it was reset from (its figures include what it inherited).
+    reset_from: str = ""
+    # A child run: its parent.
+    parent: tuple[str, str] | None = None
+    # A parent: how many children, and what they add (never in the columns above,
+    # so a column's sum over the list counts each model call once).
+    children: int = 0
+    children_figures: Any = None
 
     @property
     def key(self) -> RunKey:
@@ -272,6 +290,16 @@ class RunRow:
             "in_temporal": self.in_temporal,
             "has_spans": self.has_spans,
             "url": self.url,
+            "health_problems": self.health_problems,
+            "reset_from": self.reset_from or None,
+            "parent": (
+                {"workflow_id": self.parent[0], "run_id": self.parent[1]} if self.parent else None
+            ),
+            "children": (
+                {"children": self.children, **self.children_figures.as_json()}
+                if self.children and self.children_figures is not None
+                else None
+            ),
         }
 
 
@@ -352,6 +380,7 @@ _SUMMARY_COLUMNS = (
     "first_span_ns",
     "last_span_ns",
     "last_error",
+    "health_problems",
 )
 
 
@@ -380,6 +409,8 @@ def _store_filtered(filters: Filters) -> QuerySet[RunSummary]:
         qs = qs.filter(
             Q(workflow_id__icontains=filters.text) | Q(last_error__icontains=filters.text)
         )
+    if filters.problems:
+        qs = health.unhealthy(qs)
     return qs
 
 
@@ -416,6 +447,7 @@ def _apply_summary(row: RunRow, summary: RunSummary) -> None:
     row.tokens_in = summary.tokens_in
     row.tokens_out = summary.tokens_out
     row.last_error = summary.last_error
+    row.health_problems = summary.health_problems
 
 
 def _add_costs(rows: list[RunRow]) -> None:
@@ -450,6 +482,8 @@ def _matches(row: RunRow, filters: Filters) -> bool:
     if filters.agent and filters.agent.lower() not in (a.lower() for a in row.agents):
         return False
     if filters.model and not row.has_spans:
+        return False
+    if filters.problems and not row.health_problems:
         return False
     if filters.since_ns is not None and row.start_ns < filters.since_ns:
         return False
@@ -494,8 +528,9 @@ async def list_page(
 ) -> Page:
     temporal_error: str | None = None
     visible: list[temporal.VisibilityRun] = []
-    if not (filters.agent or filters.model):
-        # Runs without spans have no agents or models: such a filter is the store's alone.
+    if not (filters.agent or filters.model or filters.problems):
+        # Runs without spans have no agents, models or trace health: such a
+        # filter is the store's alone.
         visible, temporal_error = await _visibility(
             visibility_query(filters, cursor), VISIBILITY_LIMIT
         )
@@ -534,6 +569,7 @@ async def list_page(
     elif horizon is not None:
         next_key = horizon
     await sync_to_async(_add_costs)(rows)
+    await _add_family(rows)
     return Page(rows, encode_cursor(next_key) if next_key else None, temporal_error)
 
 
@@ -552,4 +588,46 @@ async def rows_for(keys: set[RunKey], filters: Filters) -> list[RunRow]:
     rows = [r for k, r in merged.items() if k in keys and _matches(r, filters)]
     rows.sort(key=lambda r: r.sort_key, reverse=True)
     await sync_to_async(_add_costs)(rows)
+    await _add_family(rows)
     return rows
+
+
+async def _add_family(rows: list[RunRow]) -> None:
+    """Resets, children and parents (dashboard.run_family) on the rows of a page."""
+    spanned = [r for r in rows if r.has_spans]
+    if not spanned:
+        return
+    counts = await sync_to_async(_runs_per_workflow)({r.workflow_id for r in spanned})
+    await run_family.resolve_for_list([r.key for r in spanned], counts)
+    await sync_to_async(_apply_family)(rows)
+
+
+def _runs_per_workflow(workflow_ids: set[str]) -> dict[str, int]:
+    query = (
+        RunSummary.objects.filter(workflow_id__in=workflow_ids)
+        .values_list("workflow_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return dict(query)
+
+
+def _apply_family(rows: list[RunRow]) -> None:
+    by_key = {r.key: r for r in rows}
+    known = lineage.for_runs(by_key)
+    resets = [key for key, row in known.items() if row.reset_from_run_id]
+    for key, figures in run_family.figures(resets).items():
+        row = by_key[key]
+        row.reset_from = known[key].reset_from_run_id
+        row.model_calls = figures.model_calls
+        row.attempts = figures.attempts
+        row.failed_attempts = figures.failed_attempts
+        row.tokens_in = figures.tokens_in
+        row.tokens_out = figures.tokens_out
+        row.cost = figures.cost
+    for key, found in known.items():
+        if found.parent_run_id:
+            by_key[key].parent = (found.parent_workflow_id, found.parent_run_id)
+    for key, (children, figures) in run_family.rolled_up(by_key).items():
+        by_key[key].children = children
+        by_key[key].children_figures = figures

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from temporalio.api.history.v1 import History
+from temporalio.api.history.v1 import History, HistoryEvent
 from temporalio.client import (
     Client,
     WorkflowExecution,
@@ -234,6 +234,41 @@ async def fetch_history(workflow_id: str, run_id: str) -> RunHistory:
     async with _reading(workflow_id, run_id) as handle:
         history = await handle.fetch_history(rpc_timeout=RPC_TIMEOUT)
     return RunHistory(workflow_id, run_id, History(events=history.events))
+
+
+async def fetch_edges(workflow_id: str, run_id: str) -> tuple[HistoryEvent, HistoryEvent | None]:
+    """A run's first event and, once it has closed, its close event: two one-event
+    pages, for following a chain of runs without reading whole histories."""
+    from temporalio.api.common.v1 import WorkflowExecution as ExecutionRef
+    from temporalio.api.workflowservice.v1 import (
+        GetWorkflowExecutionHistoryRequest,
+        GetWorkflowExecutionHistoryReverseRequest,
+    )
+
+    client = await get_client()
+    execution = ExecutionRef(workflow_id=workflow_id, run_id=run_id)
+    service = client.workflow_service
+    try:
+        first = await service.get_workflow_execution_history(
+            GetWorkflowExecutionHistoryRequest(
+                namespace=client.namespace, execution=execution, maximum_page_size=1
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+        last = await service.get_workflow_execution_history_reverse(
+            GetWorkflowExecutionHistoryReverseRequest(
+                namespace=client.namespace, execution=execution, maximum_page_size=1
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+    except RPCError as exc:
+        raise _read_failed(client, exc, workflow_id, run_id) from exc
+    if not first.history.events:
+        raise RunNotFound(f"{workflow_id} / {run_id}")
+    close = last.history.events[0] if last.history.events else None
+    if close is not None and close.event_type not in vocab.WORKFLOW_CLOSE_EVENT_TYPES:
+        close = None
+    return first.history.events[0], close
 
 
 @dataclass(frozen=True)

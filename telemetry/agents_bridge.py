@@ -12,6 +12,9 @@ Replay safety comes from two facts:
 - This bridge emits a span once, when it *ends*, with ids derived from the
   Agents ids. A span whose start was replayed on a new worker (after a crash)
   still ends live exactly once, with the same id it would have had.
+- Ids are derived from the Agents id *and the run* (telemetry.run_ids): a
+  reset run replays its original's Agents ids, and emits its own spans under
+  ids of its own rather than colliding with the original's.
 
 The OTel trace id is the one of the current OTel context (Temporal's
 ``RunWorkflow``/``RunActivity`` spans, which share one trace), so agent spans sit
@@ -48,6 +51,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from temporalio import activity, workflow
 
 from telemetry import vocab
+from telemetry.run_ids import current_scope, remote_parent_scope
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +64,25 @@ def _hex_id(seed: str, bits: int) -> int:
     return value or 1
 
 
-def span_id_for(agents_id: str) -> int:
-    """The OTel span id of an Agents span or trace id; the same in every process."""
-    return _hex_id(f"span:{agents_id}", 64)
+def span_id_for(agents_id: str, scope: str = "") -> int:
+    """The OTel span id of an Agents span or trace id; the same in every process.
+
+    ``scope`` is the run the span belongs to (telemetry.run_ids): a reset run
+    replays its original's Agents ids, and must not emit its spans under them.
+    """
+    return _hex_id(f"span:{scope}:{agents_id}" if scope else f"span:{agents_id}", 64)
 
 
-def trace_id_for(agents_trace_id: str) -> int:
-    return _hex_id(f"trace:{agents_trace_id}", 128)
+def trace_id_for(agents_trace_id: str, scope: str = "") -> int:
+    seed = f"trace:{scope}:{agents_trace_id}" if scope else f"trace:{agents_trace_id}"
+    return _hex_id(seed, 128)
+
+
+def _scope_of(agents_id: str, own: str) -> str:
+    """The run scope an Agents id was emitted under: its sender's if it came in a
+    header (a parent workflow's span), else this run's."""
+    remote = remote_parent_scope(agents_id)
+    return own if remote is None else remote
 
 
 def _iso_to_ns(iso: str | None) -> int | None:
@@ -105,13 +121,19 @@ def temporal_context_attributes() -> dict[str, Any]:
     """The Temporal correlation attributes of where this code runs (workflow or activity)."""
     if workflow.in_workflow():
         info = workflow.info()
-        return {
+        found = {
             vocab.WORKFLOW_ID: info.workflow_id,
             vocab.RUN_ID: info.run_id,
             vocab.WORKFLOW_TYPE: info.workflow_type,
             vocab.NAMESPACE: info.namespace,
             vocab.TASK_QUEUE: info.task_queue,
         }
+        if info.parent is not None:
+            found[vocab.PARENT_WORKFLOW_ID] = info.parent.workflow_id
+            found[vocab.PARENT_RUN_ID] = info.parent.run_id
+        if info.continued_run_id:
+            found[vocab.CONTINUED_RUN_ID] = info.continued_run_id
+        return found
     if activity.in_activity():
         a = activity.info()
         return {
@@ -334,11 +356,11 @@ class OtelBridgeProcessor(TracingProcessor):
         self._first_span_start: dict[str, int] = {}
 
     # -- ids and context -------------------------------------------------------
-    def _otel_trace_id(self, agents_trace_id: str) -> int:
+    def _otel_trace_id(self, agents_trace_id: str, scope: str) -> int:
         current = otel_trace.get_current_span().get_span_context()
         if current.is_valid:
             return current.trace_id
-        return trace_id_for(agents_trace_id)
+        return trace_id_for(agents_trace_id, _scope_of(agents_trace_id, scope))
 
     def _context(self, trace_id: int, span_id: int) -> SpanContext:
         return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(1))
@@ -419,10 +441,11 @@ class OtelBridgeProcessor(TracingProcessor):
             attributes[vocab.OI_SESSION] = str(exported["group_id"])
         if exported.get("metadata"):
             attributes[vocab.AGENTS_TRACE_METADATA] = to_json(exported["metadata"])
+        scope = current_scope()
         self._emit(
             name=trace.name,
-            trace_id=self._otel_trace_id(trace.trace_id),
-            span_id=span_id_for(trace.trace_id),
+            trace_id=self._otel_trace_id(trace.trace_id, scope),
+            span_id=span_id_for(trace.trace_id, scope),
             parent=current if current.is_valid else None,
             start=start,
             end=end,
@@ -450,7 +473,8 @@ class OtelBridgeProcessor(TracingProcessor):
             first = self._first_span_start.get(span.trace_id)
             if first is None or start < first:
                 self._first_span_start[span.trace_id] = start
-        trace_id = self._otel_trace_id(span.trace_id)
+        scope = current_scope()
+        trace_id = self._otel_trace_id(span.trace_id, scope)
         parent_agents_id = span.parent_id or span.trace_id
         attributes.update(temporal_context_attributes())
         attributes.update(
@@ -463,8 +487,10 @@ class OtelBridgeProcessor(TracingProcessor):
         self._emit(
             name=name,
             trace_id=trace_id,
-            span_id=span_id_for(span.span_id),
-            parent=self._context(trace_id, span_id_for(parent_agents_id)),
+            span_id=span_id_for(span.span_id, scope),
+            parent=self._context(
+                trace_id, span_id_for(parent_agents_id, _scope_of(parent_agents_id, scope))
+            ),
             start=start,
             end=end,
             attributes=attributes,

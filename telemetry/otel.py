@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status
-from temporalio.contrib.opentelemetry import OpenTelemetryPlugin, create_tracer_provider
+from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
 from telemetry import vocab
 from telemetry.agents_bridge import OtelBridgeProcessor, temporal_context_attributes
@@ -43,6 +43,7 @@ from telemetry.redact import (
     redact_value,
     set_extra_patterns,
 )
+from telemetry.run_ids import RunScopePlugin, run_scoped_tracer_provider
 
 if TYPE_CHECKING:
     from agents.tracing.processors import BatchTraceProcessor
@@ -338,7 +339,8 @@ def configure_tracing(
     processor = FanOutSpanProcessor(
         [CorrelatingSpanProcessor(), RedactingSpanProcessor(FanOutSpanProcessor(batches))]
     )
-    provider = create_tracer_provider(resource=resource)
+    # Temporal's replay-safe provider, with span ids distinct per run (resets).
+    provider = run_scoped_tracer_provider(resource)
     provider.add_span_processor(processor)
     if set_global:
         otel_trace.set_tracer_provider(provider)
@@ -355,6 +357,6 @@ def configure_tracing(
         provider=provider,
         processor=processor,
         bridge=bridge,
-        plugins=[OpenTelemetryPlugin(add_temporal_spans=True)],
+        plugins=[OpenTelemetryPlugin(add_temporal_spans=True), RunScopePlugin()],
         openai_processor=openai,
     )

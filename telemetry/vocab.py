@@ -32,6 +32,11 @@ ACTIVITY_ID = "temporal.activity.id"
 ACTIVITY_TYPE = "temporal.activity.type"
 ACTIVITY_ATTEMPT = "temporal.activity.attempt"
 UPDATE_ID = "temporal.update.id"
+# A child run's parent, and the run a run continued (continue-as-new, retry, cron):
+# on the bundled worker's workflow-side spans, so ingest learns a run's family.
+PARENT_WORKFLOW_ID = "temporal.parent.workflow.id"
+PARENT_RUN_ID = "temporal.parent.run.id"
+CONTINUED_RUN_ID = "temporal.continued.run.id"
 
 # -- Temporal's TracingInterceptor / OpenTelemetryPlugin -------------------------
 # Their attribute names → ours.

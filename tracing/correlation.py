@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 
 from telemetry import vocab
@@ -44,6 +44,8 @@ _CLOSED: dict[int, tuple[str, str, str | None]] = {
     )
     for event_type, outcome in vocab.ACTIVITY_CLOSE_OUTCOMES.items()
 }
+_TASK_FAILED = int(EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+_RESET_CAUSE = int(WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW)
 _SIGNALED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
 _TIMER_STARTED = int(EventType.EVENT_TYPE_TIMER_STARTED)
 _TIMER_FIRED = int(EventType.EVENT_TYPE_TIMER_FIRED)
@@ -113,6 +115,11 @@ class ModelCall:
     matched: bool = False
     # The agent span this call ran under (see AgentRun), "" when none is known.
     agent_span_id: str = ""
+    # True when the history has this call's ActivityTaskScheduled event.
+    event_known: bool = False
+    # A reset run's call from before its reset point: the run that made it
+    # (whose spans tell about it).
+    inherited_from: str = ""
 
 
 @dataclass
@@ -154,6 +161,9 @@ class RunStory:
     # stretches ended by a signal or an update or still open ("wait"), and
     # activities scheduled but not closed ("pending"). end_ns None: still waiting.
     waits: list[StoryItem] = field(default_factory=list)
+    # A reset run: the run it was reset from, and the history event of the reset.
+    reset_from: str = ""
+    reset_event_id: int | None = None
     total_model_calls: int = 0
     total_attempts: int = 0
     failed_attempts: int = 0
@@ -440,6 +450,7 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
     model_calls: list[ModelCall] = []
     used_spans: set[str] = set()
     known_ids: set[str] = set()
+    reset_from, reset_event_id = reset_point(events)
     for activity in activities:
         known_ids.add(activity.activity_id)
         spans_of = activity_spans.get(activity.activity_id, [])
@@ -447,6 +458,11 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
         if activity.activity_type == MODEL_ACTIVITY_TYPE:
             call = _model_call(activity.activity_id, spans_of, by_id)
             _merge_history(call, activity, spans_of)
+            call.event_known = True
+            if reset_event_id is not None and activity.scheduled_event_id < reset_event_id:
+                call.inherited_from = next(
+                    (r["inherited_from"] for r in spans_of if r.get("inherited_from")), reset_from
+                )
             model_calls.append(call)
             items.append(
                 StoryItem("model_call", activity.scheduled_ns, call.model or "model call",
@@ -517,7 +533,14 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
                 item.detail["agent_span_id"] = finder.find(
                     [item_span], item.detail.get("agent", ""), item.time_ns
                 )
-    story = RunStory(items=items, model_calls=model_calls, agents=agents, waits=_waits(events))
+    story = RunStory(
+        items=items,
+        model_calls=model_calls,
+        agents=agents,
+        waits=_waits(events),
+        reset_from=reset_from,
+        reset_event_id=reset_event_id,
+    )
     story.total_model_calls = len(model_calls)
     story.total_attempts = sum(len(c.attempts) for c in model_calls)
     story.failed_attempts = sum(
@@ -526,6 +549,18 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
     story.tokens_in = sum(c.tokens_in or 0 for c in model_calls)
     story.tokens_out = sum(c.tokens_out or 0 for c in model_calls)
     return story
+
+
+def reset_point(events: Sequence[HistoryEvent]) -> tuple[str, int | None]:
+    """A reset run's base run id and the event that marks its reset point
+    (WorkflowTaskFailed, cause RESET_WORKFLOW); ("", None) for other runs."""
+    for event in events:
+        if event.event_type != _TASK_FAILED:
+            continue
+        attrs = event.workflow_task_failed_event_attributes
+        if attrs.cause == _RESET_CAUSE and attrs.base_run_id:
+            return attrs.base_run_id, event.event_id
+    return "", None
 
 
 def _number_model_calls(calls: list[ModelCall], known_ids: set[str], has_history: bool) -> None:

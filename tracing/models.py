@@ -105,14 +105,106 @@ class RunSummary(models.Model):
     # {activity_id: {attempt: failed}} for model activities: what lets each
     # batch update the counts above without rescanning the run's spans.
     model_attempts = models.JSONField(default=dict)
+    # Trace health kept current on ingest (tracing.health), so the runs list
+    # flags and filters runs with problems without reading spans:
+    # spans whose parent is not stored, spans in a parent cycle, span ids that
+    # arrived again with different content, spans that arrived after the run closed.
+    orphan_spans = models.IntegerField(default=0)
+    cycle_spans = models.IntegerField(default=0)
+    duplicate_spans = models.IntegerField(default=0)
+    late_spans = models.IntegerField(default=0)
+    # When the run closed, as its root workflow span or its history says.
+    closed_ns = models.BigIntegerField(null=True, blank=True)
+    # Problems only the history shows ({"attempts_without_span": n, ...}), from
+    # the last time the run page or API compared the two.
+    history_health = models.JSONField(null=True, blank=True)
+    history_problems = models.IntegerField(default=0)
+    # Sum of every problem count above: the runs list's filter.
+    health_problems = models.IntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["workflow_id", "run_id"], name="runsummary_run_uniq")
         ]
-        indexes = [models.Index(fields=["-last_span_ns"], name="runsummary_recent")]
+        indexes = [
+            models.Index(fields=["-last_span_ns"], name="runsummary_recent"),
+            models.Index(
+                fields=["-first_span_ns"],
+                condition=Q(health_problems__gt=0),
+                name="runsummary_unhealthy",
+            ),
+        ]
         verbose_name_plural = "run summaries"
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} / {self.run_id}"
+
+
+class MissingParent(models.Model):
+    """A stored span whose parent has not been stored (yet).
+
+    Exporters send children before parents, so most rows live for a batch or
+    two; the rest are the orphans the trace-health panel reports. One row per
+    such span, removed when its parent arrives (tracing.health)."""
+
+    trace_id = models.CharField(max_length=32)
+    parent_span_id = models.CharField(max_length=16)
+    span_id = models.CharField(max_length=16)
+    workflow_id = models.CharField(max_length=1000, blank=True, default="")
+    run_id = models.CharField(max_length=255, blank=True, default="")
+    received_ns = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["trace_id", "span_id"], name="missingparent_span_uniq")
+        ]
+        indexes = [
+            models.Index(fields=["trace_id", "parent_span_id"], name="missingparent_parent"),
+            models.Index(fields=["workflow_id", "run_id"], name="missingparent_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.span_id} → {self.parent_span_id} (missing)"
+
+
+class RunLineage(models.Model):
+    """How one run relates to others through Temporal's operations.
+
+    Filled from the run's history when the dashboard reads it (a reset run's
+    base and the activities it inherited, the run it continued from and the
+    next one, its parent) and, for the bundled worker, at ingest from its root
+    span's attributes (parent and previous run), so the runs list can roll
+    children up into their parent without reading histories.
+    """
+
+    workflow_id = models.CharField(max_length=1000)
+    run_id = models.CharField(max_length=255)
+    parent_workflow_id = models.CharField(max_length=1000, blank=True, default="")
+    parent_run_id = models.CharField(max_length=255, blank=True, default="")
+    # The run this one continued (continue-as-new, a retry, a cron run).
+    previous_run_id = models.CharField(max_length=255, blank=True, default="")
+    # continued_as_new, retry, cron_schedule (Temporal's ContinueAsNewInitiator).
+    previous_kind = models.CharField(max_length=32, blank=True, default="")
+    next_run_id = models.CharField(max_length=255, blank=True, default="")
+    # A reset run: the run it was reset from, the WorkflowTaskFailed event that
+    # marks the reset point, when, and the activities it inherited from before it.
+    reset_from_run_id = models.CharField(max_length=255, blank=True, default="")
+    reset_event_id = models.BigIntegerField(null=True, blank=True)
+    reset_ns = models.BigIntegerField(null=True, blank=True)
+    inherited_activities = models.JSONField(default=list)
+    # True once the history has been read: the reset fields are then known.
+    history_read = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["workflow_id", "run_id"], name="runlineage_run_uniq")
+        ]
+        indexes = [
+            models.Index(fields=["parent_workflow_id", "parent_run_id"], name="runlineage_parent"),
+            models.Index(fields=["workflow_id", "reset_from_run_id"], name="runlineage_reset"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.workflow_id} / {self.run_id}"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from django.utils import timezone
 
 from telemetry import vocab
 from telemetry.vocab import MODEL_KINDS, STATUS_ERROR
-from tracing import rollups
+from tracing import health, lineage, rollups
 from tracing.models import RunSummary, Span
 
 RunKey = tuple[str, str]
@@ -177,7 +178,9 @@ def _ingest(rows: list[dict[str, Any]]) -> IngestResult:
             if row["workflow_id"] and row["run_id"]:
                 key = (row["workflow_id"], row["run_id"])
                 result.new_spans[key] = result.new_spans.get(key, 0) + 1
-        result.runs = _update_summaries(counted)
+        deltas = health.track(rows, batch, inserted, adopted)
+        lineage.record_from_spans(inserted)
+        result.runs = _update_summaries(counted, deltas, _arrivals(inserted))
         rollups.apply(counted)
     return result
 
@@ -485,22 +488,43 @@ def is_model_span(row: dict[str, Any]) -> bool:
     return row["kind"] in MODEL_KINDS or vocab.is_model_activity_span(row["name"])
 
 
-def _update_summaries(rows: Iterable[dict[str, Any]]) -> dict[RunKey, dict[str, Any]]:
+def _arrivals(inserted: Iterable[dict[str, Any]]) -> dict[RunKey, int]:
+    """Spans that arrived now per run (adopted ones arrived earlier)."""
+    counts: dict[RunKey, int] = {}
+    for row in inserted:
+        if row["workflow_id"] and row["run_id"]:
+            key = (row["workflow_id"], row["run_id"])
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _update_summaries(
+    rows: Iterable[dict[str, Any]],
+    deltas: dict[RunKey, health.Delta] | None = None,
+    arrivals: dict[RunKey, int] | None = None,
+) -> dict[RunKey, dict[str, Any]]:
     groups: dict[RunKey, list[dict[str, Any]]] = {}
     for row in rows:
         # A span whose run is not known yet is counted when it gets one.
         if row["workflow_id"] and row["run_id"]:
             groups.setdefault((row["workflow_id"], row["run_id"]), []).append(row)
-    if not groups:
+    deltas = deltas or {}
+    if not groups and not deltas:
         return {}
-    existing = _load_summaries(groups.keys())
+    existing = _load_summaries(groups.keys() | deltas.keys())
     summaries: list[RunSummary] = []
-    for key, group in groups.items():
+    now_ns = time.time_ns()
+    for key in groups.keys() | deltas.keys():
         summary = existing.get(key)
         if summary is None:
+            if key not in groups:
+                continue  # health news about a run with no spans stored: nothing to flag
             summary = RunSummary(workflow_id=key[0], run_id=key[1], agents=[], model_attempts={})
-        apply_rows(summary, group)
+        apply_rows(summary, groups.get(key, []))
+        health.apply(summary, deltas.get(key), (arrivals or {}).get(key, 0), now_ns)
         summaries.append(summary)
+    if not summaries:
+        return {}
     _upsert_summaries(summaries)
     return {(s.workflow_id, s.run_id): summary_dict(s) for s in summaries}
 
@@ -519,6 +543,13 @@ _SUMMARY_FIELDS = [
     "last_error",
     "last_error_ns",
     "model_attempts",
+    "orphan_spans",
+    "cycle_spans",
+    "duplicate_spans",
+    "late_spans",
+    "closed_ns",
+    "history_problems",
+    "health_problems",
 ]
 
 
@@ -628,6 +659,7 @@ def summary_dict(summary: RunSummary) -> dict[str, Any]:
         "first_span_ns": summary.first_span_ns,
         "last_span_ns": summary.last_span_ns,
         "last_error": summary.last_error,
+        "health_problems": summary.health_problems,
     }
 
 
@@ -672,3 +704,25 @@ def spans_for_run(workflow_id: str, run_id: str) -> list[dict[str, Any]]:
                 rows.append(orphan)
     rows.sort(key=lambda r: (r["start_ns"], r["end_ns"]))
     return rows
+
+
+def spans_of_activities(
+    workflow_id: str, run_id: str, activity_ids: Iterable[str]
+) -> list[dict[str, Any]]:
+    """A run's spans of these activities: what a reset run inherits from its base run."""
+    wanted = list(activity_ids)
+    if not wanted:
+        return []
+    query = Span.objects.filter(workflow_id=workflow_id, run_id=run_id, activity_id__in=wanted)
+    return [span_row(s) for s in query]
+
+
+def spans_mentioning(workflow_id: str, run_id: str) -> dict[str, int]:
+    """Spans of this workflow that are not the run's: other runs of the workflow id
+    (a reset's base, an earlier run of a chain) and spans that name the workflow
+    but no run yet. The run page says so rather than "no spans"."""
+    others = Span.objects.filter(workflow_id=workflow_id).exclude(run_id=run_id)
+    return {
+        "other_runs": others.exclude(run_id="").count(),
+        "no_run": others.filter(run_id="").count(),
+    }

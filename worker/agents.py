@@ -10,8 +10,8 @@ from temporalio.openai_agents import workflow as agents_workflow
 from worker import tools
 
 
-def triage_agents() -> Agent:
-    billing = Agent(
+def billing_agent() -> Agent:
+    return Agent(
         name="Billing specialist",
         handoff_description="Handles invoices, charges, payments and refund requests.",
         instructions=(
@@ -20,7 +20,10 @@ def triage_agents() -> Agent:
         ),
         tools=[tools.lookup_invoice, tools.refund_policy],
     )
-    support = Agent(
+
+
+def support_agent() -> Agent:
+    return Agent(
         name="Technical support",
         handoff_description="Handles outages, errors, sync problems, bugs and technical questions.",
         instructions=(
@@ -34,6 +37,10 @@ def triage_agents() -> Agent:
             tools.search_knowledge_base,
         ],
     )
+
+
+def triage_agents() -> Agent:
+    billing, support = billing_agent(), support_agent()
     return Agent(
         name="Triage agent",
         instructions=(
@@ -116,5 +123,43 @@ def chat_agent() -> Agent:
         instructions=(
             "You are the Concierge, a helpful assistant in a long-running chat. Use the whole "
             "conversation so far to answer the latest message."
+        ),
+    )
+
+
+def lead_agent() -> Agent:
+    """The orchestrator's lead: plans the work, asking the Reviewer (an agent used as a tool)."""
+    reviewer = Agent(
+        name="Reviewer",
+        instructions=(
+            "You are the Reviewer. Check the plan you are given for gaps and risks and say "
+            "what to change, in two sentences."
+        ),
+    )
+    return Agent(
+        name="Lead planner",
+        instructions=(
+            "You are the Lead planner. Plan how the billing and technical specialists will "
+            "handle the customer's request; have the Reviewer check the plan first."
+        ),
+        tools=[
+            reviewer.as_tool(
+                tool_name="ask_reviewer",
+                tool_description="Ask the Reviewer agent to check a plan for gaps and risks.",
+            )
+        ],
+    )
+
+
+def specialist_agent(specialist: str) -> Agent:
+    return billing_agent() if specialist == "billing" else support_agent()
+
+
+def summary_agent() -> Agent:
+    return Agent(
+        name="Case summarizer",
+        instructions=(
+            "You are the Case summarizer. Merge the plan and the specialists' answers into one "
+            "reply to the customer."
         ),
     )

@@ -97,13 +97,54 @@ class ReplayInput:
     timeout_seconds: float = 120.0
 
 
-# Each bundled workflow type and the dataclass its run takes.
+@dataclass
+class SpecialistInput:
+    """Input of the specialist workflow, which the orchestrator runs as a child.
+
+    ``fail_attempts``: the child's first K runs fail after their agent answered
+    (a workflow failure, which the parent's retry policy retries as a new run).
+    """
+
+    prompt: str
+    specialist: str = "technical"  # billing | technical
+    faults: list[str] | None = None
+    fail_attempts: int = 0
+
+
+@dataclass
+class ChildOutcome:
+    """What one child workflow of the orchestrator reported (its last run's result)."""
+
+    workflow_id: str
+    specialist: str
+    output: str
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class OrchestratorResult:
+    """The orchestrator's own answer and figures (its own model calls: the lead
+    agent, the reviewer it uses as a tool, the editor), and each child's."""
+
+    output: str
+    answered_by: str
+    agents: list[str] = field(default_factory=list)
+    model_calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    children: list[ChildOutcome] = field(default_factory=list)
+
+
+# Each bundled workflow type a user starts, and the dataclass its run takes.
 INPUT_TYPES: dict[str, type[AgentRunInput | ApprovalInput | ConversationInput]] = {
     "triage": AgentRunInput,
     "approval": ApprovalInput,
     "resilient": AgentRunInput,
     "parallel": AgentRunInput,
     "conversation": ConversationInput,
+    "orchestrator": AgentRunInput,
 }
 
 

@@ -66,6 +66,13 @@ DEMO_RUNS = [
         AgentRunInput("Should we launch a self-serve plan for teams of up to 10 people?"),
     ),
     DemoRun(
+        "demo-orchestrator",
+        "orchestrator",
+        AgentRunInput(
+            "Customer on the Team plan was double-charged and their sync has failed since Monday."
+        ),
+    ),
+    DemoRun(
         "demo-conversation-open",
         "conversation",
         ConversationInput(prompt="Hi! I'm planning a three-day trip to Lisbon in May."),

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -36,9 +37,12 @@ with workflow.unsafe.imports_passed_through():
         ApprovalResult,
         ApprovalStatus,
         ChatMessage,
+        ChildOutcome,
         ConversationInput,
         ConversationResult,
         Decision,
+        OrchestratorResult,
+        SpecialistInput,
     )
     from worker.replay import ReplayModelCallWorkflow
 
@@ -325,6 +329,91 @@ class ConversationWorkflow:
         return self._history
 
 
+# Children of the orchestrator: a run that fails is retried as a new run.
+CHILD_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500), backoff_coefficient=1.0, maximum_attempts=3
+)
+
+
+@workflow.defn(name="specialist")
+class SpecialistWorkflow:
+    """One specialist agent as a workflow of its own: the orchestrator's child."""
+
+    @workflow.run
+    async def run(self, input: SpecialistInput) -> AgentRunResult:
+        run_config = validated_run_config(input.prompt, input.faults)
+        if input.specialist not in ("billing", "technical"):
+            raise bad_input(f"unknown specialist {input.specialist!r}: billing or technical")
+        # No trace() here: the run joins its parent's Agents SDK trace (from the header).
+        result = await Runner.run(
+            agents.specialist_agent(input.specialist), input.prompt, run_config=run_config
+        )
+        attempt = workflow.info().attempt
+        if attempt <= input.fail_attempts:
+            # After the agent answered: the failed run made model calls of its own.
+            raise ApplicationError(
+                f"Injected child failure on attempt {attempt} of {input.specialist}",
+                type="InjectedChildFault",
+            )
+        return summarize([result], result.last_agent.name, str(result.final_output))
+
+
+@workflow.defn(name="orchestrator")
+class OrchestratorWorkflow:
+    """A lead agent plans (asking a Reviewer agent used as a tool), two specialists run as
+    child workflows in parallel (the technical one fails once and is retried), and a
+    summarizer merges their answers."""
+
+    @workflow.run
+    async def run(self, input: AgentRunInput) -> OrchestratorResult:
+        run_config = validated_run_config(input.prompt, input.faults)
+        info = workflow.info()
+        with trace("Orchestrated support case", group_id=info.workflow_id):
+            plan = await Runner.run(agents.lead_agent(), input.prompt, run_config=run_config)
+            with custom_span("specialists", data={"children": 2}):
+                children = await asyncio.gather(
+                    *(
+                        workflow.execute_child_workflow(
+                            SpecialistWorkflow.run,
+                            SpecialistInput(
+                                prompt=input.prompt,
+                                specialist=specialist,
+                                fail_attempts=1 if specialist == "technical" else 0,
+                            ),
+                            id=f"{info.workflow_id}-{specialist}",
+                            retry_policy=CHILD_RETRY,
+                        )
+                        for specialist in ("billing", "technical")
+                    )
+                )
+            answers = "\n".join(f"- {c.answered_by}: {c.output}" for c in children)
+            merged = await Runner.run(
+                agents.summary_agent(),
+                f"Request: {input.prompt}\nPlan: {plan.final_output}\nSpecialists:\n{answers}",
+                run_config=run_config,
+            )
+        own = summarize([plan, merged], merged.last_agent.name, str(merged.final_output))
+        return OrchestratorResult(
+            output=own.output,
+            answered_by=own.answered_by,
+            agents=own.agents,
+            model_calls=own.model_calls,
+            input_tokens=own.input_tokens,
+            output_tokens=own.output_tokens,
+            children=[
+                ChildOutcome(
+                    workflow_id=f"{info.workflow_id}-{specialist}",
+                    specialist=specialist,
+                    output=child.output,
+                    model_calls=child.model_calls,
+                    input_tokens=child.input_tokens,
+                    output_tokens=child.output_tokens,
+                )
+                for specialist, child in zip(("billing", "technical"), children, strict=True)
+            ],
+        )
+
+
 WORKFLOWS = [
     TriageWorkflow,
     ApprovalWorkflow,
@@ -332,4 +421,6 @@ WORKFLOWS = [
     ParallelWorkflow,
     ConversationWorkflow,
     ReplayModelCallWorkflow,
+    OrchestratorWorkflow,
+    SpecialistWorkflow,
 ]

@@ -7,6 +7,8 @@ from decimal import Decimal
 
 from django import template
 
+from tracing.models import ns_to_datetime
+
 register = template.Library()
 
 
@@ -82,3 +84,9 @@ def usd(value: Decimal | None) -> str:
     if value < 100:
         return f"${value:.2f}"
     return f"${value:,.0f}"
+
+
+@register.filter
+def ns_datetime(value: int | None) -> datetime | None:
+    """Nanoseconds since the epoch (as spans and histories give times) as a datetime."""
+    return ns_to_datetime(value)

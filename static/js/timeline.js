@@ -358,13 +358,19 @@
       if (a.in !== null || a.out !== null) tip += "\ntokens " + (a.in || 0) + " in / " + (a.out || 0) + " out";
       if (a.cost) tip += " · $" + a.cost;
       if (a.err) tip += "\n" + a.err;
-      bar("tl-attempt " + (a.f ? "failed" : a.o === "running" ? "running" : "ok"), x0, x1, laneY(a.l) + 6, LANE_H - 12,
+      if (a.u) tip += "\nThe history records this attempt; no span covers it" +
+        (a.est ? " (time estimated: Temporal keeps only the last attempt's start)" : "");
+      if (call.inh) tip += "\nInherited from run " + call.inh + " (before the reset point)";
+      bar("tl-attempt " + (a.f ? "failed" : a.o === "running" ? "running" : "ok") +
+        (a.u ? " no-span" : "") + (a.est ? " estimated" : "") + (call.inh ? " inherited" : ""), x0, x1, laneY(a.l) + 6, LANE_H - 12,
         { "data-call": call.id, "data-attempt": a.n }, tip, "a" + a.c + "." + a.n,
         {
           title: a.label, outcome: a.o, failed: a.f, error: a.err, span: a.span || call.span,
           facts: [fmt(a.e - a.s), "+" + fmt(a.s) + " → +" + fmt(a.e),
             a.in !== null || a.out !== null ? (a.in || 0) + " in / " + (a.out || 0) + " out tokens" : "",
-            a.cost ? "$" + a.cost : ""],
+            a.cost ? "$" + a.cost : "",
+            a.u ? (a.est ? "no span covers it; time estimated" : "no span covers it") : "",
+            call.inh ? "inherited from run " + call.inh : ""],
         });
     };
     const flush = function (g) {

@@ -129,3 +129,11 @@ def test_processor_nests_spans_under_their_trace_and_keeps_error_causes() -> Non
     assert agent_span.status.description == "Error in agent run: model down"
     assert tool.start_time is not None and root.start_time is not None
     assert root.start_time <= tool.start_time
+
+
+def test_span_ids_are_scoped_to_a_run() -> None:
+    """A reset run replays its original's Agents ids; its spans must not reuse the OTel ids."""
+    assert span_id_for("span_abc", "run-1") == span_id_for("span_abc", "run-1")
+    assert span_id_for("span_abc", "run-1") != span_id_for("span_abc", "run-2")
+    assert span_id_for("span_abc", "run-1") != span_id_for("span_abc")
+    assert trace_id_for("trace_x", "run-1") != trace_id_for("trace_x", "run-2")

@@ -1,0 +1,141 @@
+"""Span ids that belong to one run, so a reset run's spans never reuse its original's.
+
+Temporal's replay-safe tracing makes span ids deterministic: inside a workflow
+they come from the workflow's seeded random (Temporal's ``TemporalIdGenerator``
+for OTel spans, ``TemporalTraceProvider`` for Agents SDK spans). A reset run
+replays its original's history with the original's seed up to the reset point,
+so every span *created* before that point gets the same id in both runs. The
+ones that *end* after it (the workflow's root span, the trace, the agent that
+was running) are emitted again by the new run with their old ids: a collector
+keeps the first copy, so the new run loses its root and the spans below it point
+at parents that belong to the old run.
+
+Mixing the run id into every id generated inside a workflow keeps ids
+deterministic for a run (a replay of the same run gives the same ids) and makes
+them distinct between runs. Activities mix in their workflow's run id, so a
+span in an activity still finds its parent in the workflow. A parent that lives
+in another run (a child workflow's first span sits under its parent workflow's
+``temporal:startChildWorkflow`` span; a client's span above a workflow) keeps
+that run's scope: :class:`RunScopeInterceptor` records where each propagated
+Agents SDK parent came from.
+
+Pure Python: no Django.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import opentelemetry.sdk.trace as trace_sdk
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from temporalio import activity, workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.contrib.opentelemetry import ReplaySafeTracerProvider
+from temporalio.contrib.opentelemetry._id_generator import TemporalIdGenerator
+from temporalio.converter import PayloadConverter
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import (
+    ExecuteWorkflowInput,
+    Interceptor,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
+
+# The header temporalio.openai_agents writes with the caller's Agents SDK trace
+# and span ids (temporalio.openai_agents._trace_interceptor.HEADER_KEY).
+OPENAI_SPAN_HEADER = "__openai_span"
+_REMOTE = "__loomview_remote_parents"
+
+
+def _mixed(scope: str, value: int, bits: int) -> int:
+    digest = hashlib.sha256(f"{scope}:{value}".encode()).digest()
+    return int.from_bytes(digest[: bits // 8], "big") or 1
+
+
+def current_scope() -> str:
+    """The run that spans made here belong to: the workflow's run id in a workflow or
+    one of its activities; "" elsewhere (a client), where ids are random anyway."""
+    if workflow.in_workflow():
+        return workflow.info().run_id
+    if activity.in_activity():
+        return activity.info().workflow_run_id or ""
+    return ""
+
+
+class RunScopedIdGenerator(TemporalIdGenerator):
+    """Temporal's deterministic ids, made distinct per run inside a workflow."""
+
+    def generate_span_id(self) -> int:
+        value = super().generate_span_id()
+        if not _in_writable_workflow():
+            return value
+        return _mixed(workflow.info().run_id, value, 64)
+
+    def generate_trace_id(self) -> int:
+        value = super().generate_trace_id()
+        if not _in_writable_workflow():
+            return value
+        return _mixed(workflow.info().run_id, value, 128)
+
+
+def _in_writable_workflow() -> bool:
+    # Queries run read-only: Temporal's generator falls back to random ids there.
+    return workflow.in_workflow() and not workflow.unsafe.is_read_only()
+
+
+def run_scoped_tracer_provider(resource: Resource) -> ReplaySafeTracerProvider:
+    """``temporalio.contrib.opentelemetry.create_tracer_provider`` with run-scoped ids."""
+    generator = RunScopedIdGenerator(RandomIdGenerator())
+    provider = trace_sdk.TracerProvider(resource=resource, id_generator=generator)
+    return ReplaySafeTracerProvider(provider, generator)
+
+
+def remote_parent_scope(agents_id: str) -> str | None:
+    """The scope of an Agents SDK span or trace id that reached this workflow in a
+    header (from a parent workflow or a client), or None if it was made here."""
+    if not workflow.in_workflow():
+        return None
+    remote: dict[str, str] | None = getattr(workflow.instance(), _REMOTE, None)
+    return None if remote is None else remote.get(agents_id)
+
+
+def _record_remote(headers: Mapping[str, Payload], scope: str) -> None:
+    payload = headers.get(OPENAI_SPAN_HEADER)
+    if payload is None:
+        return
+    try:
+        contents: Any = PayloadConverter.default.from_payload(payload)
+    except Exception:  # a header some other client wrote; nothing to record
+        return
+    if not isinstance(contents, dict):
+        return
+    instance = workflow.instance()
+    remote: dict[str, str] = getattr(instance, _REMOTE, None) or {}
+    for key in ("spanId", "traceId"):
+        if isinstance(contents.get(key), str):
+            remote.setdefault(contents[key], scope)
+    setattr(instance, _REMOTE, remote)
+
+
+class _RemoteParentsInbound(WorkflowInboundInterceptor):
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        parent = workflow.info().parent
+        _record_remote(input.headers, parent.run_id if parent is not None else "")
+        return await self.next.execute_workflow(input)
+
+
+class RunScopeInterceptor(Interceptor):
+    """Records which run each propagated Agents SDK parent of a workflow belongs to."""
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        return _RemoteParentsInbound
+
+
+class RunScopePlugin(SimplePlugin):
+    def __init__(self) -> None:
+        super().__init__("loomview.RunScopePlugin", interceptors=[RunScopeInterceptor()])
