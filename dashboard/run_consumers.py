@@ -87,7 +87,7 @@ class RunConsumer(AsyncWebsocketConsumer):
         if current == self.seen:
             return is_open
         loaded = await run_page.load(self.workflow_id, self.run_id)
-        ctx = await sync_to_async(run_page.build)(self.workflow_id, self.run_id, loaded)
+        ctx = await run_page.build_kept(self.workflow_id, self.run_id, loaded)
         self.seen = ctx["live_sig"]
         ctx.update({"oob": True, "history_mode": "compact"})
         html = await sync_to_async(render_to_string)("dashboard/_run_live.html", ctx)

@@ -604,6 +604,8 @@ class Loaded:
     archived: bool = False
     # The runs around this one (reset base and inherited spans, chain, children).
     family: run_family.Family = field(default_factory=run_family.Family)
+    # What the trace-health panel needs from the store.
+    health: run_health_panel.Facts = field(default_factory=run_health_panel.Facts)
 
     @property
     def events(self) -> Sequence[HistoryEvent]:
@@ -686,7 +688,8 @@ async def load(workflow_id: str, run_id: str) -> Loaded:
         error = exc.reason
     spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
     family = await run_family.load(workflow_id, run_id, history, spans)
-    return Loaded(history, error, spans, stored, archived, family)
+    facts = await sync_to_async(run_health_panel.load)(workflow_id, run_id, spans)
+    return Loaded(history, error, spans, stored, archived, family, facts)
 
 
 async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
@@ -703,6 +706,14 @@ async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
         events, is_open = "?", True
     stored = await sync_to_async(store.stored_state)(workflow_id, run_id)
     return f"{events}-{stored}", is_open
+
+
+async def build_kept(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
+    """``build``, then keep what the page learned about the run's trace health, so the
+    runs list flags the run as its page does (dashboard.run_health)."""
+    ctx = await sync_to_async(build)(workflow_id, run_id, loaded)
+    await sync_to_async(run_health_panel.keep)(workflow_id, run_id, ctx["health"])
+    return ctx
 
 
 def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> dict[str, Any]:
@@ -753,7 +764,7 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
         )
     calls = story.model_calls
     cost = pricing.estimate(by_model, settings.LOOMVIEW_MODEL_PRICES) if calls else None
-    run_health = run_health_panel.build(workflow_id, run_id, spans, story, events, header.close_ns)
+    run_health = run_health_panel.build(spans, story, events, loaded.health, header.close_ns)
     totals.cost = cost.quantize(Decimal("0.0001")) if cost is not None else None
     namespace = temporal.target()[1]
     tree = span_tree(spans, t0, t1) if page else []

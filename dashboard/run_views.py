@@ -50,7 +50,7 @@ async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpRe
     if loaded.history is None and not loaded.spans:
         # Unknown to the store, and Temporal does not know it or cannot say.
         return _not_found(request, workflow_id, run_id, loaded.temporal_error)
-    ctx = await sync_to_async(run_page.build)(workflow_id, run_id, loaded)
+    ctx = await run_page.build_kept(workflow_id, run_id, loaded)
     ctx["history_mode"] = "full" if request.GET.get("history") == "full" else "compact"
     template = "dashboard/run.html"
     if request.htmx and request.GET.get("part") in ("run-header", "run-history", "run-trace"):
@@ -119,5 +119,5 @@ async def api_run(request: HttpRequest, workflow_id: str, run_id: str) -> JsonRe
         loaded = await _run_or_404(workflow_id, run_id)
     except Http404:
         return JsonResponse({"error": "no such run"}, status=404)
-    ctx = await sync_to_async(run_page.build)(workflow_id, run_id, loaded)
+    ctx = await run_page.build_kept(workflow_id, run_id, loaded)
     return JsonResponse(run_page.story_json(ctx), json_dumps_params={"ensure_ascii": False})

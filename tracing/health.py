@@ -444,34 +444,64 @@ def _example(health: Health, key: str, span_id: str) -> None:
         found.append(span_id)
 
 
-def report(
-    spans: Sequence[Row],
-    story: RunStory | None,
-    summary: RunSummary | None,
-    activity_ids: set[str] | None,
-) -> Health:
-    """The run's health from its spans (tied to it) and, if known, its history's story.
+@dataclass
+class StoreFacts:
+    """What the run's health needs from the store beyond its spans (read once, on load)."""
 
-    ``activity_ids`` are the activities the history knows (None without a history).
-    """
-    health = Health(spans_tied=len(spans), history_checked=activity_ids is not None)
-    counts = dict.fromkeys(PROBLEM_KEYS, 0)
-    nodes: dict[SpanKey, Row] = {(r["trace_id"], r["span_id"]): r for r in spans}
+    spans_stored: int = 0
+    waiting: int = 0
+    # Parents of the run's spans that are stored, but under another run.
+    parents_elsewhere: set[SpanKey] = field(default_factory=set)
+    duplicates: int = 0
+    late: int = 0
+    has_summary: bool = False
+
+
+def store_facts(spans: Sequence[Row], workflow_id: str, run_id: str) -> StoreFacts:
+    facts = StoreFacts()
+    nodes = {(r["trace_id"], r["span_id"]) for r in spans}
     traces = {t for t, _ in nodes}
     if traces:
-        health.spans_stored = Span.objects.filter(trace_id__in=traces).count()
-        counts["waiting"] = Span.objects.filter(workflow_id="", trace_id__in=traces).count()
+        facts.spans_stored = Span.objects.filter(trace_id__in=traces).count()
+        facts.waiting = Span.objects.filter(workflow_id="", trace_id__in=traces).count()
     outside = {
         (r["trace_id"], r["parent_span_id"])
         for r in spans
         if r["parent_span_id"] and (r["trace_id"], r["parent_span_id"]) not in nodes
     }
-    elsewhere = _stored_keys(outside)
+    facts.parents_elsewhere = _stored_keys(outside)
+    summary = RunSummary.objects.filter(workflow_id=workflow_id, run_id=run_id).first()
+    if summary is not None:
+        facts.has_summary = True
+        facts.duplicates = summary.duplicate_spans
+        facts.late = summary.late_spans
+    return facts
+
+
+def report(
+    spans: Sequence[Row],
+    story: RunStory | None,
+    facts: StoreFacts,
+    activity_ids: set[str] | None,
+) -> Health:
+    """The run's health from its spans (tied to it), what the store adds, and, if known,
+    its history's story. ``activity_ids`` are the activities the history knows (None
+    without a history). Pure: the store was read into ``facts``."""
+    health = Health(
+        spans_tied=len(spans),
+        spans_stored=facts.spans_stored,
+        history_checked=activity_ids is not None,
+    )
+    counts = dict.fromkeys(PROBLEM_KEYS, 0)
+    counts["waiting"] = facts.waiting
+    counts["duplicates"] = facts.duplicates
+    counts["late"] = facts.late
+    nodes: dict[SpanKey, Row] = {(r["trace_id"], r["span_id"]): r for r in spans}
     for row in spans:
         parent = (row["trace_id"], row["parent_span_id"])
         if not row["parent_span_id"] or parent in nodes:
             continue
-        if parent in elsewhere:
+        if parent in facts.parents_elsewhere:
             health.cross_run_parents += 1
         else:
             counts["orphans"] += 1
@@ -480,9 +510,6 @@ def report(
         counts["cycles"] += len(cycle)
         for key in cycle:
             _example(health, "cycles", key[1])
-    if summary is not None:
-        counts["duplicates"] = summary.duplicate_spans
-        counts["late"] = summary.late_spans
     if story is not None and activity_ids is not None:
         for call in story.model_calls:
             if not call.event_known:

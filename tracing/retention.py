@@ -64,6 +64,8 @@ RUN_TABLES: list[str] = [
     "tracing.ArchivedHistory",
     "tracing.RunRollupState",
     "tracing.RunExport",
+    "tracing.RunLineage",
+    "tracing.MissingParent",
     "tracing.RunSummary",
 ]
 
@@ -76,6 +78,8 @@ AGED_TABLES: list[AgedTable] = [
         only=Q(status__in=["done", "failed"]),
     ),
     AgedTable("rollups", "tracing.Rollup", "bucket_ns", nanoseconds=True),
+    # Spans of no run still waiting for their parent (a run's own go with the run).
+    AgedTable("missing_parents", "tracing.MissingParent", "received_ns", nanoseconds=True),
     AgedTable("failure_rollups", "tracing.FailureRollup", "bucket_ns", nanoseconds=True),
     AgedTable(
         "audit_entries",
