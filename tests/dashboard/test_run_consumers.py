@@ -6,6 +6,7 @@ from channels.layers import get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.cache import cache
 from temporalio.api.history.v1 import History
 
 from dashboard import temporal
@@ -19,6 +20,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def open_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The recorded run as seen while still open: its history without the close event."""
+    # Another test may have cached this run's closed history.
+    cache.clear()
     run = recorded()
     run["live_events"] = history_proto(run).events[:-1]
 
