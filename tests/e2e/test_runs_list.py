@@ -80,7 +80,7 @@ def test_runs_list_filters_and_live_updates(
     )
     page.get_by_label("Workflow type").fill("parallel")
     expect(page).to_have_url(
-        f"{traced_stack.url}/?status=&type=parallel&agent=&range=&since=&until=&q="
+        f"{traced_stack.url}/?status=&type=parallel&agent=&range=&since=&until=&health=&q="
     )
     expect(rows.filter(has_text=f"e2e-triage-{tag}")).to_have_count(0)
     expect(rows.filter(has_text=f"e2e-parallel-{tag}")).to_have_count(1)
@@ -90,7 +90,9 @@ def test_runs_list_filters_and_live_updates(
     # A run started now appears without a reload, within 2 s.
     opened = page.evaluate("window.__wsOpens")
     page.get_by_label("Workflow type").fill("")
-    expect(page).to_have_url(f"{traced_stack.url}/?status=&type=&agent=&range=&since=&until=&q=")
+    expect(page).to_have_url(
+        f"{traced_stack.url}/?status=&type=&agent=&range=&since=&until=&health=&q="
+    )
     expect(rows.filter(has_text=f"e2e-triage-{tag}")).to_have_count(1)
     # The swapped panel's websocket is open (the server joined it to the group
     # before accepting), so the clock starts when live updates can flow.
