@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("tracing", "0006_archive_retention"),
+        ("tracing", "0007_runexport_run"),
     ]
 
     operations = [
