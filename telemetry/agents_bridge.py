@@ -24,6 +24,7 @@ from the Agents trace id, the same way in workflow and activity.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from agents import Span, Trace, TracingProcessor
 from agents.tracing.span_data import (
     AgentSpanData,
@@ -51,11 +53,14 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from temporalio import activity, workflow
 
 from telemetry import vocab
+from telemetry.redact import redact_text, secret_changes
 from telemetry.run_ids import current_scope, remote_parent_scope
 
 logger = logging.getLogger(__name__)
 
 SCOPE = InstrumentationScope("loomview.agents_bridge", "1")
+_SAMPLED = TraceFlags(1)
+_UNSET = Status(StatusCode.UNSET)
 MAX_ATTRIBUTE_CHARS = 32_000
 
 
@@ -64,6 +69,7 @@ def _hex_id(seed: str, bits: int) -> int:
     return value or 1
 
 
+@functools.lru_cache(maxsize=8192)
 def span_id_for(agents_id: str, scope: str = "") -> int:
     """The OTel span id of an Agents span or trace id; the same in every process.
 
@@ -73,6 +79,7 @@ def span_id_for(agents_id: str, scope: str = "") -> int:
     return _hex_id(f"span:{scope}:{agents_id}" if scope else f"span:{agents_id}", 64)
 
 
+@functools.lru_cache(maxsize=1024)
 def trace_id_for(agents_trace_id: str, scope: str = "") -> int:
     seed = f"trace:{scope}:{agents_trace_id}" if scope else f"trace:{agents_trace_id}"
     return _hex_id(seed, 128)
@@ -104,7 +111,10 @@ def to_json(value: Any) -> str:
     if isinstance(value, str):
         text = value
     else:
-        text = json.dumps(value, default=_jsonable, ensure_ascii=False)
+        try:
+            text = orjson.dumps(value, default=_jsonable, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, orjson.JSONEncodeError):  # e.g. an int beyond 64 bits
+            text = json.dumps(value, default=_jsonable, ensure_ascii=False)
     if len(text) > MAX_ATTRIBUTE_CHARS:
         text = text[:MAX_ATTRIBUTE_CHARS] + "…[truncated]"
     return text
@@ -118,9 +128,33 @@ def _jsonable(value: Any) -> Any:
 
 
 def temporal_context_attributes() -> dict[str, Any]:
-    """The Temporal correlation attributes of where this code runs (workflow or activity)."""
+    """The Temporal correlation attributes of where this code runs (workflow or activity).
+
+    A fresh dict, worked out once per workflow run or activity attempt: every span
+    there asks for the same.
+    """
     if workflow.in_workflow():
-        info = workflow.info()
+        info: Any = workflow.info()
+    elif activity.in_activity():
+        info = activity.info()
+    else:
+        return {}
+    key = id(info)
+    cached = _CONTEXT_CACHE.get(key)
+    if cached is None or cached[0] is not info:
+        if len(_CONTEXT_CACHE) >= 4096:
+            _CONTEXT_CACHE.clear()
+        cached = _CONTEXT_CACHE[key] = (info, _context_attributes(info))
+    return dict(cached[1])
+
+
+# id(workflow or activity Info) → (that Info, its attributes); the Info is kept,
+# so its id cannot be reused while the entry lives.
+_CONTEXT_CACHE: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _context_attributes(info: Any) -> dict[str, Any]:
+    if isinstance(info, workflow.Info):
         found = {
             vocab.WORKFLOW_ID: info.workflow_id,
             vocab.RUN_ID: info.run_id,
@@ -134,19 +168,16 @@ def temporal_context_attributes() -> dict[str, Any]:
         if info.continued_run_id:
             found[vocab.CONTINUED_RUN_ID] = info.continued_run_id
         return found
-    if activity.in_activity():
-        a = activity.info()
-        return {
-            vocab.WORKFLOW_ID: a.workflow_id or "",
-            vocab.RUN_ID: a.workflow_run_id or "",
-            vocab.WORKFLOW_TYPE: a.workflow_type or "",
-            vocab.NAMESPACE: a.workflow_namespace or a.namespace,
-            vocab.TASK_QUEUE: a.task_queue,
-            vocab.ACTIVITY_ID: a.activity_id,
-            vocab.ACTIVITY_TYPE: a.activity_type,
-            vocab.ACTIVITY_ATTEMPT: a.attempt,
-        }
-    return {}
+    return {  # an activity.Info
+        vocab.WORKFLOW_ID: info.workflow_id or "",
+        vocab.RUN_ID: info.workflow_run_id or "",
+        vocab.WORKFLOW_TYPE: info.workflow_type or "",
+        vocab.NAMESPACE: info.workflow_namespace or info.namespace,
+        vocab.TASK_QUEUE: info.task_queue,
+        vocab.ACTIVITY_ID: info.activity_id,
+        vocab.ACTIVITY_TYPE: info.activity_type,
+        vocab.ACTIVITY_ATTEMPT: info.attempt,
+    }
 
 
 def _messages(items: Any) -> list[dict[str, Any]]:
@@ -245,17 +276,18 @@ def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
         return f"invoke_agent {data.name}", attrs
     if isinstance(data, GenerationSpanData):
         inputs, outputs = _messages(data.input), _messages(data.output)
+        inputs_json, outputs_json = to_json(inputs), to_json(outputs)  # each encoded once
         model = data.model or "unknown"
         attrs.update(
             {
                 vocab.GEN_AI_REQUEST_MODEL: model,
                 vocab.GEN_AI_RESPONSE_MODEL: model,
                 vocab.OI_MODEL: model,
-                vocab.GEN_AI_INPUT_MESSAGES: to_json(inputs),
-                vocab.GEN_AI_OUTPUT_MESSAGES: to_json(outputs),
-                vocab.OI_INPUT: to_json(inputs),
+                vocab.GEN_AI_INPUT_MESSAGES: inputs_json,
+                vocab.GEN_AI_OUTPUT_MESSAGES: outputs_json,
+                vocab.OI_INPUT: inputs_json,
                 vocab.OI_INPUT_MIME: "application/json",
-                vocab.OI_OUTPUT: to_json(outputs),
+                vocab.OI_OUTPUT: outputs_json,
                 vocab.OI_OUTPUT_MIME: "application/json",
                 **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
                 **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
@@ -271,15 +303,16 @@ def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
         usage = getattr(response, "usage", None)
         outputs = _messages(list(getattr(response, "output", None) or []))
         inputs = _messages(data.input)
+        inputs_json, outputs_json = to_json(inputs), to_json(outputs)
         attrs.update(
             {
                 vocab.GEN_AI_REQUEST_MODEL: model,
                 vocab.GEN_AI_RESPONSE_MODEL: model,
                 vocab.OI_MODEL: model,
-                vocab.GEN_AI_INPUT_MESSAGES: to_json(inputs),
-                vocab.GEN_AI_OUTPUT_MESSAGES: to_json(outputs),
-                vocab.OI_INPUT: to_json(inputs),
-                vocab.OI_OUTPUT: to_json(outputs),
+                vocab.GEN_AI_INPUT_MESSAGES: inputs_json,
+                vocab.GEN_AI_OUTPUT_MESSAGES: outputs_json,
+                vocab.OI_INPUT: inputs_json,
+                vocab.OI_OUTPUT: outputs_json,
                 **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
                 **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
                 **_usage_attributes(_jsonable(usage) if usage is not None else data.usage),
@@ -289,14 +322,16 @@ def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
             attrs[vocab.GEN_AI_RESPONSE_ID] = str(response.id)
         return f"chat {model}", attrs
     if isinstance(data, FunctionSpanData):
+        arguments = to_json(data.input or "")
+        result = to_json(data.output if data.output is not None else "")
         attrs.update(
             {
                 vocab.GEN_AI_TOOL_NAME: data.name,
                 vocab.OI_TOOL_NAME: data.name,
-                vocab.GEN_AI_TOOL_ARGUMENTS: to_json(data.input or ""),
-                vocab.GEN_AI_TOOL_RESULT: to_json(data.output if data.output is not None else ""),
-                vocab.OI_INPUT: to_json(data.input or ""),
-                vocab.OI_OUTPUT: to_json(data.output if data.output is not None else ""),
+                vocab.GEN_AI_TOOL_ARGUMENTS: arguments,
+                vocab.GEN_AI_TOOL_RESULT: result,
+                vocab.OI_INPUT: arguments,
+                vocab.OI_OUTPUT: result,
             }
         )
         if data.mcp_data:
@@ -341,7 +376,12 @@ def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
 
 
 class OtelBridgeProcessor(TracingProcessor):
-    """An Agents SDK tracing processor that hands OTel spans to OTel span processors."""
+    """An Agents SDK tracing processor that hands OTel spans, redacted, to an OTel span processor.
+
+    The spans are redacted here (:mod:`telemetry.redact`), so ``span_processor``
+    can be the exporters' own: :func:`telemetry.otel.configure_tracing` passes
+    the batch processors, not the redacting processor Temporal's spans go through.
+    """
 
     def __init__(
         self, span_processor: SpanProcessor, resource: Resource, openai_traces: bool = False
@@ -363,7 +403,7 @@ class OtelBridgeProcessor(TracingProcessor):
         return trace_id_for(agents_trace_id, _scope_of(agents_trace_id, scope))
 
     def _context(self, trace_id: int, span_id: int) -> SpanContext:
-        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(1))
+        return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
 
     def _emit(
         self,
@@ -377,7 +417,7 @@ class OtelBridgeProcessor(TracingProcessor):
         attributes: dict[str, Any],
         error: Mapping[str, Any] | None,
     ) -> None:
-        status = Status(StatusCode.UNSET)
+        status = _UNSET
         events = ()
         if error:
             message = str(error.get("message") or "error")
@@ -389,18 +429,22 @@ class OtelBridgeProcessor(TracingProcessor):
             if detail and str(detail) not in message:
                 # "Error in agent run" says little; the SDK keeps the cause in data.
                 message = f"{message}: {detail}"
+            message = redact_text(message)  # before clipping, which could cut a key short
             status = Status(StatusCode.ERROR, message)
             attributes[vocab.ERROR_TYPE] = message[:200]
             if error.get("data"):
                 attributes[vocab.AGENTS_ERROR_DATA] = to_json(error["data"])
         if self._openai_traces:
             attributes[vocab.AGENTS_OPENAI_TRACES] = True
+        attributes = {key: value for key, value in attributes.items() if value is not None}
+        # Redacted here, once, on the span's only copy: the spans go straight to the exporters.
+        attributes.update(secret_changes(attributes))
         span = ReadableSpan(
-            name=name,
+            name=redact_text(name),
             context=self._context(trace_id, span_id),
             parent=parent,
             resource=self._resource,
-            attributes={k: v for k, v in attributes.items() if v is not None},
+            attributes=attributes,
             events=events,
             kind=SpanKind.INTERNAL,
             status=status,

@@ -5,10 +5,12 @@
   signals, queries, updates) are emitted once, not on every replay.
 - Every span is enriched with ``temporal.*`` correlation attributes and
   redacted of secrets before any exporter sees it.
-- A batch processor exports OTLP/HTTP to the dashboard; the standard
-  ``OTEL_EXPORTER_OTLP_*`` variables add an exporter to any other collector.
-- The Agents SDK's spans reach the same processors through
-  :class:`telemetry.agents_bridge.OtelBridgeProcessor`; with ``openai_traces``
+- A batch processor exports OTLP/HTTP to the dashboard (the lean
+  :class:`telemetry.otlp_http.WireSpanExporter`); the standard
+  ``OTEL_EXPORTER_OTLP_*`` variables add the stock exporter to any other collector.
+- The Agents SDK's spans reach the same exporters through
+  :class:`telemetry.agents_bridge.OtelBridgeProcessor`, which makes them with
+  their correlation attributes and redacts them itself; with ``openai_traces``
   (``LOOMVIEW_OPENAI_TRACES``) they also go, redacted the same way, to OpenAI's
   Traces dashboard through the Agents SDK's own exporter.
 - :func:`disable_tracing` (``LOOMVIEW_TRACING=off``) removes the Agents SDK's
@@ -35,12 +37,14 @@ from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
 from telemetry import vocab
 from telemetry.agents_bridge import OtelBridgeProcessor, temporal_context_attributes
+from telemetry.otlp_http import WireSpanExporter
 from telemetry.redact import (
     PATTERNS_ENV,
     parse_patterns,
     redact_attributes,
     redact_text,
     redact_value,
+    secret_changes,
     set_extra_patterns,
 )
 from telemetry.run_ids import RunScopePlugin, run_scoped_tracer_provider
@@ -63,20 +67,21 @@ class CorrelatingSpanProcessor(SpanProcessor):
     """Adds the ``temporal.*`` attributes of where a span starts (workflow or activity)."""
 
     def on_start(self, span: SdkSpan, parent_context: otel_context.Context | None = None) -> None:
-        attributes = dict(span.attributes or {})
-        extra = {
-            ours: attributes[theirs]
-            for theirs, ours in vocab.TEMPORAL_ALIASES.items()
-            if theirs in attributes and ours not in attributes
-        }
+        # Read the span's own attributes in place: this runs for every span.
+        attributes = span.attributes or {}
+        extra: dict[str, Any] = {}
+        for theirs, ours in vocab.TEMPORAL_ALIASES.items():
+            if theirs in attributes and ours not in attributes:
+                extra[ours] = attributes[theirs]
         for key, value in temporal_context_attributes().items():
             if key not in attributes:
                 extra[key] = value
         if (
-            span.name.startswith(_WORKFLOW_SPAN_NAME_PREFIXES)
+            vocab.WORKFLOW_TYPE not in extra
             and vocab.WORKFLOW_TYPE not in attributes
+            and span.name.startswith(_WORKFLOW_SPAN_NAME_PREFIXES)
         ):
-            extra.setdefault(vocab.WORKFLOW_TYPE, span.name.split(":", 1)[1])
+            extra[vocab.WORKFLOW_TYPE] = span.name.split(":", 1)[1]
         if extra:
             span.set_attributes(extra)
 
@@ -101,22 +106,39 @@ class RedactingSpanProcessor(SpanProcessor):
 
 
 def redact_span(span: ReadableSpan) -> ReadableSpan:
+    """The span with secrets redacted: the span itself when it has none (most have none)."""
+    changes = secret_changes(span.attributes)
+    name = redact_text(span.name)
     status = span.status
     if status.description:
-        status = Status(status.status_code, redact_text(status.description))
-    events = tuple(
-        type(event)(redact_text(event.name), redact_attributes(event.attributes), event.timestamp)
-        for event in span.events
-    )
-    links = tuple(
-        type(link)(link.context, redact_attributes(link.attributes)) for link in span.links
-    )
+        description = redact_text(status.description)
+        if description != status.description:
+            status = Status(status.status_code, description)
+    events = span.events
+    if any(redact_text(e.name) != e.name or secret_changes(e.attributes) for e in events):
+        events = tuple(
+            type(e)(redact_text(e.name), redact_attributes(e.attributes), e.timestamp)
+            for e in events
+        )
+    links = span.links
+    if any(secret_changes(link.attributes) for link in links):
+        links = tuple(
+            type(link)(link.context, redact_attributes(link.attributes)) for link in links
+        )
+    if (
+        not changes
+        and name == span.name
+        and status is span.status
+        and events is span.events
+        and links is span.links
+    ):
+        return span
     return ReadableSpan(
-        name=redact_text(span.name),
+        name=name,
         context=span.context,
         parent=span.parent,
         resource=span.resource,
-        attributes=redact_attributes(span.attributes),
+        attributes={**(span.attributes or {}), **changes},
         events=events,
         links=links,
         kind=span.kind,
@@ -215,11 +237,12 @@ def extra_exporter_from_env() -> SpanExporter | None:
 
 
 def dashboard_exporter(endpoint: str, token: str | None) -> SpanExporter:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    """The lean OTLP/HTTP exporter to Loomview's receiver (:mod:`telemetry.otlp_http`).
 
-    # Explicit arguments: the OTEL_* variables configure the *other* collector.
+    Explicit arguments: the ``OTEL_*`` variables configure the *other* collector.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=10)
+    return WireSpanExporter(endpoint, headers=headers, timeout=10)
 
 
 class _RedactedItem:
@@ -336,9 +359,8 @@ def configure_tracing(
         chosen = list(exporters)
     delay = schedule_delay_ms or schedule_delay_from_env()
     batches = [BatchSpanProcessor(exporter, schedule_delay_millis=delay) for exporter in chosen]
-    processor = FanOutSpanProcessor(
-        [CorrelatingSpanProcessor(), RedactingSpanProcessor(FanOutSpanProcessor(batches))]
-    )
+    exporting = FanOutSpanProcessor(batches)
+    processor = FanOutSpanProcessor([CorrelatingSpanProcessor(), RedactingSpanProcessor(exporting)])
     # Temporal's replay-safe provider, with span ids distinct per run (resets).
     provider = run_scoped_tracer_provider(resource)
     provider.add_span_processor(processor)
@@ -346,7 +368,9 @@ def configure_tracing(
         otel_trace.set_tracer_provider(provider)
     if openai_traces is None:
         openai_traces = env_switch("LOOMVIEW_OPENAI_TRACES", False)
-    bridge = OtelBridgeProcessor(processor, resource, openai_traces=openai_traces)
+    # The bridge redacts its spans itself and makes them with their temporal.*
+    # attributes: they go straight to the exporters.
+    bridge = OtelBridgeProcessor(exporting, resource, openai_traces=openai_traces)
     # The bridge replaces the Agents SDK's default exporter (to OpenAI's backend);
     # OpenAI's dashboard gets the spans only when asked for, redacted like ours.
     openai = openai_traces_processor(openai_traces_endpoint) if openai_traces else None

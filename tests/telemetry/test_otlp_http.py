@@ -1,0 +1,82 @@
+"""The worker's exporter to Loomview's receiver: delivers, retries what it should, never raises."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import SpanContext, TraceFlags
+
+from telemetry.otlp_http import WireSpanExporter
+from tests.conftest import free_port
+from tests.tracing.collector import running_collector
+
+RESOURCE = Resource.create({"service.name": "loomview-worker"})
+
+
+def spans(count: int = 3) -> list[ReadableSpan]:
+    return [
+        ReadableSpan(
+            name=f"span {n}",
+            context=SpanContext(7, n + 1, is_remote=False, trace_flags=TraceFlags(1)),
+            resource=RESOURCE,
+            attributes={"temporal.workflow.id": "wf-1", "n": n},
+            start_time=1_000 + n,
+            end_time=2_000 + n,
+        )
+        for n in range(count)
+    ]
+
+
+def test_delivers_protobuf_with_the_token() -> None:
+    with running_collector() as collector:
+        exporter = WireSpanExporter(collector.url, headers={"Authorization": "Bearer t0k"})
+        assert exporter.export(spans(3)) == SpanExportResult.SUCCESS
+        assert exporter.export(spans(2)) == SpanExportResult.SUCCESS
+        exporter.shutdown()
+    assert [s.name for s in collector.spans] == ["span 0", "span 1", "span 2", "span 0", "span 1"]
+    assert collector.spans[1].attributes == {"temporal.workflow.id": "wf-1", "n": 1}
+    assert all(h["Authorization"] == "Bearer t0k" for h in collector.headers)
+    assert all(h["Content-Type"] == "application/x-protobuf" for h in collector.headers)
+
+
+def test_retries_a_busy_receiver_as_retry_after_says() -> None:
+    with running_collector() as collector:
+        collector.status, collector.retry_after = 503, "0.2"
+        exporter = WireSpanExporter(collector.url, timeout=10)
+
+        def recover() -> None:
+            while len(collector.headers) < 2:
+                time.sleep(0.01)
+            collector.status = None
+
+        threading.Thread(target=recover).start()
+        assert exporter.export(spans(1)) == SpanExportResult.SUCCESS
+    assert len(collector.headers) >= 3 and len(collector.spans) == 1
+
+
+def test_a_rejection_is_not_retried_and_not_raised() -> None:
+    with running_collector(status=400) as collector:
+        exporter = WireSpanExporter(collector.url)
+        assert exporter.export(spans(1)) == SpanExportResult.FAILURE
+    assert len(collector.headers) == 1 and collector.spans == []
+
+
+def test_nobody_listening_fails_within_the_timeout() -> None:
+    exporter = WireSpanExporter(f"http://127.0.0.1:{free_port()}/v1/traces", timeout=1.5)
+    began = time.monotonic()
+    assert exporter.export(spans(1)) == SpanExportResult.FAILURE
+    assert time.monotonic() - began < 5
+
+
+def test_shutdown_stops_retrying_and_later_exports() -> None:
+    with running_collector(status=503) as collector:
+        exporter = WireSpanExporter(collector.url, timeout=30)
+        threading.Timer(0.3, exporter.shutdown).start()
+        began = time.monotonic()
+        assert exporter.export(spans(1)) == SpanExportResult.FAILURE
+        assert time.monotonic() - began < 5
+        assert exporter.export(spans(1)) == SpanExportResult.FAILURE
