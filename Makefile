@@ -73,6 +73,14 @@ bench-ingest: $(STAMP)
 $(PY):
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
+# opentelemetry-instrumentation-openai-agents-v2 (the OTel GenAI instrumentation of
+# the Agents SDK) and OpenLLMetry's opentelemetry-instrumentation-openai-agents
+# install the same module, opentelemetry.instrumentation.openai_agents: the first
+# goes to a directory of its own, which only the matrix test's app puts on its path.
+SIDE_GENAI := $(VENV)/side/openai-agents-v2
+
+$(STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(SIDE_GENAI) \
+		'opentelemetry-instrumentation-openai-agents-v2==0.1.0'
 	touch $(STAMP)

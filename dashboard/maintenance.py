@@ -9,7 +9,10 @@ is due:
 - ``retention`` (tracing/retention.py) every ``LOOMVIEW_RETENTION_INTERVAL_SECONDS``
   when ``LOOMVIEW_RETENTION_DAYS`` or ``LOOMVIEW_AUDIT_RETENTION_DAYS`` is set;
 - ``archive`` (dashboard/archive.py) every ``LOOMVIEW_ARCHIVE_INTERVAL_SECONDS``
-  unless ``LOOMVIEW_ARCHIVE_HISTORIES`` is off.
+  unless ``LOOMVIEW_ARCHIVE_HISTORIES`` is off;
+
+and the linker (dashboard/linker.py) every second, in every forwarder process
+(its ties are idempotent).
 
 What each last did shows on the Exports page.
 """
@@ -30,7 +33,7 @@ from django.db import DatabaseError
 from django.db.models import Q
 from django.utils import timezone
 
-from dashboard import archive, temporal
+from dashboard import archive, linker, temporal
 from tracing import retention
 from tracing.forwarder import OWNER, lease_seconds
 from tracing.models import Maintenance
@@ -153,6 +156,8 @@ class MaintenanceConsumer(AsyncConsumer):
             self.tasks.append(asyncio.create_task(self._every(RETENTION, self._retention)))
         if archive.enabled():
             self.tasks.append(asyncio.create_task(self._every(ARCHIVE, run_archive)))
+        # Ties spans without Temporal ids to their runs through the runs' histories.
+        self.tasks.append(asyncio.create_task(linker.serve()))
 
     async def forwarder_wake(self, message: dict[str, Any]) -> None:
         await self.forwarder_start(message)

@@ -42,7 +42,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History, HistoryEvent
 
-from dashboard import run_family, temporal
+from dashboard import linker, run_family, temporal
 from dashboard import run_health as run_health_panel
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
@@ -686,6 +686,9 @@ async def load(workflow_id: str, run_id: str) -> Loaded:
     except temporal.TemporalUnavailable as exc:
         logger.warning("%s", exc)
         error = exc.reason
+    if history is not None:
+        # Spans without Temporal ids of their own are tied through the history.
+        await linker.link_history(workflow_id, run_id, list(history.events))
     spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
     family = await run_family.load(workflow_id, run_id, history, spans)
     facts = await sync_to_async(run_health_panel.load)(workflow_id, run_id, spans)

@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.urls import NoReverseMatch, reverse
 
-from dashboard import run_family, temporal
+from dashboard import linker, run_family, temporal
 from telemetry import vocab
 from tracing import health, lineage, pricing
 from tracing.models import RunRollupState, RunSummary, Span, datetime_to_ns
@@ -523,6 +523,10 @@ async def _merge(
     return rows
 
 
+# How many runs' histories the runs list may read before it answers.
+LINK_RUNS_PER_PAGE = 20
+
+
 async def list_page(
     filters: Filters, cursor: SortKey | None = None, page_size: int = PAGE_SIZE
 ) -> Page:
@@ -539,6 +543,10 @@ async def list_page(
             await temporal.check_connection()
         except temporal.TemporalUnavailable as exc:
             temporal_error = exc.reason
+    if temporal_error is None:
+        # Spans still untied (a stock instrumentation's, no Temporal ids) are tied
+        # through their runs' histories first, so the page counts them.
+        await linker.link_pending_quietly(LINK_RUNS_PER_PAGE)
     visibility_truncated = len(visible) >= VISIBILITY_LIMIT
     stored = await sync_to_async(_store_page)(filters, cursor, page_size + 1)
     store_truncated = len(stored) > page_size

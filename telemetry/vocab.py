@@ -11,7 +11,9 @@ Families, each a section below:
 - Temporal's ``TracingInterceptor`` / ``OpenTelemetryPlugin`` (``temporalWorkflowID``, ...);
 - the OTel GenAI semantic conventions (``gen_ai.*``);
 - OpenInference (``openinference.span.kind``, ``llm.*``, ``input.value``, ...);
-- the Agents SDK's own span data (``agents.*``), as the bridge writes it.
+- the Agents SDK's own span data (``agents.*``), as the bridge writes it;
+- ``temporalio.openai_agents``' own OTel mode (``temporal:*`` spans, the
+  ``__openai_span`` header) and OpenLLMetry (``traceloop.*``).
 
 Pure Python: no Django, so the worker can import it.
 """
@@ -90,6 +92,23 @@ TOOLING_QUERY_PREFIX = "HandleQuery:__"
 # -- the model activity of temporalio.openai_agents --------------------------------
 MODEL_ACTIVITY_TYPE = "invoke_model_activity"
 
+# -- temporalio.openai_agents' OpenAIAgentsPlugin ------------------------------------
+# The header it writes on every workflow start, signal, update and scheduled
+# activity: the Agents SDK trace and span ids and, in its OTel mode
+# (use_otel_instrumentation=True), the OTel trace and span ids current then
+# (integers), e.g. the span id of the ``temporal:startActivity`` span.
+OPENAI_HEADER = "__openai_span"
+OPENAI_HEADER_OTEL_TRACE = "otelTraceId"
+OPENAI_HEADER_OTEL_SPAN = "otelSpanId"
+# Its custom spans (add_temporal_spans=True): "temporal:startActivity",
+# "temporal:executeActivity" (one per attempt), "temporal:executeWorkflow", ...
+NATIVE_SPAN_PREFIX = "temporal:"
+NATIVE_START_ACTIVITY = "temporal:startActivity"
+NATIVE_EXECUTE_ACTIVITY = "temporal:executeActivity"
+# temporalio.contrib.opentelemetry's header: a W3C trace context carrier.
+OTEL_TRACER_HEADER = "_tracer-data"
+TRACEPARENT = "traceparent"
+
 # -- OTel GenAI semantic conventions ----------------------------------------------
 GEN_AI_OPERATION = "gen_ai.operation.name"
 GEN_AI_AGENT = "gen_ai.agent.name"
@@ -103,6 +122,11 @@ GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"
 GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_ARGUMENTS = "gen_ai.tool.call.arguments"
 GEN_AI_TOOL_RESULT = "gen_ai.tool.call.result"
+GEN_AI_PROVIDER = "gen_ai.provider.name"
+GEN_AI_SYSTEM = "gen_ai.system"
+GEN_AI_CONVERSATION = "gen_ai.conversation.id"
+GEN_AI_HANDOFF_FROM = "gen_ai.handoff.from_agent"
+GEN_AI_HANDOFF_TO = "gen_ai.handoff.to_agent"
 ERROR_TYPE = "error.type"
 SERVICE_NAME = "service.name"
 
@@ -121,7 +145,19 @@ OI_OUTPUT = "output.value"
 OI_OUTPUT_MIME = "output.mime_type"
 OI_TOOL_NAME = "tool.name"
 OI_GRAPH_NODE = "graph.node.id"
+OI_AGENT_NAME = "agent.name"
 OI_SESSION = "session.id"
+OI_LLM_PROVIDER = "llm.provider"
+OI_LLM_SYSTEM = "llm.system"
+# Phoenix files spans into projects by this resource attribute, or this header.
+OI_PROJECT = "openinference.project.name"
+PROJECT_HEADER = "x-project-name"
+# OpenInference names a handoff TOOL span "handoff to <agent>", the agent it
+# hands off from in input.value and the one it hands off to in output.value.
+OI_HANDOFF_PREFIX = "handoff to "
+
+# -- OpenLLMetry (traceloop's opentelemetry-instrumentation-openai-agents) -------------
+TRACELOOP_SPAN_KIND = "traceloop.span.kind"
 
 # -- the Agents SDK's span data, as telemetry.agents_bridge writes it ---------------
 AGENTS_SPAN_TYPE = "agents.span.type"
@@ -153,7 +189,17 @@ AGENTS_OPENAI_TRACES = "agents.openai_traces"
 
 # -- what a meaning is read from, first found wins ------------------------------------
 MODEL_KEYS = (GEN_AI_REQUEST_MODEL, GEN_AI_RESPONSE_MODEL, OI_MODEL)
-AGENT_KEYS = (GEN_AI_AGENT, AGENTS_AGENT)
+AGENT_KEYS = (GEN_AI_AGENT, AGENTS_AGENT, OI_GRAPH_NODE, OI_AGENT_NAME)
+# The agent that made a model call, on the model span.
+CALLING_AGENT_KEYS = (GEN_AI_AGENT, AGENTS_AGENT)
+# What instrumentations write when they do not know the agent: the GenAI
+# contrib instrumentation's default, OpenLLMetry's.
+PLACEHOLDER_AGENT_NAMES = frozenset({"OpenAI Agent", "unknown_agent"})
+HANDOFF_FROM_KEYS = (AGENTS_HANDOFF_FROM, GEN_AI_HANDOFF_FROM)
+HANDOFF_TO_KEYS = (AGENTS_HANDOFF_TO, GEN_AI_HANDOFF_TO)
+PROVIDER_KEYS = (GEN_AI_PROVIDER, GEN_AI_SYSTEM, OI_LLM_PROVIDER, OI_LLM_SYSTEM)
+# A model span that names no provider: the Agents SDK speaks the OpenAI API.
+DEFAULT_PROVIDER = "openai"
 TOOL_KEYS = (GEN_AI_TOOL_NAME, OI_TOOL_NAME)
 INPUT_TOKEN_KEYS = (GEN_AI_INPUT_TOKENS, OI_PROMPT_TOKENS)
 OUTPUT_TOKEN_KEYS = (GEN_AI_OUTPUT_TOKENS, OI_COMPLETION_TOKENS)
@@ -195,7 +241,30 @@ GEN_AI_OPERATIONS = {
     "execute_tool": "function",
     "invoke_agent": "agent",
     "create_agent": "agent",
+    # Not (yet) in the semantic conventions: OpenLLMetry's and the contrib
+    # instrumentation's names for a handoff.
+    "handoff": "handoff",
+    "agent_handoff": "handoff",
 }
+TRACELOOP_KINDS = {
+    "workflow": "trace",
+    "agent": "agent",
+    "tool": "function",
+    "handoff": "handoff",
+    "task": "custom",
+}
+# What a stored span is sent as: normalized kind → (OpenInference span kind,
+# GenAI operation name). Every span gets a kind, Temporal's own included.
+EXPORT_KINDS: dict[str, tuple[str, str | None]] = {
+    "agent": ("AGENT", "invoke_agent"),
+    "generation": ("LLM", "chat"),
+    "response": ("LLM", "chat"),
+    "function": ("TOOL", "execute_tool"),
+    "handoff": ("TOOL", None),
+    "mcp_tools": ("TOOL", None),
+    "guardrail": ("GUARDRAIL", None),
+}
+EXPORT_DEFAULT_KIND = ("CHAIN", None)
 # Agents SDK span type → (OpenInference span kind, GenAI operation name).
 AGENTS_SPAN_KINDS: dict[str, tuple[str, str | None]] = {
     "trace": ("CHAIN", None),

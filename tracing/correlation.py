@@ -25,6 +25,7 @@ from temporalio.api.history.v1 import HistoryEvent
 
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, MODEL_ACTIVITY_TYPE, MODEL_KINDS, STATUS_ERROR
+from tracing.links import history_usage
 
 _STORY_SPAN_KINDS = {"function": "tool", "handoff": "handoff", "guardrail": "guardrail"}
 _STORY_SPAN_KINDS["custom"] = "custom"
@@ -184,6 +185,8 @@ class _Activity:
     outcome: str = "scheduled"
     failure: str = ""
     event_ids: list[int] = field(default_factory=list)
+    # A model call's usage, as its result in the history reports it.
+    usage: tuple[int | None, int | None] = (None, None)
 
 
 def event_ns(event: HistoryEvent) -> int:
@@ -223,6 +226,8 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
             continue
         activity.closed_ns = event_ns(event)
         activity.outcome = outcome
+        if outcome == "completed" and activity.activity_type == MODEL_ACTIVITY_TYPE:
+            activity.usage = history_usage(event)
         if failure_field:
             failure = getattr(closed_attrs, failure_field)
             activity.failure = failure.message or (
@@ -230,6 +235,19 @@ def _activities(events: Sequence[HistoryEvent]) -> list[_Activity]:
             )
         activity.event_ids.append(event.event_id)
     return sorted(by_scheduled.values(), key=lambda a: a.scheduled_event_id)
+
+
+def handoff_agents(row: Row) -> tuple[str, str]:
+    """(from, to) of a handoff span, whichever instrumentation wrote it."""
+    attrs = row.get("attributes") or {}
+    source = _message(attrs, *vocab.HANDOFF_FROM_KEYS)
+    target = _message(attrs, *vocab.HANDOFF_TO_KEYS)
+    name = str(row.get("name") or "")
+    if name.startswith(vocab.OI_HANDOFF_PREFIX):
+        # OpenInference: "handoff to <agent>", from in input.value, to in output.value.
+        source = source or attrs.get(vocab.OI_INPUT)
+        target = target or attrs.get(vocab.OI_OUTPUT) or name[len(vocab.OI_HANDOFF_PREFIX) :]
+    return str(source or ""), str(target or "")
 
 
 def _is_model_span(row: Row) -> bool:
@@ -375,6 +393,9 @@ def _merge_history(call: ModelCall, activity: _Activity, spans: list[Row]) -> No
     call.outcome = activity.outcome
     call.failure = activity.failure
     call.matched = bool(spans)
+    if call.tokens_in is None and call.tokens_out is None:
+        # No model span reported usage (none arrived): the history's result did.
+        call.tokens_in, call.tokens_out = activity.usage
     attempts = _attempts_from_spans(spans)
     last = activity.attempt
     if last is not None:
@@ -501,10 +522,7 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
         attrs = row.get("attributes") or {}
         title = row.get("tool") or row["name"]
         if kind == "handoff":
-            title = (
-                f"{attrs.get(vocab.AGENTS_HANDOFF_FROM, '')} → "
-                f"{attrs.get(vocab.AGENTS_HANDOFF_TO, '')}"
-            )
+            title = "{} → {}".format(*handoff_agents(row))
         items.append(
             StoryItem(kind, row["start_ns"], title, False, None, [], [row["span_id"]],
                       {"agent": _agent_of(row, by_id), "status_code": row["status_code"],

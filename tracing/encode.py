@@ -3,16 +3,31 @@
 Pure functions, no transport. A row rebuilt here keeps what the receiver was
 sent: the same trace, span and parent ids, times, kind, status, attributes,
 events, links, resource and scope, so a collector that gets a span twice (the
-forwarder delivers at least once) sees the same span. Two things are added on
-the way out: the ``temporal.*`` correlation attributes for spans that got them
-from an ancestor (stock instrumentation spans), so downstream backends can
-filter by workflow id, and redaction, because an app that is not the bundled
-worker may have sent secrets in the clear.
+forwarder delivers at least once) sees the same span. What is added on the
+way out, so that any backend reads every span well whichever instrumentation
+produced it:
+
+- the ``temporal.*`` correlation attributes for spans that got them from an
+  ancestor or from the run's history (stock instrumentation spans), so
+  backends can filter by workflow id;
+- an OpenInference span kind on every span (Temporal's own included), the
+  current GenAI attributes (``gen_ai.operation.name``, ``gen_ai.agent.name``,
+  ``gen_ai.provider.name``, ``gen_ai.request.model``, ``gen_ai.usage.*``) and
+  their OpenInference equivalents where the span says them another way;
+- ``session.id`` and ``gen_ai.conversation.id`` set to the workflow id, so a
+  run is one session in Phoenix and Langfuse;
+- the collector's project as the ``openinference.project.name`` resource
+  attribute;
+- redaction, because an app that is not the bundled worker may have sent
+  secrets in the clear.
+
+Nothing the span said itself is overwritten.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,7 +108,44 @@ def export_attributes(row: dict[str, Any]) -> list[KeyValue]:
             value = row.get(column)
             if value not in (None, "") and not any(name in attrs for name in names):
                 result.append(KeyValue(key=names[0], value=any_value(value)))
+    for key, value in semantic_attributes(row).items():
+        if key not in attrs:
+            result.append(KeyValue(key=key, value=any_value(value)))
     return result
+
+
+def semantic_attributes(row: dict[str, Any]) -> dict[str, Any]:
+    """What every reader expects of this span, from what the store knows of it."""
+    attrs = row["attributes"]
+    kind = row.get("kind") or "other"
+    openinference_kind, operation = vocab.EXPORT_KINDS.get(kind, vocab.EXPORT_DEFAULT_KIND)
+    added: dict[str, Any] = {vocab.OI_SPAN_KIND: openinference_kind}
+    if operation:
+        added[vocab.GEN_AI_OPERATION] = operation
+    if kind == "agent" and row.get("agent"):
+        added[vocab.GEN_AI_AGENT] = row["agent"]
+        added[vocab.OI_AGENT_NAME] = row["agent"]
+    if kind in vocab.MODEL_KINDS:
+        provider = next((attrs[k] for k in vocab.PROVIDER_KEYS if attrs.get(k)), None)
+        # The Agents SDK speaks the OpenAI API (OpenAI or a compatible server).
+        added[vocab.GEN_AI_PROVIDER] = provider or vocab.DEFAULT_PROVIDER
+        added[vocab.OI_LLM_PROVIDER] = provider or vocab.DEFAULT_PROVIDER
+        if row.get("model"):
+            added[vocab.GEN_AI_REQUEST_MODEL] = row["model"]
+            added[vocab.OI_MODEL] = row["model"]
+        if row.get("tokens_in") is not None:
+            added[vocab.GEN_AI_INPUT_TOKENS] = row["tokens_in"]
+            added[vocab.OI_PROMPT_TOKENS] = row["tokens_in"]
+        if row.get("tokens_out") is not None:
+            added[vocab.GEN_AI_OUTPUT_TOKENS] = row["tokens_out"]
+            added[vocab.OI_COMPLETION_TOKENS] = row["tokens_out"]
+    if kind in ("function", "mcp_tools") and row.get("tool"):
+        added[vocab.GEN_AI_TOOL_NAME] = row["tool"]
+        added[vocab.OI_TOOL_NAME] = row["tool"]
+    if row.get("workflow_id"):
+        added[vocab.OI_SESSION] = row["workflow_id"]
+        added[vocab.GEN_AI_CONVERSATION] = row["workflow_id"]
+    return added
 
 
 def _span(row: dict[str, Any]) -> Span:
@@ -129,11 +181,18 @@ def _span(row: dict[str, Any]) -> Span:
     )
 
 
-def request_from_rows(rows: Iterable[dict[str, Any]]) -> ExportTraceServiceRequest:
-    """One export request; spans grouped by resource, then by instrumentation scope."""
+def request_from_rows(
+    rows: Iterable[dict[str, Any]], project: str = ""
+) -> ExportTraceServiceRequest:
+    """One export request; spans grouped by resource, then by instrumentation scope.
+
+    ``project``: the collector's project, sent as every resource's
+    ``openinference.project.name``.
+    """
     # A batch has a handful of distinct resources: compare dicts, don't serialize them.
     resources: list[dict[str, Any]] = []
-    groups: list[dict[str, list[Span]]] = []
+    groups: list[dict[tuple[str, str, str], list[Span]]] = []
+    scopes_seen: dict[tuple[str, str, str], InstrumentationScope] = {}
     for row in rows:
         resource = row["resource"]
         index = next((i for i, seen in enumerate(resources) if seen == resource), -1)
@@ -141,15 +200,27 @@ def request_from_rows(rows: Iterable[dict[str, Any]]) -> ExportTraceServiceReque
             index = len(resources)
             resources.append(resource)
             groups.append({})
-        groups[index].setdefault(row["scope"] or "", []).append(_span(row))
+        scope_attrs = row.get("scope_attributes") or {}
+        key = (
+            row["scope"] or "",
+            row.get("scope_version") or "",
+            json.dumps(scope_attrs, sort_keys=True, default=str) if scope_attrs else "",
+        )
+        if key not in scopes_seen:
+            scopes_seen[key] = InstrumentationScope(
+                name=key[0], version=key[1], attributes=key_values(redact_attributes(scope_attrs))
+            )
+        groups[index].setdefault(key, []).append(_span(row))
     request = ExportTraceServiceRequest()
     for resource, scopes in zip(resources, groups, strict=True):
+        attributes = redact_attributes(resource)
+        if project:
+            attributes = {**attributes, vocab.OI_PROJECT: project}
         request.resource_spans.append(
             ResourceSpans(
-                resource=Resource(attributes=key_values(redact_attributes(resource))),
+                resource=Resource(attributes=key_values(attributes)),
                 scope_spans=[
-                    ScopeSpans(scope=InstrumentationScope(name=scope), spans=spans)
-                    for scope, spans in scopes.items()
+                    ScopeSpans(scope=scopes_seen[key], spans=spans) for key, spans in scopes.items()
                 ],
             )
         )

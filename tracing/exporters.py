@@ -11,7 +11,10 @@ cursor is kept under it, so renaming a collector starts it from scratch),
 ``endpoint`` (required), ``protocol`` (``http/protobuf``, ``http/json`` or
 ``grpc``), ``headers`` (object), ``insecure`` (gRPC: plaintext; HTTP: skip
 certificate verification), ``ca_cert`` (path to a PEM file), ``workflow_types``
-(only spans of these workflow types), ``timeout`` (seconds), ``batch_size``.
+(only spans of these workflow types), ``timeout`` (seconds), ``batch_size``,
+``project`` (the project the collector files the spans under: sent as the
+``openinference.project.name`` resource attribute and the ``x-project-name``
+header, as Phoenix reads them).
 
 Header values are secrets: nothing outside the transport sees them; the UI
 and logs use ``masked_headers``.
@@ -27,6 +30,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from django.core.exceptions import ImproperlyConfigured
+
+from telemetry.vocab import PROJECT_HEADER
 
 EXPORTERS_ENV = "LOOMVIEW_EXPORTERS"
 HTTP_PROTOBUF = "http/protobuf"
@@ -49,6 +54,7 @@ _KEYS = frozenset(
         "workflow_types",
         "timeout",
         "batch_size",
+        "project",
     }
 )
 
@@ -64,6 +70,14 @@ class Exporter:
     workflow_types: tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT_SECONDS
     batch_size: int = DEFAULT_BATCH_SIZE
+    project: str = ""
+
+    @property
+    def send_headers(self) -> dict[str, str]:
+        """The headers every export carries: the configured ones, and the project's."""
+        if self.project and not any(k.lower() == PROJECT_HEADER for k in self.headers):
+            return {**self.headers, PROJECT_HEADER: self.project}
+        return self.headers
 
     @property
     def masked_headers(self) -> dict[str, str]:
@@ -147,6 +161,10 @@ def _exporter(index: int, item: Any) -> Exporter:
     types = item.get("workflow_types", [])
     if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
         raise _fail(where, "'workflow_types' must be a list of workflow type names")
+    project = item.get("project", "")
+    if not isinstance(project, str) or len(project) > 200 or not project.isprintable():
+        raise _fail(where, "'project' must be a project name (at most 200 printable characters)")
+    project = project.strip()
     timeout = _number(where, "timeout", item.get("timeout", DEFAULT_TIMEOUT_SECONDS), 0.1, 600)
     batch = _number(
         where, "batch_size", item.get("batch_size", DEFAULT_BATCH_SIZE), 1, MAX_BATCH_SIZE
@@ -161,6 +179,7 @@ def _exporter(index: int, item: Any) -> Exporter:
         workflow_types=tuple(types),
         timeout=timeout,
         batch_size=int(batch),
+        project=project,
     )
 
 

@@ -56,8 +56,11 @@ BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 60.0
 MAX_RETRY_AFTER_SECONDS = 600.0
 # A span whose Temporal ids (or workflow type, for a filtered collector) may
-# still come from an ancestor that has not arrived waits this long, at most.
-HOLD_SECONDS = 2.0
+# still come from an ancestor that has not arrived, or from its run's history
+# (the linker, dashboard.linker, reads it within a couple of seconds), waits
+# this long, at most: a collector such as Phoenix keeps the first copy of a span.
+HOLD_SECONDS = 5.0
+HELD_ROOT_KINDS = frozenset({"trace", "agent", "temporal"})
 JOB_MAX_ATTEMPTS = 5
 
 _FIELDS = [f.attname for f in Span._meta.concrete_fields]
@@ -114,6 +117,9 @@ def _row(values: dict[str, Any]) -> dict[str, Any]:
     values["events"] = data.get("events", [])
     values["links"] = data.get("links", [])
     values["scope"] = data.get("scope", "")
+    for key in ("scope_version", "scope_attributes"):
+        if key in data:
+            values[key] = data[key]
     return values
 
 
@@ -153,11 +159,11 @@ def _select(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     """Split a batch into (to send, to skip, wait): ``wait`` > 0 when nothing may go yet.
 
-    A span without Temporal ids but with a parent may still be adopted by an
-    ancestor in a later export; a filtered collector needs the span's workflow
-    type, which for stock instrumentation comes from the run's summary. The
-    batch stops before the first such span until it has waited HOLD_SECONDS,
-    then goes whole.
+    A span without Temporal ids may still be adopted by an ancestor in a later
+    export, or tied through its run's history (the plugin's own OTel mode); a
+    filtered collector needs the span's workflow type, which for stock
+    instrumentation comes from the run's summary. The batch stops before the
+    first such span until it has waited HOLD_SECONDS, then goes whole.
     """
     wanted = state.exporter.workflow_types
     types = _workflow_types(rows) if wanted else {}
@@ -168,7 +174,9 @@ def _select(
 
     def undecided(row: dict[str, Any]) -> bool:
         if not row["workflow_id"]:
-            return bool(row["parent_span_id"])
+            # A root goes at once, unless it is an agent trace's root (the history may
+            # still tie it: the plugin's own OTel mode puts no ids on any span).
+            return bool(row["parent_span_id"]) or row["kind"] in HELD_ROOT_KINDS
         return bool(wanted) and not workflow_type(row)
 
     cut = next((i for i, row in enumerate(rows) if undecided(row)), None)
@@ -218,7 +226,9 @@ def forward_batch(state: CollectorState, cursor: ExportCursor) -> float:
     if wait:
         return min(wait, IDLE_SECONDS)
     last_id = max(r["id"] for r in (*send, *skip))
-    outcome = transport.send(exporter, encode.request_from_rows(send)) if send else None
+    outcome = (
+        transport.send(exporter, encode.request_from_rows(send, exporter.project)) if send else None
+    )
     now = timezone.now()
     mine = ExportCursor.objects.filter(collector=exporter.name, lease_owner=state.owner)
     if outcome is None or outcome.ok:
@@ -273,7 +283,7 @@ def run_job(state: CollectorState) -> bool:
         job.status, job.total, job.sent = RunExport.RUNNING, len(rows), 0
     batch = rows[job.sent : job.sent + exporter.batch_size]
     if batch:
-        outcome = transport.send(exporter, encode.request_from_rows(batch))
+        outcome = transport.send(exporter, encode.request_from_rows(batch, exporter.project))
         if outcome.ok:
             job.sent += len(batch)
             job.error = outcome.error

@@ -73,6 +73,8 @@ class Span(models.Model):
                 condition=Q(workflow_id="") | Q(run_id=""),
                 name="span_strays",
             ),
+            # Spans whose run is not known yet, recent first: what the linker ties.
+            models.Index(fields=["end_ns"], condition=Q(run_id=""), name="span_untied"),
         ]
 
     def __str__(self) -> str:
@@ -121,6 +123,11 @@ class RunSummary(models.Model):
     history_problems = models.IntegerField(default=0)
     # Sum of every problem count above: the runs list's filter.
     health_problems = models.IntegerField(default=0)
+    # What the run's history says once it has been read (tracing.links):
+    # {"calls": {activity_id: [attempts, last failed, tokens in, tokens out]},
+    #  "span_tokens": [in, out]}; empty until then. Counts calls and tokens
+    # whose spans never arrived.
+    history = models.JSONField(default=dict)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -208,6 +215,31 @@ class RunLineage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow_id} / {self.run_id}"
+
+
+class TraceLink(models.Model):
+    """A span that a run's history names (tracing.links): what ties spans that carry no
+    Temporal ids (``OpenAIAgentsPlugin``'s own OTel mode) to their run, whenever they arrive."""
+
+    trace_id = models.CharField(max_length=32)
+    span_id = models.CharField(max_length=16)
+    workflow_id = models.CharField(max_length=1000)
+    run_id = models.CharField(max_length=255)
+    # workflow, activity, signal or update
+    kind = models.CharField(max_length=16)
+    activity_id = models.CharField(max_length=255, blank=True, default="")
+    activity_type = models.CharField(max_length=255, blank=True, default="")
+    scheduled_ns = models.BigIntegerField(default=0)
+    closed_ns = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["trace_id"], name="tracelink_trace"),
+            models.Index(fields=["workflow_id", "run_id"], name="tracelink_run"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trace_id}/{self.span_id} → {self.workflow_id} / {self.run_id}"
 
 
 class ExportCursor(models.Model):

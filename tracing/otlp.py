@@ -313,11 +313,19 @@ def rows_from_request(
         service_name = truncate(service, MAX_LABEL_CHARS) if isinstance(service, str) else ""
         for scope_spans in resource_spans.scope_spans:
             scope = truncate(scope_spans.scope.name, MAX_LABEL_CHARS)
+            # Kept as received: forwarded spans carry the same scope.
+            scope_version = truncate(scope_spans.scope.version, MAX_LABEL_CHARS)
+            scope_attrs = attributes(scope_spans.scope.attributes)
             for span in scope_spans.spans:
                 problem = _invalid(span, horizon)
                 if problem is None:
                     try:
-                        rows.append(_row(span, resource, service_name, scope))
+                        row = _row(span, resource, service_name, scope)
+                        if scope_version:
+                            row["scope_version"] = scope_version
+                        if scope_attrs:
+                            row["scope_attributes"] = scope_attrs
+                        rows.append(row)
                         continue
                     except InvalidSpan as exc:
                         problem = str(exc)
@@ -426,20 +434,35 @@ def _count(value: Any, name: str, maximum: int) -> int | None:
 
 
 def normalize_kind(attrs: dict[str, Any], name: str) -> str:
+    """One kind whatever the instrumentation: the Agents SDK's span types, Temporal's spans."""
     agents_type = attrs.get(vocab.AGENTS_SPAN_TYPE)
     if agents_type:
         kind = str(agents_type).lower()
         return kind if kind in vocab.KINDS else "other"
-    openinference = attrs.get(vocab.OI_SPAN_KIND)
-    if openinference:
-        return vocab.OPENINFERENCE_KINDS.get(str(openinference).upper(), "other")
-    operation = attrs.get(vocab.GEN_AI_OPERATION)
-    if operation:
-        return vocab.GEN_AI_OPERATIONS.get(str(operation).lower(), "other")
     prefix, colon, _ = name.partition(":")
-    if colon and prefix in vocab.TEMPORAL_SPAN_PREFIXES:
+    # temporalio.openai_agents' own spans are OpenInference CHAIN spans named
+    # "temporal:<operation>"; Temporal's OTel spans "<Operation>:<name>".
+    if colon and (
+        prefix in vocab.TEMPORAL_SPAN_PREFIXES or name.startswith(vocab.NATIVE_SPAN_PREFIX)
+    ):
         return "temporal"
-    return "other"
+    kind = "other"
+    openinference = attrs.get(vocab.OI_SPAN_KIND)
+    traceloop = attrs.get(vocab.TRACELOOP_SPAN_KIND)
+    operation = attrs.get(vocab.GEN_AI_OPERATION)
+    if openinference:
+        kind = vocab.OPENINFERENCE_KINDS.get(str(openinference).upper(), "other")
+        if kind == "function" and name.startswith(vocab.OI_HANDOFF_PREFIX):
+            kind = "handoff"
+    elif traceloop and str(traceloop).lower() in vocab.TRACELOOP_KINDS:
+        kind = vocab.TRACELOOP_KINDS[str(traceloop).lower()]
+    elif operation:
+        kind = vocab.GEN_AI_OPERATIONS.get(str(operation).lower(), "other")
+    if kind == "agent" and first(attrs, vocab.AGENT_KEYS) is None:
+        # The span an instrumentation opens for a whole Agents SDK trace
+        # ("Agent workflow"): an AGENT span that names no agent is not one.
+        return "trace"
+    return kind
 
 
 def workflow_type(attrs: dict[str, Any], name: str) -> str:
@@ -466,9 +489,17 @@ def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
     # Hot path (every span): plain dict lookups, no helper calls per key.
     get = attrs.get
     kind = normalize_kind(attrs, name)
-    agent = first(attrs, vocab.AGENT_KEYS)
-    if not agent and str(get(vocab.OI_SPAN_KIND, "")).upper() == "AGENT":
-        agent = get(vocab.OI_GRAPH_NODE) or name
+    # An agent span names its agent, a model span the agent that called it;
+    # instrumentations also stamp a default or the calling agent's name on
+    # tool and handoff spans, which is no agent of theirs.
+    if kind == "agent":
+        agent = first(attrs, vocab.AGENT_KEYS)
+    elif kind in vocab.MODEL_KINDS:
+        agent = first(attrs, vocab.CALLING_AGENT_KEYS)
+        if agent in vocab.PLACEHOLDER_AGENT_NAMES:
+            agent = None
+    else:
+        agent = get(vocab.AGENTS_AGENT)
     tokens_in = first(attrs, vocab.INPUT_TOKEN_KEYS)
     tokens_out = first(attrs, vocab.OUTPUT_TOKEN_KEYS)
     attempt = get(vocab.ACTIVITY_ATTEMPT)

@@ -62,6 +62,7 @@ class AgedTable:
 # Per-run tables deleted with a run's spans, in this order (the summary last).
 RUN_TABLES: list[str] = [
     "tracing.ArchivedHistory",
+    "tracing.TraceLink",
     "tracing.RunRollupState",
     "tracing.RunExport",
     "tracing.RunLineage",

@@ -33,13 +33,14 @@ from typing import Any
 
 import orjson
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Min
 from django.utils import timezone
 
 from telemetry import vocab
 from telemetry.vocab import MODEL_KINDS, STATUS_ERROR
 from tracing import health, lineage, rollups
-from tracing.models import RunSummary, Span
+from tracing import links as history_links
+from tracing.models import RunSummary, Span, TraceLink
 
 RunKey = tuple[str, str]
 SpanKey = tuple[str, str]
@@ -80,6 +81,8 @@ _COLUMNS = [
     "service_name",
 ]
 _DATA_KEYS = ("attributes", "events", "links", "resource", "scope")
+# Kept only when the sender set them: the instrumentation scope's version and attributes.
+_OPTIONAL_DATA_KEYS = ("scope_version", "scope_attributes")
 _IDS = ("workflow_id", "run_id", "activity_id", "attempt")
 # What re-counting an already stored span in its run summary needs.
 _SUMMARY_INPUT = (
@@ -182,6 +185,7 @@ def _ingest(rows: list[dict[str, Any]]) -> IngestResult:
         lineage.record_from_spans(inserted)
         result.runs = _update_summaries(counted, deltas, _arrivals(inserted))
         rollups.apply(counted)
+        _link_by_history(inserted, result)
     return result
 
 
@@ -232,11 +236,26 @@ def nearest_carriers(
 def _take_ids(row: dict[str, Any], source: dict[str, Any]) -> None:
     row["workflow_id"] = source["workflow_id"]
     row["run_id"] = source["run_id"]
-    if not row["activity_id"]:
+    if not row["activity_id"] and _within_attempt(row, source):
         row["activity_id"] = source["activity_id"]
         if row["attempt"] is None:
             row["attempt"] = source["attempt"]
     row["inherited"] = True
+
+
+def _within_attempt(row: dict[str, Any], source: dict[str, Any]) -> bool:
+    """A model span belongs to its ancestor's activity attempt only if it ran within it.
+
+    Instrumentations that keep their own span parents (OpenInference with an
+    evicted workflow cache) may parent a model call under another call's
+    activity; such a span keeps the run and is matched by time instead
+    (tracing.correlation)."""
+    if row.get("kind") not in MODEL_KINDS or not source.get("activity_id"):
+        return True
+    start, end = source.get("start_ns"), source.get("end_ns")
+    if start is None or end is None:
+        return True
+    return bool(start <= row["start_ns"] and row["end_ns"] <= end)
 
 
 def _inherit_from_ancestors(batch: list[dict[str, Any]]) -> None:
@@ -340,7 +359,7 @@ def _fetch_nodes(keys: set[SpanKey]) -> dict[SpanKey, dict[str, Any]]:
     spans = {s for _, s in keys}
     found: dict[SpanKey, dict[str, Any]] = {}
     query = Span.objects.filter(trace_id__in=traces, span_id__in=spans).values(
-        "trace_id", "span_id", "parent_span_id", *_IDS
+        "trace_id", "span_id", "parent_span_id", "start_ns", "end_ns", *_IDS
     )
     for node in query:
         key = (node["trace_id"], node["span_id"])
@@ -368,6 +387,9 @@ def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for row in chunk:
                 params.extend([row[c] for c in _COLUMNS])
                 data = {k: row[k] for k in _DATA_KEYS}
+                for key in _OPTIONAL_DATA_KEYS:
+                    if row.get(key):
+                        data[key] = row[key]
                 params.append(_compact_json(data) if sqlite else _adapt_json(data))
             cursor.execute(_insert_sql(len(chunk), "?" if sqlite else "%s"), params)
             inserted_keys.update((t, s) for t, s in cursor.fetchall())
@@ -550,12 +572,13 @@ _SUMMARY_FIELDS = [
     "closed_ns",
     "history_problems",
     "health_problems",
+    "history",
 ]
 
 
 # Plain SQL for the summaries as for the spans: the ORM's query building was a
 # tenth of ingest's time for a score of rows per batch.
-_SUMMARY_JSON = frozenset({"agents", "model_attempts"})
+_SUMMARY_JSON = frozenset({"agents", "model_attempts", "history"})
 
 
 def _load_summaries(keys: Iterable[RunKey]) -> dict[RunKey, RunSummary]:
@@ -616,14 +639,26 @@ def apply_rows(summary: RunSummary, rows: list[dict[str, Any]]) -> None:
     summary.span_count += len(rows)
     attempts: dict[str, dict[str, bool]] = summary.model_attempts
     agents: list[str] = summary.agents
+    history: dict[str, Any] = summary.history
+    span_tokens: list[int] | None = history.get("span_tokens") if "calls" in history else None
+    by_call: dict[str, list[int]] = history.setdefault("by_call", {}) if span_tokens else {}
     for row in rows:
         if not summary.workflow_type and row.get("workflow_type"):
             summary.workflow_type = row["workflow_type"]
         if row["agent"] and len(agents) < MAX_SUMMARY_AGENTS and row["agent"] not in agents:
             agents.append(row["agent"])
         if row["kind"] in MODEL_KINDS:
-            summary.tokens_in += row["tokens_in"] or 0
-            summary.tokens_out += row["tokens_out"] or 0
+            if span_tokens is not None:
+                span_tokens[0] += row["tokens_in"] or 0
+                span_tokens[1] += row["tokens_out"] or 0
+                if row["tokens_in"] is not None or row["tokens_out"] is not None:
+                    # Which calls a span reported usage for ("" for none known).
+                    counted = by_call.setdefault(row["activity_id"] or "", [0, 0])
+                    counted[0] += row["tokens_in"] or 0
+                    counted[1] += row["tokens_out"] or 0
+            else:
+                summary.tokens_in += row["tokens_in"] or 0
+                summary.tokens_out += row["tokens_out"] or 0
         if summary.first_span_ns is None or row["start_ns"] < summary.first_span_ns:
             summary.first_span_ns = row["start_ns"]
         if summary.last_span_ns is None or row["end_ns"] > summary.last_span_ns:
@@ -637,11 +672,54 @@ def apply_rows(summary: RunSummary, rows: list[dict[str, Any]]) -> None:
             attempt = _attempt_key(row)
             if attempt is not None:
                 per_call[attempt] = per_call.get(attempt, False) or failed
+    if span_tokens is not None:
+        _count_with_history(summary)
+        return
     summary.model_calls = len(attempts)
     summary.attempts = sum(len(per_call) for per_call in attempts.values())
     summary.failed_attempts = sum(
         1 for per_call in attempts.values() for failed in per_call.values() if failed
     )
+
+
+def _span_attempts(per_call: dict[str, bool]) -> int:
+    """Attempts the spans show: numbered ones, else one per RunActivity span. (Two
+    instrumentations may both report one attempt: numbered and as a span of its own.)"""
+    numbered = sum(1 for key in per_call if key.isdigit())
+    return numbered or len(per_call)
+
+
+def _count_with_history(summary: RunSummary) -> None:
+    """Calls, attempts and tokens once the run's history has been read (tracing.links):
+    the history counts every model call and attempt, and its usage stands in for
+    the calls no span reported usage for. When some model span's usage belongs
+    to no known call, the spans' usage stands alone: nothing is counted twice."""
+    history = summary.history
+    calls: dict[str, list[Any]] = history["calls"]
+    span_in, span_out = history["span_tokens"]
+    by_call: dict[str, list[int]] = history.setdefault("by_call", {})
+    summary.tokens_in, summary.tokens_out = span_in, span_out
+    if "" not in by_call:
+        for activity_id, call in calls.items():
+            if activity_id not in by_call:
+                summary.tokens_in += call[2] or 0
+                summary.tokens_out += call[3] or 0
+    attempts = summary.model_attempts
+    total = failed = 0
+    for activity_id in set(attempts) | set(calls):
+        per_call = attempts.get(activity_id, {})
+        known = calls.get(activity_id)
+        if known and known[0]:
+            count = max(_span_attempts(per_call), known[0])
+            total += count
+            # Every attempt before the last failed; the last as the history says.
+            failed += count - 1 + (1 if known[1] else 0)
+        else:
+            total += len(per_call)
+            failed += sum(1 for value in per_call.values() if value)
+    summary.model_calls = len(set(attempts) | set(calls))
+    summary.attempts = total
+    summary.failed_attempts = failed
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:
@@ -681,6 +759,9 @@ def span_row(span: Span) -> dict[str, Any]:
     row["events"] = data.get("events", [])
     row["links"] = data.get("links", [])
     row["scope"] = data.get("scope", "")
+    for key in _OPTIONAL_DATA_KEYS:
+        if key in data:
+            row[key] = data[key]
     return row
 
 
@@ -725,4 +806,218 @@ def spans_mentioning(workflow_id: str, run_id: str) -> dict[str, int]:
     return {
         "other_runs": others.exclude(run_id="").count(),
         "no_run": others.filter(run_id="").count(),
+    }
+
+
+# -- ties from the run's history (tracing.links) ---------------------------------------
+# Spans that carry no Temporal ids and have no ancestor that does
+# (OpenAIAgentsPlugin's own OTel mode) get their run from the spans the run's
+# history names. The ties are kept (TraceLink), so a span that arrives later,
+# hours later for workflow-side spans, is tied at ingest.
+
+_LINK_NODE = (*_SUMMARY_INPUT, "inherited")
+
+
+def _link_by_history(inserted: list[dict[str, Any]], result: IngestResult) -> None:
+    """Tie the batch's spans that lack ids of their own through their traces' stored ties."""
+    traces = {r["trace_id"] for r in inserted if not r["workflow_id"] or r["inherited"]}
+    if not traces:
+        return
+    linked = set(TraceLink.objects.filter(trace_id__in=traces).values_list("trace_id", flat=True))
+    if linked:
+        _apply_links(linked, result)
+
+
+def _run_link(link: TraceLink) -> history_links.RunLink:
+    return history_links.RunLink(
+        trace_id=link.trace_id,
+        span_id=link.span_id,
+        kind=link.kind,
+        activity_id=link.activity_id,
+        activity_type=link.activity_type,
+        scheduled_ns=link.scheduled_ns,
+        closed_ns=link.closed_ns,
+        workflow_id=link.workflow_id,
+        run_id=link.run_id,
+    )
+
+
+def _apply_links(traces: set[str], result: IngestResult | None) -> int:
+    """Give the spans of these traces the ids their ties say; recount the runs concerned."""
+    links = [_run_link(link) for link in TraceLink.objects.filter(trace_id__in=traces)]
+    nodes = {
+        (n["trace_id"], n["span_id"]): n
+        for n in Span.objects.filter(trace_id__in=traces).values(*_LINK_NODE)
+    }
+    changes = history_links.assign(nodes, links)
+    if not changes:
+        return 0
+    newly: list[dict[str, Any]] = []
+    affected: set[RunKey] = set()
+    updates: dict[tuple[Any, ...], list[int]] = {}
+    for key, new in changes.items():
+        node = nodes[key]
+        if node["workflow_id"] and node["run_id"]:
+            affected.add((node["workflow_id"], node["run_id"]))
+        else:
+            newly.append(node)
+        affected.add((new["workflow_id"], new["run_id"]))
+        node.update(new, inherited=True, workflow_type="")
+        updates.setdefault(tuple(new[k] for k in _IDS), []).append(node["id"])
+    for values, ids in updates.items():
+        for start in range(0, len(ids), INSERT_CHUNK):
+            Span.objects.filter(id__in=ids[start : start + INSERT_CHUNK]).update(
+                inherited=True, **dict(zip(_IDS, values, strict=True))
+            )
+    rollups.apply(newly)
+    summaries = recount_summaries(affected)
+    if result is not None:
+        result.runs.update(summaries)
+        for node in newly:
+            key = (node["workflow_id"], node["run_id"])
+            result.new_spans[key] = result.new_spans.get(key, 0) + 1
+    return len(changes)
+
+
+_KEPT_ON_RECOUNT = (
+    "orphan_spans", "cycle_spans", "duplicate_spans", "late_spans", "closed_ns",
+    "history_health", "history_problems", "health_problems",
+)  # fmt: skip
+
+
+def recount_summaries(keys: Iterable[RunKey]) -> dict[RunKey, dict[str, Any]]:
+    """Count these runs' summaries again from all their stored spans (and their history)."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    existing = _load_summaries(wanted)
+    summaries: list[RunSummary] = []
+    for key in sorted(wanted):
+        old = existing.get(key)
+        summary = RunSummary(
+            workflow_id=key[0],
+            run_id=key[1],
+            workflow_type=old.workflow_type if old else "",
+            agents=[],
+            model_attempts={},
+            history={},
+        )
+        if old is not None:
+            # What spans do not recount (tracing.health's counters) stays as it was.
+            for name in _KEPT_ON_RECOUNT:
+                setattr(summary, name, getattr(old, name))
+        if old is not None and "calls" in old.history:
+            summary.history = {"calls": old.history["calls"], "span_tokens": [0, 0], "by_call": {}}
+        rows = list(Span.objects.filter(workflow_id=key[0], run_id=key[1]).values(*_SUMMARY_INPUT))
+        apply_rows(summary, rows)
+        summaries.append(summary)
+    _upsert_summaries(summaries)
+    return {(s.workflow_id, s.run_id): summary_dict(s) for s in summaries}
+
+
+def link_run(workflow_id: str, run_id: str, found: list[history_links.HistoryLink]) -> int:
+    """Keep what a run's history ties (tracing.links.history_links) and tie the spans.
+
+    Called with the history in hand: by the run page, and by the dashboard's
+    linker for runs with spans still untied. Returns how many spans changed.
+    """
+    if not found:
+        return 0
+    key = (workflow_id, run_id)
+    wanted = {
+        (link.trace_id, link.span_id, link.kind, link.activity_id, link.activity_type,
+         link.scheduled_ns, link.closed_ns)
+        for link in found
+    }  # fmt: skip
+    calls = {
+        activity_id: [link.attempts, link.failed, link.tokens_in, link.tokens_out]
+        for activity_id, link in history_links.model_calls(found).items()
+    }
+    with _writer():
+        stored = set(
+            TraceLink.objects.filter(workflow_id=workflow_id, run_id=run_id).values_list(
+                "trace_id", "span_id", "kind", "activity_id", "activity_type", "scheduled_ns",
+                "closed_ns",
+            )
+        )  # fmt: skip
+        summary = _load_summaries([key]).get(key)
+        history = summary.history if summary is not None else {}
+        if stored == wanted and history.get("calls") == calls:
+            return 0
+        if stored != wanted:
+            TraceLink.objects.filter(workflow_id=workflow_id, run_id=run_id).delete()
+            TraceLink.objects.bulk_create(
+                TraceLink(
+                    trace_id=t, span_id=s, kind=k, activity_id=a, activity_type=at,
+                    scheduled_ns=sn, closed_ns=cn, workflow_id=workflow_id, run_id=run_id,
+                )
+                for t, s, k, a, at, sn, cn in wanted
+            )  # fmt: skip
+        if history.get("calls") != calls:
+            if summary is not None and "calls" in history:
+                summary.history = {**history, "calls": calls}
+                _count_with_history(summary)
+                _upsert_summaries([summary])
+            else:
+                # First read of this run's history: count its spans again per call.
+                summary = summary or RunSummary(
+                    workflow_id=workflow_id, run_id=run_id, agents=[], model_attempts={}
+                )
+                summary.history = {"calls": calls, "span_tokens": [0, 0], "by_call": {}}
+                _upsert_summaries([summary])
+                recount_summaries([key])
+        return _apply_links({link.trace_id for link in found}, None)
+
+
+@dataclass
+class Untied:
+    """Spans that no id, ancestor or history tie has given a run yet (recent ones)."""
+
+    # (first start, last end) of spans without a workflow id
+    window: tuple[int, int] | None = None
+    # spans that know their workflow but not its run: (span pk, workflow id, start)
+    runless: list[tuple[int, str, int]] = field(default_factory=list)
+
+
+def untied(since_ns: int, limit: int = 1000) -> Untied:
+    """What the dashboard's linker still has to tie: one small query per kind."""
+    found = Untied()
+    window = Span.objects.filter(workflow_id="", end_ns__gte=since_ns).aggregate(
+        start=Min("start_ns"), end=Max("end_ns")
+    )
+    if window["start"] is not None:
+        found.window = (window["start"], window["end"])
+    found.runless = list(
+        Span.objects.filter(run_id="", end_ns__gte=since_ns)
+        .exclude(workflow_id="")
+        .order_by("id")
+        .values_list("id", "workflow_id", "start_ns")[:limit]
+    )
+    return found
+
+
+def assign_run(span_ids: list[int], workflow_id: str, run_id: str) -> int:
+    """Give run-less spans of a workflow the run that was open when they started."""
+    with _writer():
+        changed = Span.objects.filter(id__in=span_ids, workflow_id=workflow_id, run_id="").update(
+            run_id=run_id, inherited=True
+        )
+        if changed:
+            rows = list(Span.objects.filter(id__in=span_ids).values(*_SUMMARY_INPUT))
+            for row in rows:
+                row["workflow_type"] = ""
+            rollups.apply(rows)
+            recount_summaries([(workflow_id, run_id)])
+    return changed
+
+
+def runs_without_history(keys: set[RunKey]) -> set[RunKey]:
+    """Of these runs, those with spans stored whose history has not been read."""
+    found = RunSummary.objects.filter(workflow_id__in={w for w, _ in keys}).values_list(
+        "workflow_id", "run_id", "history"
+    )
+    return {
+        (w, r)
+        for w, r, history in found
+        if (w, r) in keys and "calls" not in (history if isinstance(history, dict) else {})
     }

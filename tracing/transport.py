@@ -99,7 +99,7 @@ class _Clients:
             session = self._sessions.get(exporter)
             if session is None:
                 session = requests.Session()
-                session.headers.update(exporter.headers)
+                session.headers.update(exporter.send_headers)
                 if exporter.insecure:
                     session.verify = False
                 elif exporter.ca_cert:
@@ -213,7 +213,7 @@ def _http_error_message(response: requests.Response) -> str:
 def _send_grpc(exporter: Exporter, request: ExportTraceServiceRequest) -> Outcome:
     try:
         response = _clients.stub(exporter).Export(
-            request, metadata=list(exporter.headers.items()), timeout=exporter.timeout
+            request, metadata=list(exporter.send_headers.items()), timeout=exporter.timeout
         )
     except grpc.RpcError as exc:
         code: grpc.StatusCode = exc.code()

@@ -50,6 +50,8 @@ class CollectedSpan:
     links: tuple[Any, ...] = ()
     resource: tuple[tuple[str, Any], ...] = ()
     scope: str = ""
+    scope_version: str = ""
+    scope_attributes: str = "[]"
 
     @property
     def kind(self) -> str:
@@ -103,6 +105,8 @@ class Collector:
                             ),
                             resource=tuple(sorted((k, repr(v)) for k, v in resource.items())),
                             scope=scope_spans.scope.name,
+                            scope_version=scope_spans.scope.version,
+                            scope_attributes=_attrs(scope_spans.scope.attributes),
                         )
                     )
         with self.lock:

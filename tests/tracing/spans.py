@@ -19,12 +19,16 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 SERVICE = "test-worker"
 
 
-def record(build: Callable[[Tracer], object], service: str = SERVICE) -> list[ReadableSpan]:
+def record(
+    build: Callable[[Tracer], object],
+    service: str = SERVICE,
+    scope_attributes: dict[str, Any] | None = None,
+) -> list[ReadableSpan]:
     """Run build with a real SDK tracer and return the spans it finished."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    build(provider.get_tracer("loomview.tests", "1.0"))
+    build(provider.get_tracer("loomview.tests", "1.0", attributes=scope_attributes))
     provider.shutdown()
     return list(exporter.get_finished_spans())
 
@@ -118,3 +122,42 @@ def agent_run(
         }
         with tracer.start_as_current_span("get_weather", attributes=tool_attrs):
             pass
+
+
+def native_run(tracer: Tracer, tokens: tuple[int, int] = (120, 31)) -> None:
+    """What OpenAIAgentsPlugin(use_otel_instrumentation=True) exports for one agent turn
+    whose model call failed once: OpenInference spans and the plugin's temporal:* spans,
+    none of them naming a workflow, a run or an activity."""
+    from opentelemetry import trace
+
+    def start(name: str, kind: str, parent: Any, at: int, **attrs: Any) -> Any:
+        return tracer.start_span(
+            name,
+            context=trace.set_span_in_context(parent) if parent is not None else None,
+            start_time=at,
+            attributes={"openinference.span.kind": kind, **attrs},
+        )
+
+    t0 = 1_700_000_000_000_000_000
+    s = 1_000_000_000
+    root = start("Agent workflow", "AGENT", None, t0)
+    agent = start("Triage agent", "AGENT", root, t0, **{"graph.node.id": "Triage agent"})
+    turn = start("turn", "CHAIN", agent, t0)
+    begin = start("temporal:startActivity", "CHAIN", turn, t0 + s)
+    for attempt in (1, 2):
+        at = t0 + (2 * attempt) * s
+        frame = start("temporal:executeActivity", "CHAIN", begin, at)
+        response = start("response", "LLM", frame, at + 1)
+        if attempt == 2:
+            response.set_attributes(
+                {"llm.token_count.prompt": tokens[0], "llm.token_count.completion": tokens[1]}
+            )
+        response.end(at + s // 2)
+        frame.end(at + s // 2 + 1)
+    begin.end(t0 + 5 * s)
+    handoff = start("handoff to Billing", "TOOL", turn, t0 + 6 * s)
+    handoff.set_attributes({"input.value": "Triage agent", "output.value": "Billing"})
+    handoff.end(t0 + 6 * s + 1)
+    turn.end(t0 + 7 * s)
+    agent.end(t0 + 8 * s)
+    root.end(t0 + 9 * s)

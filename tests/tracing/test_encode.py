@@ -57,7 +57,18 @@ def decoded(build: Any = a_run_with_events_links_and_errors) -> list[dict[str, A
 
 
 def kept(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{key: row[key] for key in KEPT} for row in rows]
+    return [
+        {**{key: row[key] for key in KEPT}, "scope_version": row.get("scope_version")}
+        for row in rows
+    ]
+
+
+def exported(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """kept(rows) as a collector gets them: what the export adds, and only that, on top."""
+    views = kept(rows)
+    for row, view in zip(rows, views, strict=True):
+        view["attributes"] = {**encode.semantic_attributes(row), **row["attributes"]}
+    return views
 
 
 def test_rows_survive_a_round_trip_through_protobuf() -> None:
@@ -65,7 +76,8 @@ def test_rows_survive_a_round_trip_through_protobuf() -> None:
     request = encode.request_from_rows(rows)
     assert encode.span_count(request) == len(rows) == 9
     again = otlp.decode(request.SerializeToString(), otlp.PROTOBUF)
-    assert kept(again.rows) == kept(rows)
+    assert kept(again.rows) == exported(rows)
+    assert {r["scope_version"] for r in again.rows} == {"1.0"}
     # What makes the round trip worth testing is there to lose.
     assert any(r["events"] for r in rows) and any(r["links"] for r in rows)
     assert any(r["status_code"] == vocab.STATUS_ERROR for r in rows)
@@ -86,7 +98,7 @@ def test_otlp_json_has_hex_ids_and_integer_enums_and_decodes_to_the_same_rows() 
     )
     assert len(linked["links"][0]["spanId"]) == 16  # hex, not base64
     again = otlp.decode(json.dumps(document).encode(), otlp.JSON)
-    assert kept(again.rows) == kept(rows)
+    assert kept(again.rows) == exported(rows)
 
 
 def test_inherited_temporal_ids_are_added_only_when_the_span_has_none() -> None:
@@ -102,8 +114,10 @@ def test_inherited_temporal_ids_are_added_only_when_the_span_has_none() -> None:
     workflow = next(r for r in rows if r["name"].startswith("RunWorkflow:"))
     attrs = otlp.attributes(encode.export_attributes(workflow))
     assert attrs["temporalWorkflowID"] == "wf-1" and vocab.WORKFLOW_ID not in attrs
-    # No run, nothing added.
-    assert otlp.attributes(encode.export_attributes(llm)) == llm["attributes"]
+    # No run, no Temporal ids and no session added; what other tools read, only.
+    attrs = otlp.attributes(encode.export_attributes(llm))
+    assert attrs == {**encode.semantic_attributes(llm), **llm["attributes"]}
+    assert not {vocab.WORKFLOW_ID, vocab.RUN_ID, vocab.OI_SESSION} & attrs.keys()
 
 
 def test_secrets_are_redacted_everywhere_on_the_way_out() -> None:

@@ -26,6 +26,18 @@ def test_a_full_collector_list_parses() -> None:
     assert load_exporters("") == []
 
 
+def test_a_project_is_sent_as_a_header_unless_one_is_configured() -> None:
+    (phoenix, other) = load_exporters(
+        '[{"name": "phoenix", "endpoint": "http://phoenix:6006", "project": "support"},'
+        ' {"name": "other", "endpoint": "http://o:4318", "project": "p",'
+        '  "headers": {"X-Project-Name": "theirs"}}]'
+    )
+    assert phoenix.project == "support"
+    assert phoenix.send_headers == {"x-project-name": "support"}
+    assert phoenix.masked_headers == {}
+    assert other.send_headers == {"X-Project-Name": "theirs"}
+
+
 def test_passwords_in_endpoints_are_not_displayed() -> None:
     (exporter,) = load_exporters(
         '[{"name": "a", "endpoint": "https://u:hunter2@h:4318/v1/traces"}]'
@@ -48,6 +60,8 @@ def test_passwords_in_endpoints_are_not_displayed() -> None:
         ('[{"name": "a", "endpoint": "http://a", "ca_cert": "/nope.pem"}]', "'ca_cert'"),
         ('[{"name": "a", "endpoint": "http://a", "timeout": 0}]', "'timeout'"),
         ('[{"name": "a", "endpoint": "http://a", "colour": "red"}]', "unknown key"),
+        ('[{"name": "a", "endpoint": "http://a", "project": 7}]', "'project'"),
+        ('[{"name": "a", "endpoint": "http://a", "project": "a\\nb"}]', "'project'"),
         (
             '[{"name": "a", "endpoint": "http://a"}, {"name": "a", "endpoint": "http://b"}]',
             "duplicate",

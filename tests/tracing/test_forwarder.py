@@ -277,3 +277,70 @@ def test_one_forwarder_per_collector() -> None:
     assert forwarder.claim(second) and not forwarder.claim(first)
     ExportCursor.objects.update(lease_until=timezone.now() - timedelta(seconds=1))
     assert forwarder.claim(first)
+
+
+@pytest.mark.parametrize("protocol", [GRPC, HTTP_PROTOBUF])
+def test_spans_leave_as_other_tools_read_them(
+    protocol: str, grpc_collector: GrpcCollector, http_collector: Collector
+) -> None:
+    """The plugin's own OTel mode (no ids on any span) tied through the history, forwarded
+    with GenAI and OpenInference attributes, the workflow id as session, the collector's
+    project and the scope as received."""
+    from tests.tracing.spans import native_run
+    from tracing.links import HistoryLink
+
+    rows = otlp.decode(
+        protobuf_body(record(native_run, scope_attributes={"team": "agents"})), otlp.PROTOBUF
+    ).rows
+    store.ingest(rows)
+    begin = next(r for r in rows if r["name"] == "temporal:startActivity")
+    state = forwarder.CollectorState(
+        Exporter(
+            name="c",
+            endpoint=(grpc_collector if protocol == GRPC else http_collector).url,
+            protocol=protocol,
+            project="support-agents",
+        )
+    )
+    forwarder.step(state)  # nothing is tied yet: held, not sent without ids
+    collector: Collector = grpc_collector if protocol == GRPC else http_collector
+    assert collector.spans == []
+    store.link_run(
+        "wf-native",
+        "run-native",
+        [
+            HistoryLink(
+                trace_id=begin["trace_id"], span_id=begin["span_id"], kind="activity",
+                activity_id="1", activity_type="invoke_model_activity",
+                scheduled_ns=begin["start_ns"], closed_ns=begin["end_ns"], attempts=2,
+            )
+        ],
+    )  # fmt: skip
+    drain(state)
+    assert len(collector.spans) == len(rows)
+    for span in collector.spans:
+        attrs = span.attributes
+        assert attrs["temporal.workflow.id"] == "wf-native", span.name
+        assert attrs["temporal.run.id"] == "run-native", span.name
+        assert attrs["session.id"] == attrs["gen_ai.conversation.id"] == "wf-native"
+        assert attrs["openinference.span.kind"] in {"AGENT", "LLM", "TOOL", "CHAIN"}
+        assert dict(span.resource)["openinference.project.name"] == repr("support-agents")
+        assert (span.scope, span.scope_version) == ("loomview.tests", "1.0")
+        assert span.scope_attributes == "[('team', 'agents')]"
+    by_name = {s.name: s for s in collector.spans}
+    assert by_name["Triage agent"].attributes["gen_ai.agent.name"] == "Triage agent"
+    assert by_name["Triage agent"].attributes["gen_ai.operation.name"] == "invoke_agent"
+    answered = [s for s in collector.spans if s.name == "response" and s.attributes.get(
+        "gen_ai.usage.input_tokens")]  # fmt: skip
+    (llm,) = answered
+    assert llm.attributes["gen_ai.usage.output_tokens"] == 31
+    assert llm.attributes["gen_ai.operation.name"] == "chat"
+    assert llm.attributes["gen_ai.provider.name"] == "openai"
+    assert llm.attributes["temporal.activity.id"] == "1"
+    assert llm.attributes["temporal.activity.attempt"] == 2
+    # Temporal's own spans have a kind too (Phoenix shows "unknown" without one).
+    assert by_name["temporal:startActivity"].attributes["openinference.span.kind"] == "CHAIN"
+    sent = grpc_collector.metadata if protocol == GRPC else http_collector.headers
+    assert all(
+        {k.lower(): v for k, v in h.items()}.get("x-project-name") == "support-agents" for h in sent
+    )

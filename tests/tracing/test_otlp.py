@@ -162,13 +162,23 @@ def test_gunzip_limits_the_decompressed_size() -> None:
         ({"agents.span.type": "speech"}, "x", "other"),
         ({"openinference.span.kind": "LLM"}, "x", "generation"),
         ({"openinference.span.kind": "TOOL"}, "x", "function"),
-        ({"openinference.span.kind": "AGENT"}, "x", "agent"),
+        ({"openinference.span.kind": "AGENT", "graph.node.id": "Triage"}, "x", "agent"),
+        # OpenInference's trace root ("Agent workflow") names no agent: it is not one.
+        ({"openinference.span.kind": "AGENT"}, "Agent workflow", "trace"),
+        ({"openinference.span.kind": "TOOL"}, "handoff to Billing", "handoff"),
+        ({"openinference.span.kind": "CHAIN"}, "temporal:startActivity", "temporal"),
+        ({"openinference.span.kind": "CHAIN"}, "temporal:executeActivity", "temporal"),
         ({"openinference.span.kind": "CHAIN"}, "x", "custom"),
         ({"openinference.span.kind": "EMBEDDING"}, "x", "other"),
         ({"gen_ai.operation.name": "chat"}, "x", "generation"),
         ({"gen_ai.operation.name": "text_completion"}, "x", "generation"),
         ({"gen_ai.operation.name": "execute_tool"}, "x", "function"),
-        ({"gen_ai.operation.name": "invoke_agent"}, "x", "agent"),
+        ({"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "Triage"}, "x", "agent"),
+        ({"gen_ai.operation.name": "invoke_agent"}, "Agent workflow", "trace"),
+        ({"gen_ai.operation.name": "agent_handoff"}, "x", "handoff"),
+        ({"traceloop.span.kind": "handoff", "gen_ai.operation.name": "handoff"}, "x", "handoff"),
+        ({"traceloop.span.kind": "workflow"}, "Agent Workflow", "trace"),
+        ({"traceloop.span.kind": "tool", "gen_ai.operation.name": "execute_tool"}, "x", "function"),
         ({"agents.span.type": "function", "openinference.span.kind": "LLM"}, "x", "function"),
         ({}, "RunActivity:invoke_model_activity", "temporal"),
         ({}, "StartActivity:get_weather", "temporal"),
@@ -213,10 +223,21 @@ def test_correlation_keys_first_found_wins() -> None:
     assert keys["tool"] == "lookup"
 
 
-def test_openinference_agent_name_from_graph_node_or_span_name() -> None:
+def test_openinference_agent_name_from_graph_node_and_trace_root_is_no_agent() -> None:
     agent = {"openinference.span.kind": "AGENT"}
     assert otlp.correlation_keys({**agent, "graph.node.id": "Billing"}, "x")["agent"] == "Billing"
-    assert otlp.correlation_keys(agent, "Support agent")["agent"] == "Support agent"
+    assert otlp.correlation_keys({**agent, "agent.name": "Billing"}, "x")["agent"] == "Billing"
+    # OpenInference's trace root: an AGENT span named after the trace, naming no agent.
+    root = otlp.correlation_keys(agent, "Agent workflow")
+    assert (root["kind"], root["agent"]) == ("trace", "")
+    # The GenAI instrumentations stamp a default agent name on every span.
+    tool = {"gen_ai.operation.name": "execute_tool", "gen_ai.agent.name": "Triage"}
+    assert otlp.correlation_keys(tool, "execute_tool lookup")["agent"] == ""
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.agent.name": "OpenAI Agent"}
+    assert otlp.correlation_keys(chat, "chat gpt-4o")["agent"] == ""
+    # A model span names the agent that called it.
+    chat = {"gen_ai.operation.name": "chat", "gen_ai.agent.name": "Triage"}
+    assert otlp.correlation_keys(chat, "chat gpt-4o")["agent"] == "Triage"
     assert otlp.correlation_keys({}, "Support agent")["agent"] == ""
 
 

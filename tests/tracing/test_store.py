@@ -118,3 +118,76 @@ def test_spans_for_run_walks_the_tree_at_query_time() -> None:
     assert child["inherited"] is True
     assert child["attributes"]["llm.model_name"] == "demo-model"
     assert [r["start_ns"] for r in found] == sorted(r["start_ns"] for r in found)
+
+
+def _native_links(rows: list[dict]) -> list:
+    """What the run's history says: the model call scheduled under temporal:startActivity."""
+    from tracing.links import HistoryLink
+
+    begin = next(r for r in rows if r["name"] == "temporal:startActivity")
+    return [
+        HistoryLink(
+            trace_id=begin["trace_id"], span_id=begin["span_id"], kind="activity",
+            activity_id="1", activity_type="invoke_model_activity",
+            scheduled_ns=begin["start_ns"], closed_ns=begin["end_ns"], attempts=2,
+            tokens_in=120, tokens_out=31,
+        )
+    ]  # fmt: skip
+
+
+_SUMMARY_FIGURES = ("span_count", "model_calls", "attempts", "failed_attempts", "tokens_in",
+                    "tokens_out", "agents", "first_span_ns", "last_span_ns")  # fmt: skip
+
+
+def _figures(summary: RunSummary) -> tuple:
+    return tuple(getattr(summary, name) for name in _SUMMARY_FIGURES)
+
+
+def test_spans_without_ids_are_tied_through_the_history_whenever_they_arrive() -> None:
+    """The plugin's own OTel mode: activity spans first, the history read, then the
+    workflow-side spans (exported when the workflow completes) hours later."""
+    from tests.tracing.spans import native_run
+
+    rows = _rows(record(native_run))
+    activity_side = {"temporal:executeActivity", "response"}
+    store.ingest([dict(r) for r in rows if r["name"] in activity_side])
+    assert Span.objects.exclude(workflow_id="").count() == 0
+    store.link_run("wf", "run", _native_links(rows))
+    tied = sorted((s.run_id, s.activity_id, s.attempt) for s in Span.objects.all())
+    assert tied == [("run", "1", 1), ("run", "1", 1), ("run", "1", 2), ("run", "1", 2)]
+    store.ingest([dict(r) for r in rows if r["name"] not in activity_side])
+    assert Span.objects.filter(run_id="run").count() == len(rows)
+    spans = {s.name: s for s in Span.objects.all()}
+    assert spans["temporal:startActivity"].activity_id == "1"
+    assert spans["Agent workflow"].kind == "trace" and spans["handoff to Billing"].kind == "handoff"
+    late = RunSummary.objects.get(workflow_id="wf", run_id="run")
+    assert (late.model_calls, late.attempts, late.failed_attempts) == (1, 2, 1)
+    assert (late.tokens_in, late.tokens_out, late.agents) == (120, 31, ["Triage agent"])
+
+    # The same spans in one batch, tied afterwards: the same summary, to the figure.
+    Span.objects.all().delete()
+    RunSummary.objects.all().delete()
+    from tracing.models import TraceLink
+
+    TraceLink.objects.all().delete()
+    store.ingest([dict(r) for r in rows])
+    store.link_run("wf", "run", _native_links(rows))
+    assert _figures(RunSummary.objects.get(workflow_id="wf", run_id="run")) == _figures(late)
+
+
+def test_the_history_counts_calls_whose_spans_never_arrived() -> None:
+    from tests.tracing.spans import native_run
+
+    rows = _rows(record(native_run))
+    workflow_side = [
+        dict(r) for r in rows if r["name"] not in {"temporal:executeActivity", "response"}
+    ]
+    store.ingest(workflow_side)
+    store.link_run("wf", "run", _native_links(rows))
+    summary = RunSummary.objects.get(workflow_id="wf", run_id="run")
+    assert (summary.model_calls, summary.attempts, summary.failed_attempts) == (1, 2, 1)
+    assert (summary.tokens_in, summary.tokens_out) == (120, 31)
+    # A span that reports the call's usage later replaces the history's figure, not adds to it.
+    store.ingest([dict(r) for r in rows if r["name"] in {"temporal:executeActivity", "response"}])
+    summary = RunSummary.objects.get(workflow_id="wf", run_id="run")
+    assert (summary.tokens_in, summary.tokens_out, summary.attempts) == (120, 31, 2)
