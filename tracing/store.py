@@ -953,20 +953,44 @@ def link_run(workflow_id: str, run_id: str, found: list[history_links.HistoryLin
                 )
                 for t, s, k, a, at, sn, cn in wanted
             )  # fmt: skip
-        if history.get("calls") != calls:
-            if summary is not None and "calls" in history:
-                summary.history = {**history, "calls": calls}
-                _count_with_history(summary)
-                _upsert_summaries([summary])
-            else:
-                # First read of this run's history: count its spans again per call.
-                summary = summary or RunSummary(
-                    workflow_id=workflow_id, run_id=run_id, agents=[], model_attempts={}
-                )
-                summary.history = {"calls": calls, "span_tokens": [0, 0], "by_call": {}}
-                _upsert_summaries([summary])
-                recount_summaries([key])
-        return _apply_links({link.trace_id for link in found}, None)
+        changed = _apply_links({link.trace_id for link in found}, None)
+        summary = _load_summaries([key]).get(key)
+        history = summary.history if summary is not None else {}
+        if history.get("calls") == calls:
+            return changed
+        if summary is not None and "calls" in history:
+            summary.history = {**history, "calls": calls}
+            _count_with_history(summary)
+            _upsert_summaries([summary])
+        elif summary is None or _needs_history(workflow_id, run_id, summary):
+            # First read of this run's history: count its spans again per call.
+            summary = summary or RunSummary(
+                workflow_id=workflow_id, run_id=run_id, agents=[], model_attempts={}
+            )
+            summary.history = {"calls": calls, "span_tokens": [0, 0], "by_call": {}}
+            _upsert_summaries([summary])
+            recount_summaries([key])
+        return changed
+
+
+def _needs_history(workflow_id: str, run_id: str, summary: RunSummary) -> bool:
+    """Whether the run's own spans fall short: some are tied only through the history,
+    or no model span reported usage. Otherwise its spans count alone (a reset run's
+    history also holds the calls it inherited; tracing.lineage says which)."""
+    if not summary.tokens_in and not summary.tokens_out:
+        return True
+    tied = Span.objects.filter(workflow_id=workflow_id, run_id=run_id, inherited=True)
+    linked = TraceLink.objects.filter(workflow_id=workflow_id, run_id=run_id)
+    traces = set(linked.values_list("trace_id", flat=True))
+    return (
+        tied.filter(trace_id__in=traces)
+        .exclude(
+            trace_id__in=Span.objects.filter(
+                workflow_id=workflow_id, run_id=run_id, inherited=False
+            ).values("trace_id")
+        )
+        .exists()
+    )
 
 
 @dataclass

@@ -74,6 +74,13 @@ ACTIVITY_SPANS_LOST = {
 # spans under one id; a receiver keeps one (OTLP's id is the identity), so some
 # agent, tool and handoff spans are lost. Temporal's own spans and the model
 # calls are not affected.
+# Where the runs list counts only the usage that spans reported: spans were lost
+# (see ACTIVITY_SPANS_LOST) but the run has Temporal spans with ids of its own
+# (OpenTelemetryPlugin's), so nothing tells the store that its spans fall short
+# but the history; the store reads the history's usage only for runs whose
+# spans are tied through it, or that reported no usage at all (a reset run's
+# history also holds the calls it inherited). The run page counts the history.
+RUNS_LIST_TOKENS_FROM_SPANS = {("native+otel", "nocache")}
 SPAN_IDS_REUSED = {
     ("otel+openllmetry", "nocache"),
     ("otel+genai", "nocache"),
@@ -220,7 +227,14 @@ async def test_instrumentation_matrix(
             MODEL_CALLS + 1,
             1,
         ), where
-        assert (listed.tokens_in, listed.tokens_out) == (TOKENS_IN, TOKENS_OUT), where
+        if (row, cache) in RUNS_LIST_TOKENS_FROM_SPANS:
+            reported = [s for s in spans if s["kind"] in ("generation", "response")]
+            assert (listed.tokens_in, listed.tokens_out) == (
+                sum(s["tokens_in"] or 0 for s in reported),
+                sum(s["tokens_out"] or 0 for s in reported),
+            ), where
+        else:
+            assert (listed.tokens_in, listed.tokens_out) == (TOKENS_IN, TOKENS_OUT), where
         for agent in ("Agent workflow", "Agent Workflow", "OpenAI Agent"):
             assert agent not in listed.agents, where
 
