@@ -23,6 +23,7 @@ Target: p95 <= 800 ms.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,7 @@ def main() -> int:
             response = client.get(url)
             timings.append((time.perf_counter() - started) * 1000)
             assert response.status_code == 200
+        load = os.getloadavg()[0]
         timings.sort()
         p50 = statistics.median(timings)
         p95 = timings[max(0, round(0.95 * len(timings)) - 1)]
@@ -92,7 +94,7 @@ def main() -> int:
             f"{spans_each} spans, {events_each} history events, mode={args.mode}: "
             f"{args.requests} requests, p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
             f"max {timings[-1]:.0f} ms, page {size // 1024} KiB "
-            f"(target p95 <= {TARGET_P95_MS:.0f} ms)"
+            f"(target p95 <= {TARGET_P95_MS:.0f} ms); load average {load:.2f} (1 min)"
         )
         return 0 if p95 <= TARGET_P95_MS else 1
 

@@ -175,7 +175,10 @@ async def run_compare_panel(
         "run_id": run_id,
         "this_ref": compare.ref(workflow_id, run_id),
         "links": await sync_to_async(_panel_links)(workflow_id, run_id, actions.reset_from(events)),
-        "replays": await sync_to_async(replays.for_run)(workflow_id, run_id),
+        "replays": [
+            await replays.refresh(replay) if replay.is_pending else replay
+            for replay in await sync_to_async(replays.for_run)(workflow_id, run_id)
+        ],
     }
 
     if request.htmx:

@@ -285,3 +285,29 @@ def test_side_by_side_escapes_and_marks_only_what_changed() -> None:
     # Repetitive text stays fast and whole lines still diff.
     many = diffs.side_by_side("ok " * 5000, "fine " * 5000)
     assert "<del>" in many and "<ins>" in many
+
+
+def test_runs_of_different_types_align_only_what_can_be_aligned(
+    logged_in_client: Client, no_temporal: str
+) -> None:
+    def other_type(row: dict[str, Any]) -> None:
+        row["data"]["attributes"]["temporal.workflow.type"] = "triage_v2"
+        if row["agent"] == "Technical support":
+            row["agent"] = "Support engineer"
+
+    a = ("cmp-type-a", "run-a")
+    b = ("cmp-type-b", "run-b")
+    store_copy(*a)
+    store_copy(*b, edit=other_type)
+    response = get(logged_in_client, a, b)
+    assert response.status_code == 200
+    ctx = response.context
+    assert (ctx["a"].header.workflow_type, ctx["b"].header.workflow_type) == ("triage", "triage_v2")
+    assert ctx["same_type"] is False and "different workflow types" in response.content.decode()
+    # The triage agent's call pairs; the other agents' calls are not forced into pairs.
+    rows = [(c.status, c.a and c.a.agent, c.b and c.b.agent) for c in ctx["calls"]]
+    assert rows == [
+        ("same", "Triage agent", "Triage agent"),
+        *[("only_a", "Technical support", None)] * 3,
+        *[("only_b", None, "Support engineer")] * 3,
+    ]
