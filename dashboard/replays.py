@@ -86,6 +86,8 @@ class CallSource:
     workflow_type: str
     tools: list[str] = field(default_factory=list)
     handoffs: list[str] = field(default_factory=list)
+    # Where the call's model activity ran, when not on the run's own task queue.
+    activity_task_queue: str = ""
 
 
 def _decoded(message: Any) -> Any:
@@ -132,6 +134,7 @@ def _from_history(events: Sequence[HistoryEvent], activity_id: str) -> dict[str,
         model_input = _decoded(attrs.input) if attrs.HasField("input") else None
         found: dict[str, Any] = {
             "number": number,
+            "task_queue": attrs.task_queue.name,
             "model_input": model_input if isinstance(model_input, dict) else {},
             "output": None,
             "usage": {},
@@ -194,6 +197,9 @@ async def load_call(workflow_id: str, run_id: str, activity_id: str) -> CallSour
             workflow_type=header.workflow_type,
             tools=_names(model_input.get("tools"), "name"),
             handoffs=_names(model_input.get("handoffs"), "agent_name"),
+            activity_task_queue=(
+                found["task_queue"] if found["task_queue"] != header.task_queue else ""
+            ),
         )
     assert call is not None
     # Spans only: the generation's messages, the system prompt first among them.
@@ -377,7 +383,13 @@ async def start(
         task_queue=edits.task_queue,
         replay_workflow_id=f"replay-{uuid.uuid4().hex[:12]}",
     )
-    arg = ReplayInput(model_input(source, edits), MODEL_TIMEOUT_SECONDS)
+    # The same deployment as the call's run: its model activity runs where the call's did.
+    same_workers = edits.task_queue == source.task_queue and source.activity_task_queue
+    arg = ReplayInput(
+        model_input(source, edits),
+        MODEL_TIMEOUT_SECONDS,
+        activity_task_queue=source.activity_task_queue if same_workers else None,
+    )
     try:
         replay.replay_run_id = await temporal.start_run(
             identity,

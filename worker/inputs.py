@@ -95,6 +95,9 @@ class ReplayInput:
 
     model_input: dict[str, Any]
     timeout_seconds: float = 120.0
+    # The task queue the model activity runs on (a worker's LOOMVIEW_MODEL_TASK_QUEUE);
+    # None: the replay workflow's own queue.
+    activity_task_queue: str | None = None
 
 
 @dataclass

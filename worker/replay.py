@@ -28,6 +28,7 @@ class ReplayModelCallWorkflow:
         return await workflow.execute_activity(
             MODEL_ACTIVITY_TYPE,
             input.model_input,
+            task_queue=input.activity_task_queue,
             start_to_close_timeout=timedelta(seconds=input.timeout_seconds),
             retry_policy=RetryPolicy(maximum_attempts=1),
         )

@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, Permission, User
 from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
@@ -29,10 +29,7 @@ from tests.conftest import TemporalServer, WorkerFactory, WorkerProcess, connect
 from tracing.store import spans_for_run
 from worker.inputs import AgentRunInput, ApprovalInput, Decision
 
-pytestmark = [
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-    pytest.mark.timeout(300),
-]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
 BILLING = "I was charged twice on invoice INV-2231, please refund the duplicate payment."
 TECHNICAL = "Our dashboard sync is stuck and the app shows errors since this morning."
@@ -57,6 +54,11 @@ def traced_worker(
 
 @pytest.fixture
 def ops(client: Client) -> Client:
+    # A transactional test flushes the tables: the role groups a migration made are
+    # gone (permissions come back with the flush's post_migrate).
+    operators, _ = Group.objects.get_or_create(name="Operators")
+    operators.permissions.add(Permission.objects.get(codename="operate_runs"))
+    Group.objects.get_or_create(name="Viewers")
     User.objects.create_user("ops", password="x")
     call_command("set_role", "ops", "operator")
     client.force_login(User.objects.get(username="ops"))

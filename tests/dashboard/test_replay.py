@@ -315,8 +315,18 @@ def fake_openai() -> Iterator[FakeOpenAI]:
                     "body": body,
                 }
             )
-            data = json.dumps(_response_body(str(body.get("model")))).encode()
-            self.send_response(200)
+            status = 200
+            answer: dict[str, Any] = _response_body(str(body.get("model")))
+            if body.get("model") == "no-such-model":
+                status = 404
+                answer = {
+                    "error": {
+                        "message": "The model does not exist",
+                        "type": "invalid_request_error",
+                    }
+                }
+            data = json.dumps(answer).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -464,3 +474,49 @@ def test_replays_go_with_their_run_under_retention(settings: Any) -> None:
         )
     retention.prune(pause=0)
     assert list(Replay.objects.values_list("workflow_id", flat=True)) == ["new"]
+
+
+def test_a_replay_the_server_refuses_says_why(
+    ops: Client,
+    shared_worker: InProcessWorker,
+    inprocess_worker_factory: InProcessWorkerFactory,
+    fake_openai: FakeOpenAI,
+    on_temporal: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-" + secrets.token_hex(16))
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.url)
+    openai_worker = inprocess_worker_factory(provider="openai")
+    workflow_id, run_id = triage_run(on_temporal, shared_worker.task_queue)
+    values = form_values(ops, workflow_id, run_id)
+    values.update(model="no-such-model", task_queue=openai_worker.task_queue)
+    response = ops.post(editor_url(workflow_id, run_id), values)
+    replay = finished(ops, response["Location"])
+    # One attempt, no retries: the server's refusal is the replay's answer.
+    assert replay.status == "failed" and len(fake_openai.requests) == 1
+    assert "404" in replay.error
+    page = ops.get(f"/replays/{replay.pk}/").content.decode()
+    assert "The replay failed" in page and "404" in page
+
+
+def test_a_replay_runs_its_model_activity_where_the_call_ran(
+    ops: Client, inprocess_worker_factory: InProcessWorkerFactory, on_temporal: str
+) -> None:
+    models_queue = f"test-models-{uuid.uuid4().hex[:8]}"
+    split = inprocess_worker_factory(model_task_queue=models_queue)
+    workflow_id, run_id = triage_run(on_temporal, split.task_queue)
+    values = form_values(ops, workflow_id, run_id)
+    response = ops.post(editor_url(workflow_id, run_id), values)
+    replay = finished(ops, response["Location"])
+    assert replay.status == "completed", replay.error
+
+    async def scheduled_on() -> list[str]:
+        client = await connect_client(on_temporal)
+        handle = client.get_workflow_handle(replay.replay_workflow_id, run_id=replay.replay_run_id)
+        return [
+            e.activity_task_scheduled_event_attributes.task_queue.name
+            for e in (await handle.fetch_history()).events
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+
+    assert asyncio.run(scheduled_on()) == [models_queue]
