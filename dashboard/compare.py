@@ -343,8 +343,38 @@ def call_pair(a: CallView | None, b: CallView | None, status: str) -> CallPair:
     return pair
 
 
+def _instructions(view: CallView) -> str:
+    messages = view.input or []
+    first = messages[0] if messages else None
+    return first.text if first is not None and first.role in ("system", "developer") else ""
+
+
+def name_agents(a: Side, b: Side) -> None:
+    """Calls whose spans name no agent (a reset run's inherited calls: their agent span
+    stayed in the base run's trace) take the agent whose calls had the same system
+    instructions, in either run, so they align with that agent's calls."""
+    unnamed = [v for v in (*a.calls, *b.calls) if not v.agent and _recorded(v.call.input)]
+    if not unnamed:
+        return
+    wanted = {_instructions(v) for v in unnamed} - {""}
+    agents: dict[str, str] = {}
+    for view in (*a.calls, *b.calls):
+        if view.agent and wanted - set(agents):
+            instructions = _instructions(view)
+            if instructions in wanted:
+                agents.setdefault(instructions, view.agent)
+    for view in unnamed:
+        view.agent = agents.get(_instructions(view), "")
+    for side_ in (a, b):
+        seen: dict[str, int] = {}
+        for view in side_.calls:
+            seen[view.agent] = seen.get(view.agent, 0) + 1
+            view.ordinal = seen[view.agent]
+
+
 def call_pairs(a: Side, b: Side) -> list[CallPair]:
     """Model calls aligned by agent and order (the k-th call of an agent against the k-th)."""
+    name_agents(a, b)
     same_type = a.header.workflow_type == b.header.workflow_type
     rows = diffs.align(
         a.calls, b.calls, key=lambda c: (c.agent, c.ordinal), pair_replaced=same_type

@@ -189,9 +189,12 @@ def wait_for_event(
     return run(go())
 
 
+@pytest.mark.parametrize("before_call", [1, 2], ids=["before-call-1", "before-call-2"])
 def test_compare_a_run_and_its_reset(
-    traced_worker: WorkerProcess, temporal_server: TemporalServer, ops: Client
+    traced_worker: WorkerProcess, temporal_server: TemporalServer, ops: Client, before_call: int
 ) -> None:
+    """Reset before call 1, the reset run makes every call itself; before call 2, it
+    inherits call 1 from the run it was reset from (its spans are that run's)."""
     from dashboard import actions
 
     async def client() -> TemporalClient:
@@ -211,11 +214,11 @@ def test_compare_a_run_and_its_reset(
 
     original = run(start())
     events = wait_for_event(temporal, workflow_id, original, EventType.EVENT_TYPE_TIMER_STARTED)
-    before_first_call = actions.reset_points(events)[0]
-    assert before_first_call.label.startswith("Before model call 1")
+    point = actions.reset_points(events)[before_call - 1]
+    assert point.label.startswith(f"Before model call {before_call}")
     response = ops.post(
         f"/runs/{workflow_id}/{original}/reset/",
-        {"event_id": str(before_first_call.event_id), "reason": "compare test"},
+        {"event_id": str(point.event_id), "reason": "compare test"},
     )
     assert response.status_code == 302, response.content[:500]
     reset = response["Location"].rstrip("/").rsplit("/", 1)[1]
@@ -245,6 +248,10 @@ def test_compare_a_run_and_its_reset(
         ("only_b", None, "call 3 · Operations executor"),
     ]
     assert ctx["call_counts"] == {"same": 2, "only_b": 1}
+    # Both sides of call 1 have their messages: the reset run's own, or the ones it inherited.
+    first = calls[0]
+    assert first.b is not None and not first.notes
+    assert first.b.call.inherited_from == (original if before_call == 2 else "")
     assert differing(ctx["events"]) == [
         ("only_b", "", "WorkflowTaskFailed"),
         ("only_a", "WorkflowExecutionTerminated", ""),
