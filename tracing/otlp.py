@@ -496,7 +496,8 @@ def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
         agent = first(attrs, vocab.AGENT_KEYS)
     elif kind in vocab.MODEL_KINDS:
         agent = first(attrs, vocab.CALLING_AGENT_KEYS)
-        if agent in vocab.PLACEHOLDER_AGENT_NAMES:
+        # Compared as text: a sender may send any value, a list included.
+        if agent is not None and _text(agent) in vocab.PLACEHOLDER_AGENT_NAMES:
             agent = None
     else:
         agent = get(vocab.AGENTS_AGENT)

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import TemporalServer, WorkerFactory, connect_client
+from tests.conftest import TemporalServer, WorkerProcess, connect_client
 from tests.e2e.conftest import LiveDashboard
 from tests.e2e.test_run_page import in_thread, log_in, stack, traced_worker, watch_problems
 from worker.inputs import AgentRunInput
 
 pytestmark = pytest.mark.timeout(300)
-__all__ = ["stack"]  # the real stack fixture, shared with the run page tests
+__all__ = ["stack", "traced_worker"]  # the run page tests' fixtures, shared
 
 BILLING = "I was charged twice on invoice INV-2231, please refund the duplicate payment."
 TECHNICAL = "Our dashboard sync is stuck and the app shows errors since this morning."
@@ -61,11 +61,11 @@ def wait_for_calls(page: Page, url: str, calls: int) -> None:
 def test_compare_two_triage_runs_from_the_runs_list(
     stack: LiveDashboard,
     temporal_server: TemporalServer,
-    worker_factory: WorkerFactory,
+    traced_worker: WorkerProcess,
     chromium: Browser,
     results_dir: Path,
 ) -> None:
-    worker = traced_worker(worker_factory, stack)
+    worker = traced_worker
     billing, technical = start_triage(
         temporal_server.address, worker.task_queue, [BILLING, TECHNICAL]
     )
@@ -131,11 +131,11 @@ def test_compare_two_triage_runs_from_the_runs_list(
 def test_replay_a_call_and_run_again_with_edits(
     stack: LiveDashboard,
     temporal_server: TemporalServer,
-    worker_factory: WorkerFactory,
+    traced_worker: WorkerProcess,
     chromium: Browser,
     results_dir: Path,
 ) -> None:
-    worker = traced_worker(worker_factory, stack)
+    worker = traced_worker
     ((workflow_id, run_id),) = start_triage(temporal_server.address, worker.task_queue, [TECHNICAL])
     context = chromium.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()

@@ -278,6 +278,7 @@ def test_a_span_far_in_the_future_is_rejected(client: Client) -> None:
 def test_long_names_and_values_are_truncated_with_a_marker(client: Client) -> None:
     attrs = {
         **IDS,
+        "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": "A" * 10_000,
         "gen_ai.request.model": "m" * 10_000,
         "big": "v" * (otlp.MAX_VALUE_CHARS + 10),
@@ -300,7 +301,8 @@ def test_long_names_and_values_are_truncated_with_a_marker(client: Client) -> No
 
 
 def test_a_run_lists_a_bounded_number_of_agents(client: Client) -> None:
-    spans = [span(n, attrs={**IDS, "gen_ai.agent.name": f"agent {n}"}) for n in range(1, 201)]
+    agent = {**IDS, "gen_ai.operation.name": "invoke_agent"}
+    spans = [span(n, attrs={**agent, "gen_ai.agent.name": f"agent {n}"}) for n in range(1, 201)]
     post(client, request(*spans))
     assert len(RunSummary.objects.get().agents) == store.MAX_SUMMARY_AGENTS
 
