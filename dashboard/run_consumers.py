@@ -32,6 +32,7 @@ class RunConsumer(AsyncWebsocketConsumer):
     run_id: str
     group: str
     seen: str
+    trace_view: str = "agent"
     poller: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -45,6 +46,9 @@ class RunConsumer(AsyncWebsocketConsumer):
         self.seen = dict(part.split("=", 1) for part in query.split("&") if "=" in part).get(
             "v", ""
         )
+        # The trace view the page shows, as the run view chose it (dashboard.run_views).
+        cookie = (self.scope.get("cookies") or {}).get("loomview_trace", "")
+        self.trace_view = cookie if cookie in run_page.TRACE_VIEWS else "agent"
         self.group = run_group(self.workflow_id, self.run_id)
         self.changed = asyncio.Event()
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -87,7 +91,9 @@ class RunConsumer(AsyncWebsocketConsumer):
         if current == self.seen:
             return is_open
         loaded = await run_page.load(self.workflow_id, self.run_id)
-        ctx = await run_page.build_kept(self.workflow_id, self.run_id, loaded)
+        ctx = await run_page.build_kept(
+            self.workflow_id, self.run_id, loaded, trace_view=self.trace_view
+        )
         self.seen = ctx["live_sig"]
         ctx.update({"oob": True, "history_mode": "compact"})
         html = await sync_to_async(render_to_string)("dashboard/_run_live.html", ctx)

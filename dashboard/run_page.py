@@ -17,23 +17,27 @@ The views (dashboard.run_views, dashboard.action_views) and the live consumer
 from __future__ import annotations
 
 import base64
+import ctypes
+import ctypes.util
+import gc
 import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
 from html import escape
-from typing import Any
-from urllib.parse import quote
+from typing import Any, cast
+from urllib.parse import quote, urlencode
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.urls import NoReverseMatch, reverse
 from django.utils.safestring import SafeString
 from google.protobuf import json_format
@@ -48,7 +52,15 @@ from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
 from tracing import archive, pricing, store
-from tracing.correlation import Attempt, ModelCall, RunStory, StoryItem, correlate, event_ns
+from tracing.correlation import (
+    Attempt,
+    ModelCall,
+    RunStory,
+    StoryItem,
+    correlate,
+    event_ns,
+    reads_span,
+)
 from tracing.models import ns_to_datetime
 
 logger = logging.getLogger(__name__)
@@ -413,10 +425,24 @@ def cost_of(model: str, tokens_in: int | None, tokens_out: int | None) -> Decima
     """Estimated USD for one model call or attempt; None without tokens or a price."""
     if tokens_in is None and tokens_out is None:
         return None
-    cost = pricing.estimate(
-        {model: (tokens_in or 0, tokens_out or 0)}, settings.LOOMVIEW_MODEL_PRICES
-    )
-    return cost.quantize(Decimal("0.000001")) if cost is not None else None
+    prices = settings.LOOMVIEW_MODEL_PRICES
+    if _COSTS.get("prices") is not prices:
+        # Settings overrides replace the table: start again.
+        _COSTS.clear()
+        _COSTS["prices"] = prices
+    key = (model, tokens_in or 0, tokens_out or 0)
+    if key not in _COSTS:
+        if len(_COSTS) > 4096:
+            _COSTS.clear()
+            _COSTS["prices"] = prices
+        cost = pricing.estimate({model: key[1:]}, prices)
+        _COSTS[key] = cost.quantize(Decimal("0.000001")) if cost is not None else None
+    cached: Decimal | None = _COSTS[key]
+    return cached
+
+
+# Costs of (model, tokens in, tokens out), for the price table under "prices".
+_COSTS: dict[Any, Any] = {}
 
 
 def call_label(call: ModelCall, attempt: int | None = None) -> str:
@@ -606,6 +632,11 @@ class Loaded:
     family: run_family.Family = field(default_factory=run_family.Family)
     # What the trace-health panel needs from the store.
     health: run_health_panel.Facts = field(default_factory=run_health_panel.Facts)
+    # Every span of the run as a stub; None when ``spans`` holds every span whole
+    # (the API). With a skeleton, ``spans`` holds what the story reads.
+    skeleton: store.Skeleton | None = None
+    # Spans the story left out: a run with more than MAX_STORY_SPANS of them.
+    truncated: int = 0
 
     @property
     def events(self) -> Sequence[HistoryEvent]:
@@ -675,7 +706,9 @@ async def load_history(workflow_id: str, run_id: str) -> History | None:
     return history
 
 
-async def load(workflow_id: str, run_id: str) -> Loaded:
+async def load(workflow_id: str, run_id: str, *, complete: bool = False) -> Loaded:
+    """A run's history and spans: every span whole when ``complete`` (the API), else
+    the stubs of all and whole rows of those the story reads (the page)."""
     # Read first: a span stored while the page loads then shows as a change.
     stored = await sync_to_async(store.stored_state)(workflow_id, run_id)
     history: History | None = None
@@ -689,10 +722,95 @@ async def load(workflow_id: str, run_id: str) -> Loaded:
     if history is not None:
         # Spans without Temporal ids of their own are tied through the history.
         await linker.link_history(workflow_id, run_id, list(history.events))
-    spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
+    skeleton: store.Skeleton | None = None
+    truncated = 0
+    if complete:
+        spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
+    else:
+        skeleton = await sync_to_async(store.run_skeleton)(workflow_id, run_id)
+        spans, truncated = await sync_to_async(story_spans)(skeleton)
     family = await run_family.load(workflow_id, run_id, history, spans)
-    facts = await sync_to_async(run_health_panel.load)(workflow_id, run_id, spans)
-    return Loaded(history, error, spans, stored, archived, family, facts)
+    # Trace health counts every span (orphans, cycles): the stubs have what it reads.
+    every: Sequence[dict[str, Any]] = (
+        cast(Sequence[dict[str, Any]], skeleton.stubs) if skeleton is not None else spans
+    )
+    facts = await sync_to_async(run_health_panel.load)(workflow_id, run_id, every)
+    return Loaded(
+        history, error, spans, stored, archived, family=family, health=facts,
+        skeleton=skeleton, truncated=truncated,
+    )  # fmt: skip
+
+
+# Past this many spans a page's transient memory is worth handing back to the OS.
+BIG_RUN_SPANS = 20_000
+
+
+def is_big(loaded: Loaded) -> bool:
+    count = len(loaded.skeleton.stubs) if loaded.skeleton is not None else len(loaded.spans)
+    return count > BIG_RUN_SPANS
+
+
+def release_memory() -> None:
+    """Give the memory a big page freed back to the OS.
+
+    A run with 100,000 spans allocates a few hundred MB while its page is built;
+    CPython frees it, but glibc keeps freed heap memory (in every thread's arena)
+    for reuse, so the server would stay that large. malloc_trim(0) returns the
+    free pages (elsewhere, musl or macOS, this does nothing). SQLite's page cache
+    for this thread's connection filled up reading those spans: it is shrunk too,
+    and refills as pages are read again.
+    """
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA shrink_memory")
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+# The story of one page reads at most this many spans (and their ancestors); a
+# run with more is shown from its first ones, and says so.
+MAX_STORY_SPANS = 20_000
+# How far up a span's ancestors the story's walks look (correlation's bound).
+_ANCESTOR_STEPS = 64
+_DATA_KINDS = frozenset({"function", "handoff", "agent", "trace", *vocab.MODEL_KINDS})
+
+
+def _needs_data(row: dict[str, Any]) -> bool:
+    # Messages, tool arguments, handoff ends; root spans name the workflow type.
+    return row["kind"] in _DATA_KINDS or not row["parent_span_id"]
+
+
+def story_spans(skeleton: store.Skeleton) -> tuple[list[dict[str, Any]], int]:
+    """Whole rows of the spans correlate() reads, of their ancestors and of the roots;
+    attributes only where the page uses them. Returns (rows, spans left out)."""
+    by_key = {(s.trace_id, s.span_id): s for s in skeleton.stubs}
+    picked = [
+        s
+        for s in skeleton.stubs
+        if reads_span(s.kind, s.activity_id, s.name)
+        or not s.parent_span_id
+        or (s.trace_id, s.parent_span_id) not in by_key
+    ]
+    picked.sort(key=lambda s: (s.start_ns, s.end_ns))
+    truncated = max(0, len(picked) - MAX_STORY_SPANS)
+    pks = {s.pk for s in picked[:MAX_STORY_SPANS]}
+    for stub in picked[:MAX_STORY_SPANS]:
+        node = stub
+        for _ in range(_ANCESTOR_STEPS):
+            parent = by_key.get((node.trace_id, node.parent_span_id))
+            if not node.parent_span_id or parent is None or parent.pk in pks:
+                break
+            pks.add(parent.pk)
+            node = parent
+    pks.update(c for pk, c in skeleton.carriers.items() if pk in pks)
+    rows = store.span_rows(pks, _needs_data)
+    store.inherit_ids(rows, skeleton.carriers)
+    ordered = sorted(rows.values(), key=lambda r: (r["start_ns"], r["end_ns"]))
+    return ordered, truncated
 
 
 async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
@@ -711,40 +829,48 @@ async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
     return f"{events}-{stored}", is_open
 
 
-async def build_kept(workflow_id: str, run_id: str, loaded: Loaded) -> dict[str, Any]:
+async def build_kept(
+    workflow_id: str, run_id: str, loaded: Loaded, *, trace_view: str = "agent"
+) -> dict[str, Any]:
     """``build``, then keep what the page learned about the run's trace health, so the
     runs list flags the run as its page does (dashboard.run_health)."""
-    ctx = await sync_to_async(build)(workflow_id, run_id, loaded)
+    ctx = await sync_to_async(build)(workflow_id, run_id, loaded, trace_view=trace_view)
     await sync_to_async(run_health_panel.keep)(workflow_id, run_id, ctx["health"])
     return ctx
 
 
-def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> dict[str, Any]:
-    """Everything the run template renders, from history and spans.
+def story_of(loaded: Loaded) -> RunStory:
+    # A reset run's calls before its reset point were made (and traced) by its base run.
+    return correlate(loaded.events, [*loaded.spans, *loaded.family.inherited])
 
-    ``page=False`` leaves out the span tree, the timeline and the history rows
-    (most of the time after correlate) for callers that want the run's story
-    but not its page: the compare page builds two runs.
-    """
+
+def every_span(loaded: Loaded) -> Sequence[dict[str, Any]]:
+    """Every span of the run: whole rows, or the stubs (which read like rows for the
+    fields a stub has) when only the story's spans were read whole."""
+    if loaded.skeleton is None:
+        return loaded.spans
+    return cast(Sequence[dict[str, Any]], loaded.skeleton.stubs)
+
+
+def frame(loaded: Loaded) -> tuple[Header, int, int]:
+    """The run's header and its time frame [t0, t1] in ns: from the first to the last
+    of its events and spans, and until now while it is open."""
     events = loaded.events
     spans = loaded.spans
-    family = loaded.family
-    # A reset run's calls before its reset point were made (and traced) by its base run.
-    story = correlate(events, [*spans, *family.inherited])
-    history = full_history(events) if page else []
     header = header_from_history(events)
-    if family.lineage.reset_ns is not None:
+    if loaded.family.lineage.reset_ns is not None:
         # The history starts with the base run's events; this run began at the reset.
         header.original_start_ns = header.start_ns
-        header.start_ns = family.lineage.reset_ns
+        header.start_ns = loaded.family.lineage.reset_ns
     if not events:
         attrs: dict[str, Any] = next(
             (s["attributes"] for s in spans if not s["parent_span_id"]), {}
         )
         header.workflow_type = str(attrs.get(vocab.WORKFLOW_TYPE, ""))
         header.task_queue = str(attrs.get(vocab.TASK_QUEUE, ""))
-    starts = [s["start_ns"] for s in spans]
-    ends = [s["end_ns"] for s in spans]
+    every = loaded.skeleton.stubs if loaded.skeleton is not None else None
+    starts = [s.start_ns for s in every] if every is not None else [s["start_ns"] for s in spans]
+    ends = [s.end_ns for s in every] if every is not None else [s["end_ns"] for s in spans]
     if events:
         # Events are in time order: the first and last bound the whole history.
         starts.append(event_ns(events[0]))
@@ -755,9 +881,98 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
         # An open run lasts until now: its waits end here, and the live view
         # refits to it as it grows.
         t1 = max(t1, time.time_ns())
-    if header.start_ns is None and spans:
+    if header.start_ns is None and starts:
         header.start_ns = t0
-    totals = story_totals(story, len(spans))
+    return header, t0, t1
+
+
+def trace_source(
+    workflow_id: str, run_id: str, loaded: Loaded, view: str
+) -> tuple[TraceSource, int, int]:
+    """One trace view of a run, and its time frame: what a lazy node's rows come from."""
+    header, t0, t1 = frame(loaded)
+    urls = TraceUrls.for_run(workflow_id, run_id, view)
+    if view == "agent":
+        story = story_of(loaded)
+        workflow_span = _workflow_span(loaded.spans)
+        return agent_trace(story, header.workflow_type, t0, t1, urls, workflow_span), t0, t1
+    return raw_trace(loaded, loaded.spans, header.workflow_type, urls), t0, t1
+
+
+def call_detail_ctx(
+    workflow_id: str, run_id: str, loaded: Loaded, activity_id: str, attempt: int | None
+) -> dict[str, Any] | None:
+    """One model call, merged: its attempts with their errors, tokens and cost, the
+    spans it is made of, and what the model was asked and answered (in the chosen
+    attempt, else the one that answered)."""
+    story = story_of(loaded)
+    call = next((c for c in story.model_calls if c.activity_id == activity_id), None)
+    if call is None:
+        return None
+    by_id = {s["span_id"]: s for s in [*loaded.spans, *loaded.family.inherited]}
+    urls = TraceUrls.for_run(workflow_id, run_id, "agent")
+    chosen = next((a for a in call.attempts if a.number == attempt), None)
+    span_id = (chosen.model_span_id or next(iter(chosen.span_ids), "")) if chosen else ""
+    model_span = by_id.get(span_id or call.model_span_id)
+    attempts = [
+        {
+            "number": a.number,
+            "outcome": a.outcome,
+            "failed": a.outcome in FAILED_OUTCOMES,
+            "start": ns_to_datetime(a.start_ns),
+            "duration": duration_ns(a.end_ns - a.start_ns) if a.start_ns and a.end_ns else "",
+            "tokens_in": a.tokens_in,
+            "tokens_out": a.tokens_out,
+            "cost": cost_of(call.model, a.tokens_in, a.tokens_out),
+            "error": a.failure,
+            "url": urls.call(activity_id, a.number),
+            "chosen": chosen is not None and a.number == chosen.number,
+        }
+        for a in call.attempts
+    ]
+    spans = [
+        {"name": by_id[i]["name"], "kind": by_id[i]["kind"], "url": urls.span(i), "id": i}
+        for i in call.span_ids
+        if i in by_id
+    ]
+    return {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "call": call,
+        "label": call_label(call),
+        "cost": cost_of(call.model, call.tokens_in, call.tokens_out),
+        "attempts": attempts,
+        "chosen": chosen,
+        "merged_spans": spans,
+        "model": span_detail_ctx(model_span) if model_span is not None else None,
+    }
+
+
+def build(
+    workflow_id: str,
+    run_id: str,
+    loaded: Loaded,
+    page: bool = True,
+    *,
+    trace_view: str = "agent",
+    marked: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """Everything the run template renders, from history and spans.
+
+    ``page=False`` leaves out the span tree, the timeline and the history rows
+    (most of the time after correlate) for callers that want the run's story
+    but not its page: the compare page builds two runs. ``trace_view`` is the
+    trace shown ("agent" or "raw"), ``marked`` the span ids a search matched
+    (highlighted in the trace).
+    """
+    events = loaded.events
+    spans = loaded.spans
+    family = loaded.family
+    story = story_of(loaded)
+    history = full_history(events) if page else []
+    header, t0, t1 = frame(loaded)
+    every = every_span(loaded)
+    totals = story_totals(story, len(every))
     by_model: dict[str, tuple[int, int]] = {}
     for call in story.model_calls:
         tokens = by_model.get(call.model, (0, 0))
@@ -767,11 +982,19 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
         )
     calls = story.model_calls
     cost = pricing.estimate(by_model, settings.LOOMVIEW_MODEL_PRICES) if calls else None
-    run_health = run_health_panel.build(spans, story, events, loaded.health, header.close_ns)
+    run_health = run_health_panel.build(every, story, events, loaded.health, header.close_ns)
     totals.cost = cost.quantize(Decimal("0.0001")) if cost is not None else None
     namespace = temporal.target()[1]
-    tree = span_tree(spans, t0, t1) if page else []
-    span_base = span_base_url(workflow_id, run_id)
+    tree = span_tree(spans, t0, t1) if page and loaded.skeleton is None else []
+    view = trace_view if trace_view in TRACE_VIEWS else "agent"
+    urls = TraceUrls.for_run(workflow_id, run_id, view)
+    source: TraceSource | None = None
+    if page:
+        source = (
+            agent_trace(story, header.workflow_type, t0, t1, urls, _workflow_span(spans))
+            if view == "agent"
+            else raw_trace(loaded, spans, header.workflow_type, urls)
+        )
     return {
         "workflow_id": workflow_id,
         "run_id": run_id,
@@ -787,7 +1010,12 @@ def build(workflow_id: str, run_id: str, loaded: Loaded, page: bool = True) -> d
         "story": story,
         "timeline": timeline(story, t0, t1) if page else {},
         "tree": tree,
-        "tree_html": render_tree(tree, span_base),
+        "trace_view": view,
+        "trace_html": (
+            render_trace(source, source.roots, 0, 0, t0, t1, marked) if source else SafeString("")
+        ),
+        "trace_rows": source.size if source else 0,
+        "truncated": loaded.truncated,
         "history": history,
         "compact": compact_history(history),
         "family": family,
@@ -834,55 +1062,521 @@ def openai_trace_links(spans: list[dict[str, Any]]) -> list[str]:
     return list(links)
 
 
-# -- the span tree as HTML --------------------------------------------------------
+# -- the trace: an agent view and a raw view, a bounded number of rows at a time -----
+
+TRACE_VIEWS = ("agent", "raw")
+# Rows one response renders at most: a run may have 100,000 spans; the rest
+# load when their node is opened, or with "Show more".
+TREE_BUDGET = 400
+# Children of one node shown before a "Show more" row.
+TREE_PAGE = 200
+# Levels one response opens; deeper ones load when opened.
+TREE_DEPTH = 40
+# Indentation classes d0..d40 in run.css.
+_MAX_INDENT = 40
 
 
-_ROW = (
-    '<a class="span-row{error}" data-depth="{depth}" href="{url}" hx-get="{url}"'
-    ' hx-target="#span-panel" data-span="{id}"><span class="kind kind-{kind}">{kind}</span>'
-    '<span class="span-name">{name}</span><span class="att">{attempt}</span>'
-    '<span class="dur">{duration}</span>'
-    '<span class="dbar"><i data-left="{offset}" data-width="{width}"></i></span></a>'
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-]*")
+
+
+def _path_part(text: str) -> str:
+    # Span and activity ids are nearly always plain; quote() is slow for thousands.
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
+
+
+@dataclass
+class TraceUrls:
+    span_base: str
+    call_base: str
+    trace: str
+    view: str
+
+    @classmethod
+    def for_run(cls, workflow_id: str, run_id: str, view: str) -> TraceUrls:
+        args = [workflow_id, run_id]
+        return cls(
+            reverse("dash-run-span", args=[*args, "x"]).removesuffix("x/"),
+            reverse("dash-run-call", args=[*args, "x"]).removesuffix("x/"),
+            reverse("dash-run-trace", args=args),
+            view,
+        )
+
+    def span(self, span_id: str) -> str:
+        return f"{self.span_base}{_path_part(span_id)}/"
+
+    def call(self, activity_id: str, attempt: int | None = None) -> str:
+        url = f"{self.call_base}{_path_part(activity_id)}/"
+        return f"{url}?attempt={attempt}" if attempt is not None else url
+
+    def children(self, key: str, offset: int, depth: int) -> str:
+        query = urlencode({"view": self.view, "node": key, "offset": offset, "depth": depth})
+        return f"{self.trace}?{query}"
+
+
+@dataclass
+class Node:
+    """One row of a trace view."""
+
+    key: str
+    kind: str
+    name: str
+    start_ns: int | None = None
+    end_ns: int | None = None
+    error: bool = False
+    # The small column: "#activity·attempt" in the raw view, tokens and cost in the agent view.
+    extra: str = ""
+    href: str = ""
+    # The span the side panel shows for this row (keeps the selection across views).
+    span_id: str = ""
+    classes: str = ""
+    title: str = ""
+    badge: str = ""
+
+
+class RawTrace:
+    """Every span as the instrumentation sent it, from the run's skeleton; rows are
+    read from the store only for the nodes shown."""
+
+    def __init__(
+        self,
+        stubs: Sequence[store.SpanStub],
+        rows: dict[int, dict[str, Any]],
+        workflow_type: str,
+        urls: TraceUrls,
+        load: Callable[[list[int]], dict[int, dict[str, Any]]] | None,
+    ) -> None:
+        self.urls = urls
+        self.rows = rows
+        self.load = load
+        self.stubs = {str(s.pk): s for s in stubs}
+        self.size = len(stubs)
+        keys = {(s.trace_id, s.span_id): str(s.pk) for s in stubs}
+        self.kids: dict[str, list[str]] = {}
+        roots: list[str] = []
+        for stub in sorted(stubs, key=lambda s: (s.start_ns, s.end_ns)):
+            parent = keys.get((stub.trace_id, stub.parent_span_id))
+            if stub.parent_span_id and parent is not None and stub.parent_span_id != stub.span_id:
+                self.kids.setdefault(parent, []).append(str(stub.pk))
+            else:
+                roots.append(str(stub.pk))
+        roots.extend(self._cycles(roots))
+        self.synthetic: dict[str, Node] = {}
+        if len(roots) > 1:
+            # An open run's spans wait for parents that end (and are sent) last: one
+            # tree under the run, not separate roots.
+            first = min(self.stubs[k].start_ns for k in roots)
+            last = max(self.stubs[k].end_ns for k in roots)
+            self.synthetic["run"] = Node(
+                "run", "run", f"{workflow_type or 'workflow'} run", first, last,
+                title="Spans whose parent is not stored (yet) hang here",
+            )  # fmt: skip
+            self.kids["run"] = roots
+            roots = ["run"]
+        self.roots = roots
+
+    def _cycles(self, roots: list[str]) -> list[str]:
+        """Spans no root reaches (their parents form a cycle): each cycle shows from
+        its earliest span, cut from its parent there."""
+        reached: set[str] = set()
+        stack = list(roots)
+        while stack:
+            key = stack.pop()
+            if key in reached:
+                continue
+            reached.add(key)
+            stack.extend(self.kids.get(key, ()))
+        extra: list[str] = []
+        rest = sorted(
+            (s for k, s in self.stubs.items() if k not in reached), key=lambda s: s.start_ns
+        )
+        for stub in rest:
+            key = str(stub.pk)
+            if key in reached:
+                continue
+            extra.append(key)
+            for kids in self.kids.values():
+                if key in kids:
+                    kids.remove(key)
+            stack = [key]
+            while stack:
+                node = stack.pop()
+                if node not in reached:
+                    reached.add(node)
+                    stack.extend(self.kids.get(node, ()))
+        return extra
+
+    def children(self, key: str) -> list[str]:
+        return self.kids.get(key, [])
+
+    def nodes(self, keys: set[str]) -> dict[str, Node]:
+        missing = [int(k) for k in keys if k not in self.synthetic and int(k) not in self.rows]
+        if missing and self.load is not None:
+            self.rows.update(self.load(missing))
+        out = {k: self.synthetic[k] for k in keys if k in self.synthetic}
+        for key in keys - out.keys():
+            row = self.rows.get(int(key))
+            stub = self.stubs[key]
+            if row is None:  # deleted meanwhile
+                out[key] = Node(key, stub.kind, stub.name, stub.start_ns, stub.end_ns)
+                continue
+            attempt = f"#{row['activity_id']}·{row['attempt']}" if row["attempt"] else ""
+            out[key] = Node(
+                key, row["kind"], row["name"], row["start_ns"], row["end_ns"],
+                error=row["status_code"] == STATUS_ERROR,
+                extra=attempt if row["activity_id"] else "",
+                href=self.urls.span(row["span_id"]), span_id=row["span_id"],
+            )  # fmt: skip
+        return out
+
+
+def raw_trace(
+    loaded: Loaded, spans: list[dict[str, Any]], workflow_type: str, urls: TraceUrls
+) -> RawTrace:
+    if loaded.skeleton is not None:
+        rows = {r["pk"]: r for r in spans if "pk" in r}
+        return RawTrace(
+            loaded.skeleton.stubs, rows, workflow_type, urls,
+            lambda pks: store.span_rows(pks, lambda _: False),
+        )  # fmt: skip
+    # Every span is here already: number them.
+    stubs = [
+        store.SpanStub(
+            i, r["trace_id"], r["span_id"], r["parent_span_id"], r["start_ns"], r["end_ns"],
+            r["kind"], r["activity_id"], r["name"], r["attempt"], r["inherited"],
+        )
+        for i, r in enumerate(spans)
+    ]  # fmt: skip
+    return RawTrace(stubs, dict(enumerate(spans)), workflow_type, urls, None)
+
+
+class AgentTrace:
+    """The run as its agents lived it, from the RunStory: one row per model call
+    (its activity spans, attempts and generation merged; attempts below it), and
+    tools, handoffs and guardrails under their agent; wrapper spans folded away;
+    signals, updates and waits beside the agents, in time order."""
+
+    def __init__(self, nodes: dict[str, Node], kids: dict[str, list[str]], urls: TraceUrls) -> None:
+        self.urls = urls
+        self.all = nodes
+        self.kids = kids
+        self.roots = ["run"]
+        self.size = len(nodes)
+
+    def children(self, key: str) -> list[str]:
+        return self.kids.get(key, [])
+
+    def nodes(self, keys: set[str]) -> dict[str, Node]:
+        return {k: self.all[k] for k in keys}
+
+
+def short_usd(cost: Decimal | None) -> str:
+    """A model call's cost in a narrow column: two significant digits below a cent."""
+    if cost is None:
+        return ""
+    if cost == 0 or cost >= Decimal("0.01"):
+        return f"${cost.quantize(Decimal('0.01'), ROUND_HALF_UP)}"
+    step = Decimal(1).scaleb(cost.adjusted() - 1)
+    return f"${cost.quantize(step, ROUND_HALF_UP)}"
+
+
+def _tokens_extra(tokens_in: int | None, tokens_out: int | None, cost: Decimal | None) -> str:
+    if tokens_in is None and tokens_out is None:
+        return ""
+    text = f"{tokens_in or 0:,}→{tokens_out or 0:,}"
+    return f"{text} · {short_usd(cost)}" if cost is not None else text
+
+
+def _workflow_span(spans: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The span of the workflow run itself (Temporal's RunWorkflow), if stored."""
+    prefix = vocab.WORKFLOW_SPAN_PREFIXES[0] + ":"
+    return next((s for s in spans if s["name"].startswith(prefix)), None)
+
+
+def agent_trace(
+    story: RunStory,
+    workflow_type: str,
+    t0: int,
+    t1: int,
+    urls: TraceUrls,
+    workflow_span: dict[str, Any] | None = None,
+) -> AgentTrace:
+    run = Node("run", "run", f"{workflow_type or 'workflow'} run", t0, t1, badge="run")
+    if workflow_span is not None:
+        run.name = workflow_span["name"]
+        run.href = urls.span(workflow_span["span_id"])
+        run.span_id = workflow_span["span_id"]
+        run.error = workflow_span["status_code"] == STATUS_ERROR
+    nodes: dict[str, Node] = {"run": run}
+    kids: dict[str, list[str]] = {}
+    agent_keys: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+
+    def add(parent: str, node: Node) -> None:
+        nodes[node.key] = node
+        kids.setdefault(parent, []).append(node.key)
+
+    for agent in story.agents:
+        key = f"agent:{agent.span_id}"
+        agent_keys[agent.span_id] = key
+        by_name.setdefault(agent.agent, key)
+        add("run", Node(
+            key, "agent", agent.agent, agent.start_ns, agent.end_ns,
+            error=agent.status_code == STATUS_ERROR, href=urls.span(agent.span_id),
+            span_id=agent.span_id, classes=" agent-row",
+        ))  # fmt: skip
+
+    def parent_for(agent_span_id: str, agent: str, start: int | None) -> str:
+        if agent_span_id in agent_keys:
+            return agent_keys[agent_span_id]
+        if not agent:
+            return "run"
+        if agent not in by_name:
+            key = f"agent-name:{agent}"
+            by_name[agent] = key
+            add("run", Node(key, "agent", agent, start, start, classes=" agent-row"))
+        return by_name[agent]
+
+    for call in story.model_calls:
+        timed = [a for a in call.attempts if a.start_ns is not None]
+        start = timed[0].start_ns if timed else call.scheduled_ns
+        end = max((a.end_ns or a.start_ns or 0 for a in timed), default=call.closed_ns)
+        final = call.attempts[-1].number if call.attempts else None
+        cost = cost_of(call.model, call.tokens_in, call.tokens_out)
+        key = f"call:{call.activity_id}"
+        span_id = call.model_span_id or next(iter(call.span_ids), "")
+        parent = parent_for(call.agent_span_id, call.agent, start)
+        add(parent, Node(
+            key, "generation", call_label(call, final), start, end,
+            error=call.outcome in FAILED_OUTCOMES,
+            extra=_tokens_extra(call.tokens_in, call.tokens_out, cost),
+            href=urls.call(call.activity_id), span_id=span_id, classes=" call-row",
+            badge="model call", title=f"{len(call.span_ids)} spans merged",
+        ))  # fmt: skip
+        if len(call.attempts) > 1:
+            for attempt in call.attempts:
+                failed = attempt.outcome in FAILED_OUTCOMES
+                name = f"attempt {attempt.number}/{len(call.attempts)} · {attempt.outcome}"
+                if failed and attempt.failure:
+                    name += f": {attempt.failure.splitlines()[0][:200]}"
+                attempt_cost = cost_of(call.model, attempt.tokens_in, attempt.tokens_out)
+                add(key, Node(
+                    f"attempt:{call.activity_id}:{attempt.number}", "attempt", name,
+                    attempt.start_ns, attempt.end_ns, error=failed,
+                    extra=_tokens_extra(attempt.tokens_in, attempt.tokens_out, attempt_cost),
+                    href=urls.call(call.activity_id, attempt.number),
+                    span_id=attempt.model_span_id or next(iter(attempt.span_ids), ""),
+                    classes=" attempt-row",
+                ))  # fmt: skip
+
+    tools = [(i.title, i.time_ns or 0, i.end_ns or 0) for i in story.items if i.kind == "tool"]
+    for item in story.items:
+        if item.kind in ("tool", "handoff", "guardrail"):
+            span_id = next(iter(item.span_ids), "")
+            kind = {"tool": "function"}.get(item.kind, item.kind)
+            agent = item.detail.get("agent", "")
+            add(
+                parent_for(item.detail.get("agent_span_id", ""), agent, item.time_ns),
+                Node(
+                    f"span:{span_id}", kind, item.title, item.time_ns, item.end_ns,
+                    error=item.detail.get("status_code") == STATUS_ERROR,
+                    href=urls.span(span_id) if span_id else "", span_id=span_id,
+                ),
+            )  # fmt: skip
+        elif item.kind in ("signal", "update") and item.detail.get("state") != "completed":
+            span_id = next(iter(item.span_ids), "")
+            add("run", Node(
+                f"event:{item.event_ids[0] if item.event_ids else len(nodes)}", item.kind,
+                item.title, item.time_ns, item.time_ns,
+                href=urls.span(span_id) if span_id else "", span_id=span_id,
+            ))  # fmt: skip
+        elif item.kind == "activity":
+            start, end = item.time_ns or 0, item.end_ns or item.time_ns or 0
+            # An activity offered as a tool shows as that tool already.
+            if any(t == item.title and ts <= end and start <= te for t, ts, te in tools):
+                continue
+            add("run", Node(
+                f"activity:{item.event_ids[0] if item.event_ids else len(nodes)}", "activity",
+                f"{item.title} · {item.detail.get('outcome', '')}", item.time_ns, item.end_ns,
+                error=item.detail.get("outcome") in FAILED_OUTCOMES,
+                title=str(item.detail.get("failure") or ""),
+            ))  # fmt: skip
+    for index, wait in enumerate(story.waits):
+        if wait.kind == "pending":
+            continue
+        add("run", Node(
+            f"wait:{index}", "wait", _wait_label(wait), wait.time_ns,
+            wait.end_ns if wait.end_ns is not None else t1,
+            badge=wait.kind, classes=" wait-row",
+        ))  # fmt: skip
+    for children in kids.values():
+        children.sort(key=lambda k: (nodes[k].start_ns is None, nodes[k].start_ns or 0))
+    return AgentTrace(nodes, kids, urls)
+
+
+TraceSource = RawTrace | AgentTrace
+
+_TRACE_ROW = (
+    '<{tag} class="span-row{error}{match}{classes}"{link} data-span="{span}"{title}>'
+    '<span class="kind kind-{kind}">{badge}</span><span class="span-name">{name}</span>'
+    '<span class="att">{extra}</span><span class="dur">{duration}</span>{bar}</{tag}>'
+)
+_LINK = ' href="{url}" hx-get="{url}" hx-target="#span-panel"'
+_BAR = (
+    '<svg class="dbar" viewBox="0 0 1000 6" preserveAspectRatio="none" aria-hidden="true">'
+    '<rect x="{x}" width="{w}" height="6"/></svg>'
 )
 
 
-_BRANCH = (
-    '<details class="node" open><summary>'
-    '<i class="tw" data-depth="{depth}" aria-hidden="true"></i>{link}</summary>'
-)
-_LEAF = '<div class="node leaf">{link}</div>'
-_CLOSE = "</details>"
+def _trace_row(node: Node, t0: int, t1: int, marked: frozenset[str]) -> str:
+    """One row; every value from a span goes through ``escape``.
+
+    Built with str.format and html.escape, not templates: a page renders
+    hundreds of these, and format_html would cost most of the page's time.
+    """
+    total = max(t1 - t0, 1)
+    bar = ""
+    duration = ""
+    if node.start_ns is not None:
+        end = node.end_ns if node.end_ns is not None else node.start_ns
+        x = min(max((node.start_ns - t0) / total * 1000, 0.0), 997.0)
+        w = min(max((end - node.start_ns) / total * 1000, 3.0), 1000.0 - x)
+        bar = _BAR.format(x=round(x, 1), w=round(w, 1))
+        duration = duration_ns(max(end - node.start_ns, 0))
+    return _TRACE_ROW.format(
+        tag="a" if node.href else "span",
+        error=" is-error" if node.error else "",
+        match=" is-match" if node.span_id and node.span_id in marked else "",
+        classes=escape(node.classes),
+        link=_LINK.format(url=escape(node.href)) if node.href else "",
+        span=escape(node.span_id),
+        title=f' title="{escape(node.title)}"' if node.title else "",
+        kind=escape(node.kind),
+        badge=escape(node.badge or node.kind),
+        name=escape(node.name),
+        extra=escape(node.extra),
+        duration=escape(duration),
+        bar=bar,
+    )
+
+
+def _plan(source: TraceSource, keys: list[str], depth: int) -> dict[str, list[str]]:
+    """Which nodes open, breadth first, within TREE_BUDGET rows and TREE_DEPTH levels:
+    the top of a huge tree shows, its depths load when opened."""
+    expanded: dict[str, list[str]] = {}
+    count = len(keys)
+    queue = deque((key, 0) for key in keys)
+    while queue:
+        key, level = queue.popleft()
+        children = source.children(key)
+        if not children or level >= TREE_DEPTH:
+            continue
+        take = children[:TREE_PAGE]
+        if count + len(take) > TREE_BUDGET:
+            continue
+        expanded[key] = take
+        count += len(take)
+        queue.extend((child, level + 1) for child in take)
+    return expanded
+
+
+def _more_row(url: str, shown: int, total: int, depth: int) -> str:
+    left = total - shown
+    url = escape(url)
+    return (
+        f'<div class="node leaf d{min(depth, _MAX_INDENT)}"><a class="more-row" href="{url}"'
+        f' hx-get="{url}" hx-swap="outerHTML" hx-target="closest .node">'
+        f"Show {min(TREE_PAGE, left):,} more of {left:,}</a></div>"
+    )
+
+
+def render_trace(
+    source: TraceSource,
+    siblings: list[str],
+    offset: int,
+    depth: int,
+    t0: int,
+    t1: int,
+    marked: frozenset[str] = frozenset(),
+    parent: str | None = None,
+) -> SafeString:
+    """Rows for ``siblings[offset:offset + TREE_PAGE]`` and what opens below them, as
+    nested <details>; nodes not opened load their children when the user opens them.
+    Iterative: a chain of parents a thousand deep does not recurse."""
+    keys = siblings[offset : offset + TREE_PAGE]
+    expanded = _plan(source, keys, depth)
+    shown = set(keys).union(*expanded.values()) if expanded else set(keys)
+    nodes = source.nodes(shown)
+    parts: list[str] = []
+    stack: list[tuple[bool, str, int]] = [(False, key, depth) for key in reversed(keys)]
+    while stack:
+        closing, key, level = stack.pop()
+        if closing:
+            children = source.children(key)
+            opened = len(expanded[key])
+            if len(children) > opened:
+                parts.append(
+                    _more_row(
+                        _children_url(source, key, opened, level), opened, len(children), level
+                    )
+                )
+            parts.append("</details>")
+            continue
+        node = nodes[key]
+        count = len(source.children(key))
+        row = _trace_row(node, t0, t1, marked)
+        indent = f"d{min(level, _MAX_INDENT)}"
+        if not count:
+            parts.append(f'<div class="node leaf {indent}">{row}</div>')
+        elif key in expanded:
+            parts.append(
+                f'<details class="node {indent}" open><summary>'
+                f'<i class="tw" aria-hidden="true"></i>{row}</summary>'
+            )
+            stack.append((True, key, level + 1))
+            stack.extend((False, child, level + 1) for child in reversed(expanded[key]))
+        else:
+            url = escape(_children_url(source, key, 0, level + 1))
+            parts.append(
+                f'<details class="node lazy {indent}" hx-get="{url}" hx-trigger="toggle once"'
+                f' hx-swap="beforeend"><summary><i class="tw" aria-hidden="true"></i>{row}'
+                f'<span class="count" title="{count:,} children load when opened">{count:,}</span>'
+                "</summary></details>"
+            )
+    if len(siblings) > offset + len(keys):
+        url = _children_url(source, parent or "", offset + len(keys), depth)
+        parts.append(_more_row(url, offset + len(keys), len(siblings), depth))
+    return SafeString("".join(parts))
+
+
+def _children_url(source: TraceSource, key: str, offset: int, depth: int) -> str:
+    return source.urls.children(key, offset, depth)
+
+
+def trace_children(
+    source: TraceSource, key: str, offset: int, depth: int, t0: int, t1: int,
+    marked: frozenset[str] = frozenset(),
+) -> SafeString:  # fmt: skip
+    """The rows a lazy node or a "Show more" row loads: ``key``'s children from ``offset``
+    (the roots for an empty key)."""
+    siblings = source.roots if not key else source.children(key)
+    return render_trace(source, siblings, offset, depth, t0, t1, marked, key or None)
 
 
 def render_tree(rows: list[TreeRow], span_base: str) -> SafeString:
-    """The span tree as nested <details>; every value from a span is HTML-escaped.
-
-    Built here rather than in the template, and with html.escape rather than
-    format_html: a run with 500 model calls has thousands of spans, and either
-    would spend most of the page's time on these rows. Every value taken from a
-    span goes through ``escape``; only this function's constants do not.
-    """
-    parts: list[str] = []
-    for row in rows:
-        span = row.span
-        attempt = f"#{span['activity_id']}·{span['attempt']}" if span["attempt"] else ""
-        link = _ROW.format(
-            error=" is-error" if span["status_code"] == STATUS_ERROR else "",
-            depth=int(row.depth),
-            url=escape(f"{span_base}{quote(span['span_id'], safe='')}/"),
-            id=escape(span["span_id"]),
-            kind=escape(span["kind"]),
-            name=escape(span["name"]),
-            attempt=escape(attempt) if span["activity_id"] else "",
-            duration=escape(row.duration),
-            offset=float(row.offset_pct),
-            width=float(row.width_pct),
+    """Every row of span_tree() as the raw view draws it (no budget: rows are given)."""
+    urls = TraceUrls(span_base, "", "", "raw")
+    spans = [r.span for r in rows]
+    stubs = [
+        store.SpanStub(
+            i, r["trace_id"], r["span_id"], r["parent_span_id"], r["start_ns"], r["end_ns"],
+            r["kind"], r["activity_id"], r["name"], r["attempt"], r["inherited"],
         )
-        # The twisty sits outside the link, so clicking it folds the node.
-        template = _BRANCH if row.has_children else _LEAF
-        parts.append(template.format(depth=int(row.depth), link=link))
-        parts.append(_CLOSE * len(row.closes))
-    return SafeString("".join(parts))
+        for i, r in enumerate(spans)
+    ]  # fmt: skip
+    source = RawTrace(stubs, dict(enumerate(spans)), "", urls, None)
+    t0 = min((r["start_ns"] for r in spans), default=0)
+    t1 = max((r["end_ns"] for r in spans), default=t0 + 1)
+    return render_trace(source, source.roots, 0, 0, t0, t1)
 
 
 def _q(part: str) -> str:

@@ -24,8 +24,13 @@ from tracing.models import Span
 logger = logging.getLogger(__name__)
 
 
-async def _run_or_404(workflow_id: str, run_id: str) -> Loaded:
-    loaded = await run_page.load(workflow_id, run_id)
+# Which trace view the run page shows ("agent" or "raw"), remembered per browser.
+TRACE_COOKIE = "loomview_trace"
+TRACE_COOKIE_AGE = 365 * 24 * 3600
+
+
+async def _run_or_404(workflow_id: str, run_id: str, *, complete: bool = False) -> Loaded:
+    loaded = await run_page.load(workflow_id, run_id, complete=complete)
     if loaded.history is None and not loaded.spans:
         # Neither Temporal (or it is down) nor the store knows the run.
         raise Http404("no such run")
@@ -50,12 +55,86 @@ async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpRe
     if loaded.history is None and not loaded.spans:
         # Unknown to the store, and Temporal does not know it or cannot say.
         return _not_found(request, workflow_id, run_id, loaded.temporal_error)
-    ctx = await run_page.build_kept(workflow_id, run_id, loaded)
+    chosen = request.GET.get("trace", "")
+    view = trace_view(request)
+    big = run_page.is_big(loaded)
+    ctx = await run_page.build_kept(workflow_id, run_id, loaded, trace_view=view)
+    del loaded
     ctx["history_mode"] = "full" if request.GET.get("history") == "full" else "compact"
     template = "dashboard/run.html"
     if request.htmx and request.GET.get("part") in ("run-header", "run-history", "run-trace"):
         template = f"dashboard/run.html#{request.GET['part']}"
-    return render(request, template, ctx)
+    response = render(request, template, ctx)
+    if chosen in run_page.TRACE_VIEWS:
+        response.set_cookie(TRACE_COOKIE, chosen, max_age=TRACE_COOKIE_AGE, samesite="Lax")
+    if big:
+        del ctx
+        await sync_to_async(run_page.release_memory)()
+    return response
+
+
+def trace_view(request: HttpRequest) -> str:
+    """The trace view asked for (``?trace=``), else the one this browser last chose."""
+    for value in (request.GET.get("trace", ""), request.COOKIES.get(TRACE_COOKIE, "")):
+        if value in run_page.TRACE_VIEWS:
+            return value
+    return "agent"
+
+
+def _bounded_int(text: str, default: int, maximum: int) -> int:
+    try:
+        return min(max(int(text), 0), maximum)
+    except ValueError:
+        return default
+
+
+@require_GET
+async def run_trace(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
+    """The rows a trace node loads when it is opened, or a "Show more" row."""
+    view = request.GET.get("view", "")
+    if view not in run_page.TRACE_VIEWS:
+        return HttpResponse("unknown trace view", status=400, content_type="text/plain")
+    key = request.GET.get("node", "")[:300]
+    offset = _bounded_int(request.GET.get("offset", "0"), 0, 10**7)
+    depth = _bounded_int(request.GET.get("depth", "0"), 0, 10**4)
+    try:
+        loaded = await _run_or_404(workflow_id, run_id)
+    except Http404:
+        return _not_found(request, workflow_id, run_id)
+
+    def rows() -> str:
+        source, t0, t1 = run_page.trace_source(workflow_id, run_id, loaded, view)
+        if key and not source.children(key):
+            raise Http404("no such node")
+        return str(run_page.trace_children(source, key, offset, depth, t0, t1))
+
+    big = run_page.is_big(loaded)
+    response = HttpResponse(await sync_to_async(rows)())
+    if big:
+        del loaded
+        await sync_to_async(run_page.release_memory)()
+    return response
+
+
+@require_GET
+async def call_detail(
+    request: HtmxHttpRequest, workflow_id: str, run_id: str, activity_id: str
+) -> HttpResponse:
+    """One model call, its Temporal activity, attempts and generation merged."""
+    attempt = request.GET.get("attempt", "")
+    number = int(attempt) if attempt.isdigit() and len(attempt) < 6 else None
+    try:
+        loaded = await _run_or_404(workflow_id, run_id)
+    except Http404:
+        return _not_found(request, workflow_id, run_id)
+    ctx = await sync_to_async(run_page.call_detail_ctx)(
+        workflow_id, run_id, loaded, activity_id, number
+    )
+    if ctx is None:
+        raise Http404("no such model call in this run")
+    if request.htmx:
+        return render(request, "dashboard/run_call.html#call-detail", ctx)
+    return render(request, "dashboard/run_call.html", ctx)
 
 
 def _span_for_run(workflow_id: str, run_id: str, span_id: str) -> dict[str, Any] | None:
@@ -116,7 +195,7 @@ async def api_run(request: HttpRequest, workflow_id: str, run_id: str) -> JsonRe
         response["WWW-Authenticate"] = "Bearer"
         return response
     try:
-        loaded = await _run_or_404(workflow_id, run_id)
+        loaded = await _run_or_404(workflow_id, run_id, complete=True)
     except Http404:
         return JsonResponse({"error": "no such run"}, status=404)
     ctx = await run_page.build_kept(workflow_id, run_id, loaded)

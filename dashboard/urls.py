@@ -29,6 +29,12 @@ urlpatterns = [
         run_views.span_detail,
         name="dash-run-span",
     ),
+    path("runs/<str:workflow_id>/<str:run_id>/trace/", run_views.run_trace, name="dash-run-trace"),
+    path(
+        "runs/<str:workflow_id>/<str:run_id>/calls/<str:activity_id>/",
+        run_views.call_detail,
+        name="dash-run-call",
+    ),
     path(
         "runs/<str:workflow_id>/<str:run_id>/history.json",
         run_views.history_json,

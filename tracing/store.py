@@ -26,10 +26,10 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from django.db import DataError, IntegrityError, connection, transaction
@@ -763,6 +763,137 @@ def span_row(span: Span) -> dict[str, Any]:
         if key in data:
             row[key] = data[key]
     return row
+
+
+class SpanStub(NamedTuple):
+    """What a tree and a time axis need of a span; no attributes."""
+
+    pk: int
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    start_ns: int
+    end_ns: int
+    kind: str
+    activity_id: str
+    name: str
+    attempt: int | None
+    inherited: bool
+
+    # Read like a row (span["parent_span_id"], span.get("activity_id")) by code that
+    # walks every span of a run, e.g. the trace-health report.
+    def __getitem__(self, key: Any) -> Any:
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+
+_STUB = ("id", "trace_id", "span_id", "parent_span_id", "start_ns", "end_ns", "kind",
+         "activity_id", "name", "attempt", "inherited")  # fmt: skip
+# Rows fetched per query by primary key: under SQLite's parameter limit.
+_PK_CHUNK = 900
+
+
+@dataclass
+class Skeleton:
+    """Every span of one run as a stub (a run may have 100,000 of them), and which
+    spans belong to it only through an ancestor that carries its ids."""
+
+    stubs: list[SpanStub]
+    # pk of a span tied to the run at query time -> pk of the ancestor that ties it.
+    carriers: dict[int, int] = field(default_factory=dict)
+
+
+def run_skeleton(workflow_id: str, run_id: str) -> Skeleton:
+    """The stubs of spans_for_run(): the same spans, a fraction of the memory."""
+    # One string object per distinct trace id, parent, kind and activity id: a
+    # run's 100,000 spans share a handful of them.
+    shared: dict[str, str] = {}
+    own: list[SpanStub] = []
+    query = Span.objects.filter(workflow_id=workflow_id, run_id=run_id).values_list(*_STUB)
+    for values in query.iterator(chunk_size=5000):
+        pk, trace_id, span_id, parent, start, end, kind, activity_id, name, attempt, inherited = (
+            values
+        )
+        own.append(
+            SpanStub(
+                pk, shared.setdefault(trace_id, trace_id), span_id,
+                shared.setdefault(parent, parent), start, end, shared.setdefault(kind, kind),
+                shared.setdefault(activity_id, activity_id), name, attempt, inherited,
+            )
+        )  # fmt: skip
+    traces = {s.trace_id for s in own}
+    if not traces:
+        return Skeleton(own)
+    orphans = [
+        SpanStub(*values)
+        for values in Span.objects.filter(workflow_id="", trace_id__in=traces).values_list(*_STUB)
+    ]
+    if not orphans:
+        return Skeleton(own)
+    owners = {(s.trace_id, s.span_id): s.pk for s in own}
+    by_key = {(s.trace_id, s.span_id): s for s in orphans}
+    carriers: dict[int, int] = {}
+    for orphan in orphans:
+        node, seen = orphan, 0
+        while node.parent_span_id and seen < 256:
+            key = (node.trace_id, node.parent_span_id)
+            if key in owners:
+                carriers[orphan.pk] = owners[key]
+                break
+            parent = by_key.get(key)
+            if parent is None or parent is orphan:
+                break
+            node, seen = parent, seen + 1
+    own.extend(o for o in orphans if o.pk in carriers)
+    return Skeleton(own, carriers)
+
+
+def span_rows(
+    pks: Iterable[int], with_data: Callable[[dict[str, Any]], bool]
+) -> dict[int, dict[str, Any]]:
+    """Rows of these spans by pk, in span_row()'s shape (plus "pk"); attributes,
+    events, links and resource only where with_data(row) says they are needed."""
+    wanted = sorted(set(pks))
+    rows: dict[int, dict[str, Any]] = {}
+    table = connection.ops.quote_name(Span._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(c) for c in ["id", *_COLUMNS])
+    with connection.cursor() as cursor:
+        for start in range(0, len(wanted), _PK_CHUNK):
+            chunk = wanted[start : start + _PK_CHUNK]
+            marks = ", ".join(["%s"] * len(chunk))
+            # Plain SQL: the ORM's per-value converters cost more than the rows.
+            cursor.execute(f"SELECT {columns} FROM {table} WHERE id IN ({marks})", chunk)
+            need: list[int] = []
+            for values in cursor.fetchall():
+                row: dict[str, Any] = dict(zip(_COLUMNS, values[1:], strict=True))
+                row["inherited"] = bool(row["inherited"])
+                row.update(pk=values[0], attributes={}, resource={}, events=[], links=[], scope="")
+                rows[values[0]] = row
+                if with_data(row):
+                    need.append(values[0])
+            if not need:
+                continue
+            marks = ", ".join(["%s"] * len(need))
+            cursor.execute(f"SELECT id, data FROM {table} WHERE id IN ({marks})", need)
+            for pk, raw in cursor.fetchall():
+                data = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
+                data = data if isinstance(data, dict) else {}
+                row = rows[pk]
+                row["attributes"] = data.get("attributes", {})
+                row["resource"] = data.get("resource", {})
+                row["events"] = data.get("events", [])
+                row["links"] = data.get("links", [])
+                row["scope"] = data.get("scope", "")
+    return rows
+
+
+def inherit_ids(rows: dict[int, dict[str, Any]], carriers: dict[int, int]) -> None:
+    """Give rows tied to their run through an ancestor that ancestor's Temporal ids."""
+    for pk, carrier in carriers.items():
+        if pk in rows and carrier in rows:
+            _take_ids(rows[pk], rows[carrier])
 
 
 def spans_for_run(workflow_id: str, run_id: str) -> list[dict[str, Any]]:

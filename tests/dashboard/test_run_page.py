@@ -165,11 +165,15 @@ def test_span_tree_is_well_formed_and_escapes_span_names(
     span = _hostile_span(run)
     span.name = "<img src=x onerror=alert(3)>"
     span.save()
-    body = logged_in_client.get(url(run)).content.decode()
+    # The span tree is the raw view; the agent view names rows after agents and models.
+    body = logged_in_client.get(url(run) + "?trace=raw").content.decode()
     assert "<img src=x onerror=alert(3)>" not in body
     assert "&lt;img src=x onerror=alert(3)&gt;" in body
     assert "&lt;/details&gt;" not in body
     assert body.count("<details") == body.count("</details>") > 0
+    agent_view = logged_in_client.get(url(run) + "?trace=agent").content.decode()
+    assert "<img src=x onerror=alert(3)>" not in agent_view
+    assert agent_view.count("<details") == agent_view.count("</details>") > 0
 
 
 def test_span_detail_is_a_fragment_for_htmx_and_a_page_without(

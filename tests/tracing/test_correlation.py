@@ -234,3 +234,101 @@ def test_model_calls_are_numbered_by_model_activities_only() -> None:
     assert numbered == {"1": 1, "3": 2, "9": 0}
     # Without a history, the spans' order numbers them.
     assert [c.number for c in correlate([], spans).model_calls] == [1, 2, 3]
+
+
+def task_completed(event_id: int, at: int):  # type: ignore[no-untyped-def]
+    return event(event_id, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, at)
+
+
+def test_waits_are_timers_idle_stretches_and_pending_activities() -> None:
+    signal = event(
+        9, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED, 70 * S,
+        workflow_execution_signaled_event_attributes={"signal_name": "approve"},
+    )  # fmt: skip
+    timer = event(
+        5, EventType.EVENT_TYPE_TIMER_STARTED, 10 * S,
+        timer_started_event_attributes={"timer_id": "1", "start_to_fire_timeout": {"seconds": 300}},
+    )  # fmt: skip
+    canceled = event(
+        12, EventType.EVENT_TYPE_TIMER_CANCELED, 71 * S,
+        timer_canceled_event_attributes={"timer_id": "1"},
+    )  # fmt: skip
+    events = [
+        task_completed(4, 10 * S),
+        timer,
+        signal,
+        event(10, EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, 70 * S),
+        task_completed(11, 71 * S),
+        canceled,
+        scheduled(13, 71 * S, "2"),
+    ]
+    waits = correlate(events, []).waits
+    assert [(w.kind, w.title, w.time_ns, w.end_ns) for w in waits] == [
+        ("wait", "waited for signal approve", 10 * S, 70 * S),
+        ("timer", "timer 1", 10 * S, 71 * S),
+        ("pending", "invoke_model_activity pending", 71 * S, None),
+    ]
+    assert waits[1].detail["state"] == "canceled"
+    assert waits[1].detail["fire_ns"] == 310 * S
+
+
+def test_an_open_run_waiting_for_a_message_has_an_open_wait() -> None:
+    accepted = event(
+        7, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED, 5 * S,
+        workflow_execution_update_accepted_event_attributes={
+            "accepted_request": {"input": {"name": "send_message"}}
+        },
+    )  # fmt: skip
+    events = [
+        task_completed(4, 1 * S),
+        event(5, EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, 4 * S),
+        task_completed(6, 5 * S),
+        accepted,
+        scheduled(8, 5 * S, "1"),
+        completed(9, 6 * S, 8),
+        task_completed(10, 7 * S),
+    ]
+    waits = correlate(events, []).waits
+    assert [(w.kind, w.title, w.time_ns, w.end_ns) for w in waits] == [
+        ("wait", "waited for update send_message", 1 * S, 4 * S),
+        ("wait", "waiting for a signal or an update", 7 * S, None),
+    ]
+    # A run that closes in the task that found nothing to do did not wait.
+    done = event(11, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED, 7 * S)
+    assert [w.kind for w in correlate([*events, done], []).waits] == ["wait"]
+
+
+def test_calls_and_tools_know_their_agent_span_and_attempts_their_tokens() -> None:
+    events = [scheduled(5, 10 * S, "1"), started(6, 20 * S, 5, attempt=2), completed(7, 21 * S, 5)]
+    triage = span("ag1", "invoke_agent Triage", "agent", 1 * S, 30 * S, agent="Triage")
+    billing = span("ag2", "invoke_agent Billing", "agent", 31 * S, 40 * S, agent="Billing")
+    rows = [
+        triage,
+        billing,
+        # Failed attempts cost tokens too.
+        *attempt_spans("1", 1, 11 * S, error="503", tokens_in=50, tokens_out=0, agent="Triage"),
+        *attempt_spans("1", 2, 20 * S, tokens_in=70, tokens_out=9, agent="Triage"),
+        span("tool", "execute_tool lookup", "function", 32 * S, 33 * S, parent_span_id="ag2",
+             tool="lookup"),
+    ]  # fmt: skip
+    story = correlate(events, rows)
+    (call,) = story.model_calls
+    # The model spans hang under Temporal's activity span, outside the agent's
+    # subtree: the agent span running then, of the same agent name, is theirs.
+    assert call.agent_span_id == "ag1"
+    assert [(a.tokens_in, a.tokens_out) for a in call.attempts] == [(50, 0), (70, 9)]
+    assert (call.tokens_in, call.tokens_out) == (120, 9)
+    (tool,) = [i for i in story.items if i.kind == "tool"]
+    assert tool.detail["agent_span_id"] == "ag2"
+    assert [(a.span_id, a.agent) for a in story.agents] == [("ag1", "Triage"), ("ag2", "Billing")]
+
+
+def test_reads_span_names_what_the_story_is_made_of() -> None:
+    from tracing.correlation import reads_span
+
+    assert reads_span("generation", "", "chat")
+    assert reads_span("temporal", "3", "RunActivity:invoke_model_activity")
+    assert reads_span("temporal", "", "HandleSignal:approve")
+    assert reads_span("agent", "", "invoke_agent Triage")
+    assert not reads_span("custom", "", "process batch 7")
+    assert not reads_span("turn", "", "turn")
