@@ -284,7 +284,7 @@
         title(gap, "Idle for " + fmt(seg.b - seg.a) + " (+" + fmt(seg.a) + " → +" + fmt(seg.b) +
           "), drawn compressed. Click to show it at full length.");
         const expand = function () { st.expanded.add(Math.round(seg.a)); draw(host, data); drawTokens(host, data); };
-        gap.addEventListener("click", expand);
+        gap.addEventListener("click", function () { if (!host._dragged) expand(); });
         gap.addEventListener("keydown", function (e) { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); expand(); } });
         lastLabel = x1;
         return;
@@ -589,7 +589,8 @@
       let drag = null;
       const brush = host.querySelector("[data-brush]");
       host.addEventListener("pointerdown", function (event) {
-        if (event.button !== 0 || event.target.closest(".tl-item, .tl-gap, .tl-group")) return;
+        // A drag may start anywhere but on a bar; a click on a gap still expands it.
+        if (event.button !== 0 || event.target.closest(".tl-item, .tl-group")) return;
         const rect = host.getBoundingClientRect();
         const px = event.clientX - rect.left;
         if (px < LABEL_W) return;
@@ -622,6 +623,8 @@
       });
       const end = function () {
         if (!drag) return;
+        host._dragged = drag.moved;
+        setTimeout(function () { host._dragged = false; }, 0);
         if (drag.mode === "brush" && drag.moved && drag.to !== undefined) {
           const m = drag.m;
           const d0 = m.vs + (Math.min(drag.px, drag.to) - LABEL_W) / m.scale;

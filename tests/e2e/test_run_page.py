@@ -130,7 +130,8 @@ def test_triage_run_with_a_failed_attempt(
     page = context.new_page()
     problems = watch_problems(page, http_errors=False)
     log_in(page, stack)
-    run_url = f"{stack.url}/runs/{workflow_id}/{run_id}/"
+    # The raw span view: the steps below pick spans by name.
+    run_url = f"{stack.url}/runs/{workflow_id}/{run_id}/?trace=raw"
     # The exporter batches every 100 ms; wait until the model spans have all arrived.
     deadline = time.monotonic() + 20
     while True:
@@ -208,7 +209,7 @@ def test_running_run_updates_live(
     page = context.new_page()
     problems = watch_problems(page, http_errors=False)
     log_in(page, stack)
-    page.goto(f"{stack.url}/runs/{workflow_id}/{run_id}/")
+    page.goto(f"{stack.url}/runs/{workflow_id}/{run_id}/?trace=raw")
     expect(page.locator('#run-header [data-status="RUNNING"]')).to_be_visible()
     # The drafting model call shows up without a reload.
     expect(page.locator("svg.tl-svg rect.tl-attempt").first).to_be_visible(timeout=20_000)
