@@ -987,9 +987,9 @@ def build(
     namespace = temporal.target()[1]
     tree = span_tree(spans, t0, t1) if page and loaded.skeleton is None else []
     view = trace_view if trace_view in TRACE_VIEWS else "agent"
-    urls = TraceUrls.for_run(workflow_id, run_id, view)
     source: TraceSource | None = None
     if page:
+        urls = TraceUrls.for_run(workflow_id, run_id, view)
         source = (
             agent_trace(story, header.workflow_type, t0, t1, urls, _workflow_span(spans))
             if view == "agent"
@@ -1094,12 +1094,15 @@ class TraceUrls:
     @classmethod
     def for_run(cls, workflow_id: str, run_id: str, view: str) -> TraceUrls:
         args = [workflow_id, run_id]
-        return cls(
-            reverse("dash-run-span", args=[*args, "x"]).removesuffix("x/"),
-            reverse("dash-run-call", args=[*args, "x"]).removesuffix("x/"),
-            reverse("dash-run-trace", args=args),
-            view,
-        )
+        try:
+            return cls(
+                reverse("dash-run-span", args=[*args, "x"]).removesuffix("x/"),
+                reverse("dash-run-call", args=[*args, "x"]).removesuffix("x/"),
+                reverse("dash-run-trace", args=args),
+                view,
+            )
+        except NoReverseMatch:  # e.g. a workflow id with a slash: no run page to link
+            return cls("", "", "", view)
 
     def span(self, span_id: str) -> str:
         return f"{self.span_base}{_path_part(span_id)}/"
@@ -1242,7 +1245,7 @@ def raw_trace(
     stubs = [
         store.SpanStub(
             i, r["trace_id"], r["span_id"], r["parent_span_id"], r["start_ns"], r["end_ns"],
-            r["kind"], r["activity_id"], r["name"], r["attempt"], r["inherited"],
+            r["kind"], r["activity_id"], r["name"], r.get("attempt"), bool(r.get("inherited")),
         )
         for i, r in enumerate(spans)
     ]  # fmt: skip
@@ -1569,7 +1572,7 @@ def render_tree(rows: list[TreeRow], span_base: str) -> SafeString:
     stubs = [
         store.SpanStub(
             i, r["trace_id"], r["span_id"], r["parent_span_id"], r["start_ns"], r["end_ns"],
-            r["kind"], r["activity_id"], r["name"], r["attempt"], r["inherited"],
+            r["kind"], r["activity_id"], r["name"], r.get("attempt"), bool(r.get("inherited")),
         )
         for i, r in enumerate(spans)
     ]  # fmt: skip
