@@ -596,13 +596,17 @@
         if (px < LABEL_W) return;
         const onAxis = event.clientY - rect.top < AXIS_H + 4;
         drag = { x: event.clientX, px: px, mode: event.shiftKey || onAxis ? "brush" : "pan",
-                 m: host._map, moved: false };
-        host.setPointerCapture(event.pointerId);
+                 m: host._map, moved: false, pointer: event.pointerId };
       });
       host.addEventListener("pointermove", function (event) {
         if (!drag) return;
         const dx = event.clientX - drag.x;
-        if (Math.abs(dx) > 3) drag.moved = true;
+        if (!drag.moved && Math.abs(dx) > 3) {
+          // Captured only once it is a drag: a capture on pointerdown would retarget
+          // the click to the host, and a click on a gap must still expand it.
+          drag.moved = true;
+          host.setPointerCapture(drag.pointer);
+        }
         if (!drag.moved) return;
         const m = drag.m;
         if (drag.mode === "brush") {

@@ -144,7 +144,8 @@ def test_replay_a_call_and_run_again_with_edits(
     run_url = f"{stack.url}/runs/{workflow_id}/{run_id}/"
     wait_for_calls(page, run_url, 4)
 
-    # The triage agent's call, from its generation span's panel.
+    # The triage agent's call, from its generation span's panel (the raw span view).
+    page.goto(f"{run_url}?trace=raw")
     page.locator(".span-row", has_text="chat loomview-demo-1").first.click()
     panel = page.locator("#span-panel")
     panel.locator("[data-replay-call]").click()
