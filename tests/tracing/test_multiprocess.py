@@ -229,7 +229,8 @@ async def test_two_dashboards_and_two_forwarders_on_postgres_and_redis(
         payload, first_count = body(workflow_id, calls=2)
         await asyncio.to_thread(post, fleet.dashboards["a"], payload)
         pushed = await receive_until(run_page, "get_weather", seconds=30)
-        assert "hx-swap-oob" in pushed and "RunActivity:invoke_model_activity" in pushed
+        # The trace's agent view: each model call one row, linked to its merged detail.
+        assert "hx-swap-oob" in pushed and f"/runs/{workflow_id}/run-1/calls/1/" in pushed
         row = await receive_until(runs_list, workflow_id, seconds=30)
         assert "run-1" in row
     page = session.get(f"{b}/runs/{workflow_id}/run-1/")
