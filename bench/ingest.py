@@ -352,6 +352,12 @@ def _stored_counts(database_url: str, db: Path | None) -> tuple[int, int, int]:
     return int(stored), int(runs), int(size)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> float:
     """One measurement on a fresh database; returns spans/s (0 on a mismatch or errors)."""
     with tempfile.TemporaryDirectory(prefix="loomview-bench-") as tmp:
@@ -414,6 +420,8 @@ def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> flo
                 warm.stop_at = time.monotonic() + 1
                 warm.run()
                 warm_spans += warm.spans
+            cpu_before = sum(_cpu_seconds(s.pid) for s in servers_started)
+            load_before = os.getloadavg()[0]
             begin = time.monotonic()
             posters = [
                 Poster(ports[i % len(ports)], bodies, nonce, begin + args.seconds)
@@ -424,6 +432,7 @@ def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> flo
             for poster in posters:
                 poster.join()
             elapsed = time.monotonic() - begin
+            server_cpu = sum(_cpu_seconds(s.pid) for s in servers_started) - cpu_before
         finally:
             for server in servers_started:
                 server.terminate()
@@ -443,7 +452,14 @@ def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> flo
             f"{elapsed:.1f} s: {spans} spans acknowledged, {stored} stored "
             f"(incl. {warm_spans} warm-up), {runs} run summaries"
         )
-        print(f"sustained: {rate:,.0f} spans/s (target {TARGET_SPANS_PER_SECOND:,})")
+        print(
+            f"sustained: {rate:,.0f} spans/s (target {TARGET_SPANS_PER_SECOND:,}); "
+            f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+        )
+        if spans:
+            # CPU the daphne process(es) spent per span (HTTP, decode, store,
+            # publish): what a quiet machine's rate would follow.
+            print(f"daphne CPU: {server_cpu / spans * 1e6:.1f} µs/span")
         print(f"stored: {size / stored:,.0f} bytes/span ({size / 1024 / 1024:.1f} MiB database)")
         if errors:
             print(f"{len(errors)} failed posts, first: {errors[0]}")

@@ -1,0 +1,496 @@
+"""Ingest cost per span, per stage: figures this shared machine cannot spoil.
+
+Wall throughput (bench/ingest.py) moves with the machine's load; the work
+done per span moves much less. This harness feeds the same OTLP batches as
+bench/ingest.py (512 spans, fresh trace ids per post) through the receiver's
+own code in process, on a fresh database, and measures each stage:
+
+- ``decode``: ``tracing.otlp.decode`` (protobuf parse, validation, redaction,
+  correlation keys);
+- the functions ``tracing.store.ingest`` calls (insert, summaries, rollups,
+  trace health, lineage, trace links, ...), each exclusive of the others;
+  ``store (rest)`` is the transaction, its commit and the glue;
+- ``publish``: the receiver's channel-layer notifications (in-memory layer);
+- ``response``: encoding the OTLP answer;
+- with ``--asgi``, ``request (rest)``: the whole Django ASGI app around them
+  (middleware, the view, its thread hand-offs), daphne's HTTP parsing aside.
+
+Two measures:
+
+- CPU time (``time.process_time``), default: each of ``--rounds`` rounds
+  posts ``--batches`` batches; the report gives each stage's best round, so
+  a round slowed by another process's cache traffic does not count;
+- ``--callgrind``: instructions executed (valgrind's callgrind), which do
+  not depend on the machine's load at all. Each stage runs inside a C
+  function of its own (a tiny shared library built with ``cc``), and
+  callgrind's inclusive cost of that function is the stage's. Slow (~2 min):
+  the default is 4 batches after 2 warm-up ones.
+
+    .venv/bin/python bench/ingest_cpu.py [--rounds 5] [--batches 10] [--asgi]
+    .venv/bin/python bench/ingest_cpu.py --callgrind [--batches 4]
+    .venv/bin/python bench/ingest_cpu.py --root /tmp/old      # another checkout's code
+    .venv/bin/python bench/ingest_cpu.py --postgres           # a fresh PostgreSQL server
+    .venv/bin/python bench/ingest_cpu.py --profile out.prof   # cProfile of the rounds
+
+``--root`` runs another checkout's receiver (``git worktree add /tmp/old
+<commit>``) on the same batches, for a before/after table; stages that tree
+does not have show as ``-``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import ctypes
+import gc
+import importlib
+import os
+import pickle
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from ingest import SPANS_PER_BATCH, build_batch  # noqa: E402
+
+# (label, module, function): store.ingest's callees, timed exclusive of each other.
+STAGES = [
+    ("ancestors", "tracing.store", "_inherit_from_ancestors"),
+    ("run ids", "tracing.store", "_resolve_run_ids"),
+    ("insert", "tracing.store", "_insert"),
+    ("adopt orphans", "tracing.store", "_adopt_orphans"),
+    ("adopt run-less", "tracing.store", "_adopt_runless"),
+    ("trace health", "tracing.health", "track"),
+    ("lineage", "tracing.lineage", "record_from_spans"),
+    ("summaries", "tracing.store", "_update_summaries"),
+    ("rollups", "tracing.rollups", "apply"),
+    ("trace links", "tracing.store", "_link_by_history"),
+    ("search index", "tracing.search", "index_spans"),
+]
+STORE = "store (rest)"
+REQUEST = "request (rest)"
+ORDER = ["decode", *[s[0] for s in STAGES], STORE, "publish", "response", REQUEST]
+GC = "(gc, in the above)"
+WARM_UP = 2
+
+# One C function per stage, so callgrind can tell them apart: each calls the
+# stage (a ctypes callback) and does a little work after it, so the call is
+# not a tail call.
+_STAGES_C = "\n".join(
+    f"volatile int lv_after_{i};\nvoid lv_stage_{i}(void (*work)(void)) {{ work(); lv_after_{i}++; }}"
+    for i in range(len(ORDER))
+)
+
+
+class Stages:
+    """Runs every stage through a measure: CPU time, or a C function for callgrind."""
+
+    def __init__(self, library: ctypes.CDLL | None = None) -> None:
+        self.spent: dict[str, float] = {}
+        self.stack: list[list[Any]] = []  # [label, started, child time]
+        self.library = library
+        self.measuring = False
+
+    def wrap(self, label: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        if self.library is not None:
+            return self._wrap_c(label, function)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self.stack.append([label, time.process_time(), 0.0])
+            try:
+                return function(*args, **kwargs)
+            finally:
+                name, started, children = self.stack.pop()
+                total = time.process_time() - started
+                self.spent[name] = self.spent.get(name, 0.0) + total - children
+                if self.stack:
+                    self.stack[-1][2] += total
+
+        return timed
+
+    def _wrap_c(self, label: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        assert self.library is not None
+        entry = getattr(self.library, f"lv_stage_{ORDER.index(label)}")
+        callback_type = ctypes.CFUNCTYPE(None)
+
+        def through_c(*args: Any, **kwargs: Any) -> Any:
+            if not self.measuring:
+                return function(*args, **kwargs)
+            outcome: list[Any] = []
+
+            def work() -> None:
+                # ctypes would print and swallow an exception raised here.
+                try:
+                    outcome.append((True, function(*args, **kwargs)))
+                except BaseException as exc:  # noqa: BLE001
+                    outcome.append((False, exc))
+
+            entry(callback_type(work))
+            ok, value = outcome[0]
+            if not ok:
+                raise value
+            return value
+
+        return through_c
+
+
+def build_stage_library(directory: Path) -> Path:
+    source = directory / "lv_stages.c"
+    library = directory / "lv_stages.so"
+    source.write_text(_STAGES_C + "\n")
+    subprocess.run(["cc", "-O0", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library
+
+
+def setup(root: Path, data_dir: str, database_url: str, migrate: bool = True) -> None:
+    os.environ.update(
+        {
+            "LOOMVIEW_DATA_DIR": data_dir,
+            "DATABASE_URL": database_url,
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "LOOMVIEW_LOG_LEVEL": "WARNING",
+        }
+    )
+    for name in ("LOOMVIEW_OTLP_TOKEN", "LOOMVIEW_REDIS_URL", "LOOMVIEW_REDACT_PATTERNS"):
+        os.environ.pop(name, None)
+    os.chdir(root)
+    sys.path.insert(0, str(root))
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    if migrate:
+        call_command("migrate", verbosity=0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", type=Path, default=HERE.parent, help="checkout to measure")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, help="batches per round (default 10; callgrind 4)")
+    parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the rounds here")
+    parser.add_argument(
+        "--asgi",
+        action="store_true",
+        help="post through the whole ASGI app (middleware, view, its threads)",
+    )
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.root = args.root.resolve()
+    if args.batches is None:
+        args.batches = 4 if args.callgrind or args.child else 10
+    if args.child:
+        return child(args)
+
+    nonce = os.urandom(8)
+    bodies = [build_batch(seed, nonce) for seed in range(8)]
+    with tempfile.TemporaryDirectory(prefix="loomview-cpu-") as tmp:
+        if args.callgrind:
+            instructions = run_callgrind(args, Path(tmp), bodies, nonce)
+            report_callgrind(args, instructions)
+            return 0
+        postgres = None
+        if args.postgres:
+            postgres = _start_postgres()
+            database_url = postgres.url
+        else:
+            database_url = f"sqlite:///{tmp}/cpu.sqlite3"
+        try:
+            setup(args.root, tmp, database_url)
+            rounds = measure(args, bodies, nonce)
+        finally:
+            if postgres is not None:
+                from django.db import connections
+
+                connections.close_all()
+                postgres.stop()
+    report(args, rounds)
+    return 0
+
+
+def _start_postgres() -> Any:
+    sys.path.insert(0, str(HERE.parent))
+    from tests import servers
+
+    # PostgreSQL's defaults (fsync, synchronous commit), as bench/ingest.py.
+    server = servers.start_postgres(durable=True)
+    # The measured tree's own modules, not this checkout's.
+    sys.path.remove(str(HERE.parent))
+    for name in [n for n in sys.modules if n == "tests" or n.startswith("tests.")]:
+        del sys.modules[name]
+    return server
+
+
+def instrument(
+    stages: Stages, args: argparse.Namespace
+) -> tuple[Callable[[bytes], int], set[str]]:
+    """Wrap the stages in place; returns post(body) -> spans stored, and the stages present."""
+    from tracing import otlp, store, views
+
+    present = {"decode", STORE, "publish", "response"}
+    for label, module_name, function_name in STAGES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        function = getattr(module, function_name, None)
+        if function is not None:
+            setattr(module, function_name, stages.wrap(label, function))
+            present.add(label)
+    otlp.decode = stages.wrap("decode", otlp.decode)
+    otlp.encode_response = stages.wrap("response", otlp.encode_response)
+    store.ingest = ingest = stages.wrap(STORE, store.ingest)
+    loop = asyncio.new_event_loop()
+    publish = views._publish
+    publish_sync = stages.wrap("publish", lambda result: loop.run_until_complete(publish(result)))
+
+    async def measured_publish(result: Any) -> None:
+        # In the view it runs on daphne's loop: on a thread of its own here.
+        await asyncio.get_running_loop().run_in_executor(None, publish_sync, result)
+
+    if args.asgi:
+        from dashboard.asgi import application
+
+        present.add(REQUEST)
+        views._publish = measured_publish
+        request_loop = asyncio.new_event_loop()
+        whole = stages.wrap(
+            REQUEST, lambda body: request_loop.run_until_complete(asgi_post(application, body))
+        )
+
+        def post(body: bytes) -> int:
+            status = whole(body)
+            assert status == 200, status
+            return SPANS_PER_BATCH
+
+        return post, present
+
+    def post_direct(body: bytes) -> int:
+        decoded = otlp.decode(body, otlp.PROTOBUF)
+        result = ingest(decoded.rows)
+        publish_sync(result)
+        otlp.encode_response(decoded.rejected, decoded.error_message(), otlp.PROTOBUF)
+        assert result.stored == SPANS_PER_BATCH, result
+        return int(result.stored)
+
+    return post_direct, present
+
+
+def measure(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> list[dict[str, float]]:
+    stages = Stages()
+    post, present = instrument(stages, args)
+    # The garbage collector's share, whichever stage it interrupted.
+    gc_clock = [0.0, 0.0]  # started, spent
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_clock[0] = time.process_time()
+        else:
+            gc_clock[1] += time.process_time() - gc_clock[0]
+
+    gc.callbacks.append(on_gc)
+    posted = 0
+
+    def next_body() -> bytes:
+        nonlocal posted
+        posted += 1
+        return bodies[posted % len(bodies)].replace(nonce, os.urandom(8))
+
+    for _ in range(WARM_UP):  # imports, caches, statements
+        post(next_body())
+    profiler = cProfile.Profile() if args.profile else None
+    rounds: list[dict[str, float]] = []
+    for _ in range(args.rounds):
+        stages.spent = {}
+        gc_clock[1] = 0.0
+        spans = 0
+        for _ in range(args.batches):
+            body = next_body()
+            if profiler:
+                profiler.enable()
+            spans += post(body)
+            if profiler:
+                profiler.disable()
+        per_span = {k: v / spans * 1e6 for k, v in stages.spent.items()}
+        for label in present:
+            per_span.setdefault(label, 0.0)
+        per_span[GC] = gc_clock[1] / spans * 1e6
+        rounds.append(per_span)
+    if profiler and args.profile:
+        profiler.dump_stats(args.profile)
+    return rounds
+
+
+async def asgi_post(application: Any, body: bytes) -> int:
+    """POST /v1/traces through the ASGI app as daphne would; returns the status."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/traces",
+        "raw_path": b"/v1/traces",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/x-protobuf"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict[str, Any]] = []
+    received = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal received
+        if received:
+            await asyncio.Event().wait()  # a client that stays connected
+        received = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await application(scope, receive, send)
+    return int(sent[0]["status"])
+
+
+def report(args: argparse.Namespace, rounds: list[dict[str, float]]) -> None:
+    totals = [sum(v for k, v in r.items() if k in ORDER) for r in rounds]
+    best = rounds[totals.index(min(totals))]
+    print(
+        f"{args.root}: {args.rounds} rounds of {args.batches} x {SPANS_PER_BATCH} spans, "
+        f"{'PostgreSQL' if args.postgres else 'SQLite'}"
+        f"{', whole ASGI app' if args.asgi else ''}, load {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'µs CPU/span':<18} {'best round':>10} {'min':>8}")
+    for label in [*ORDER, GC]:
+        if label not in best:
+            print(f"{label:<18} {'-':>10} {'-':>8}")
+            continue
+        low = min(r.get(label, 0.0) for r in rounds)
+        print(f"{label:<18} {best[label]:>10.1f} {low:>8.1f}")
+    rounds_text = ", ".join(f"{t:.0f}" for t in totals)
+    print(f"{'total':<18} {min(totals):>10.1f}           (rounds: {rounds_text})")
+    print(f"CPU-bound ceiling: {1e6 / min(totals):,.0f} spans/s on one core")
+
+
+# -- callgrind -------------------------------------------------------------------
+
+
+def run_callgrind(
+    args: argparse.Namespace, tmp: Path, bodies: list[bytes], nonce: bytes
+) -> dict[str, float]:
+    """Run a child under callgrind; returns instructions per span per stage (inclusive)."""
+    if args.postgres:
+        raise SystemExit("--callgrind measures the SQLite path only")
+    # The batches (with their trace ids made fresh) and a migrated database,
+    # made natively: under callgrind they would take minutes.
+    posts = [
+        bodies[i % len(bodies)].replace(nonce, os.urandom(8))
+        for i in range(WARM_UP + args.batches)
+    ]
+    (tmp / "bodies.pickle").write_bytes(pickle.dumps(posts))
+    env = {**os.environ, "LOOMVIEW_DATA_DIR": str(tmp), "DJANGO_SETTINGS_MODULE": "dashboard.settings"}
+    env["DATABASE_URL"] = f"sqlite:///{tmp}/cpu.sqlite3"
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=args.root, env=env,
+        check=True,
+    )  # fmt: skip
+    library = build_stage_library(tmp)
+    env["LOOMVIEW_STAGE_LIBRARY"] = str(library)
+    spans = args.batches * SPANS_PER_BATCH
+    inclusive, total = _callgrind_child(args, tmp, env, args.batches)
+    inclusive = {label: count / spans for label, count in inclusive.items()}
+    if args.asgi:
+        # The request's threads are not inside one C function: the whole
+        # program's count less that of a run without the measured batches.
+        _, baseline = _callgrind_child(args, tmp, env, 0)
+        inclusive[REQUEST] = (total - baseline) / spans
+    return inclusive
+
+
+def _callgrind_child(
+    args: argparse.Namespace, tmp: Path, env: dict[str, str], batches: int
+) -> tuple[dict[str, int], int]:
+    """(inclusive instructions per stage, the program's total) of one child run."""
+    shutil.copy(tmp / "cpu.sqlite3", tmp / "run.sqlite3")
+    out = tmp / f"callgrind-{batches}.out"
+    command = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        sys.executable, str(Path(__file__).resolve()), "--child", str(tmp),
+        "--root", str(args.root), "--batches", str(batches),
+        *(["--asgi"] if args.asgi else []),
+    ]  # fmt: skip
+    started = time.monotonic()
+    subprocess.run(command, check=True, env=env, stderr=subprocess.DEVNULL)
+    print(f"callgrind run ({batches} batches): {time.monotonic() - started:.0f} s")
+    annotated = subprocess.run(
+        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in annotated.splitlines():
+        match = re.match(r"\s*([\d,]+) .*lv_stage_(\d+)\b", line)
+        if match:
+            inclusive[ORDER[int(match.group(2))]] = int(match.group(1).replace(",", ""))
+        match = re.match(r"\s*([\d,]+) .*PROGRAM TOTALS", line)
+        if match:
+            total = int(match.group(1).replace(",", ""))
+    return inclusive, total
+
+
+def child(args: argparse.Namespace) -> int:
+    """Under callgrind: post the prepared batches, each stage through its C function."""
+    tmp = args.child
+    library = ctypes.CDLL(os.environ["LOOMVIEW_STAGE_LIBRARY"])
+    posts: list[bytes] = pickle.loads((tmp / "bodies.pickle").read_bytes())
+    setup(args.root, str(tmp), f"sqlite:///{tmp}/run.sqlite3", migrate=False)
+    stages = Stages(library)
+    post, _ = instrument(stages, args)
+    for body in posts[:WARM_UP]:
+        post(body)
+    stages.measuring = True
+    for body in posts[WARM_UP : WARM_UP + args.batches]:
+        post(body)
+    return 0
+
+
+def report_callgrind(args: argparse.Namespace, inclusive: dict[str, float]) -> None:
+    """Exclusive instructions per stage: the store's callees are inside the store's
+    function, and everything is inside the request's with --asgi."""
+    exclusive = dict(inclusive)
+    store_callees = [s[0] for s in STAGES if s[0] in inclusive]
+    if STORE in exclusive:
+        exclusive[STORE] -= sum(inclusive[s] for s in store_callees)
+    if REQUEST in exclusive:
+        exclusive[REQUEST] -= sum(v for k, v in inclusive.items() if k not in (REQUEST, *store_callees))
+    total = inclusive[REQUEST] if REQUEST in inclusive else sum(exclusive.values())
+    print(
+        f"{args.root}: callgrind, {args.batches} x {SPANS_PER_BATCH} spans after {WARM_UP} "
+        f"warm-up batches, SQLite{', whole ASGI app' if args.asgi else ''}"
+    )
+    print(f"{'instructions/span':<18} {'':>10}")
+    for label in ORDER:
+        value = exclusive.get(label)
+        print(f"{label:<18} {'-' if value is None else f'{value:,.0f}':>10}")
+    print(f"{'total':<18} {total:>10,.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
