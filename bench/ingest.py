@@ -17,6 +17,17 @@ so each span is a real insert, not a skipped re-delivery.
 ``--postgres`` starts a fresh PostgreSQL server (tests/servers.py, its default
 durability settings) for each run; ``--dashboards 2`` posts to two daphne
 processes round-robin.
+
+Two figures per run, both printed with the machine's load average:
+
+- wall throughput, spans/s: what the target is stated in, and what other
+  programs on a shared machine spoil (each daphne gets a fraction of a core);
+- the CPU the receiving daphne process(es) spent (user + system, all
+  threads, from /proc) per 10,000 acknowledged spans: HTTP, decode, store,
+  publish. It moves far less with the load, so it is the figure to compare
+  code with code; on a quiet machine one daphne's spans/s is roughly
+  10,000 / that figure (SQLite: ~one core per process; PostgreSQL's server
+  work is in its own processes and not counted here).
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -358,8 +369,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> float:
-    """One measurement on a fresh database; returns spans/s (0 on a mismatch or errors)."""
+class Outcome(NamedTuple):
+    rate: float  # spans/s, wall; 0 on a mismatch or errors
+    cpu_per_10k: float  # daphne CPU seconds per 10,000 spans
+    load: float  # 1-minute load average at the end of the run
+
+
+def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> Outcome:
+    """One measurement on a fresh database."""
     with tempfile.TemporaryDirectory(prefix="loomview-bench-") as tmp:
         postgres = None
         db: Path | None = None
@@ -446,6 +463,8 @@ def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> flo
             if postgres is not None:
                 postgres.stop()
         rate = spans / elapsed
+        cpu_per_10k = server_cpu / spans * 10_000 if spans else 0.0
+        load_after = os.getloadavg()[0]
         backend = "PostgreSQL" if args.postgres else "SQLite"
         print(
             f"{backend}, {args.dashboards} daphne process(es), {args.clients} clients, "
@@ -454,20 +473,18 @@ def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> flo
         )
         print(
             f"sustained: {rate:,.0f} spans/s (target {TARGET_SPANS_PER_SECOND:,}); "
-            f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+            f"daphne CPU {cpu_per_10k:.2f} s per 10k spans "
+            f"({server_cpu:.1f} s over {elapsed:.1f} s wall); "
+            f"load average {load_before:.1f} -> {load_after:.1f}"
         )
-        if spans:
-            # CPU the daphne process(es) spent per span (HTTP, decode, store,
-            # publish): what a quiet machine's rate would follow.
-            print(f"daphne CPU: {server_cpu / spans * 1e6:.1f} µs/span")
         print(f"stored: {size / stored:,.0f} bytes/span ({size / 1024 / 1024:.1f} MiB database)")
         if errors:
             print(f"{len(errors)} failed posts, first: {errors[0]}")
-            return 0.0
+            return Outcome(0.0, cpu_per_10k, load_after)
         if stored != spans + warm_spans:
             print("MISMATCH: stored spans differ from acknowledged spans")
-            return 0.0
-        return rate
+            return Outcome(0.0, cpu_per_10k, load_after)
+        return Outcome(rate, cpu_per_10k, load_after)
 
 
 def main() -> int:
@@ -492,15 +509,23 @@ def main() -> int:
         f"({average / SPANS_PER_BATCH:.0f} bytes/span on the wire)"
     )
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min)")
-    rates = []
+    outcomes = []
     for _ in range(args.repeat):
         # Start each run with the page cache's writeback settled, so a run does
         # not pay for the previous run's (or another program's) dirty pages.
         os.sync()
-        rates.append(run_once(args, bodies, nonce))
+        outcomes.append(run_once(args, bodies, nonce))
+    rates = [o.rate for o in outcomes]
     median = statistics.median(rates)
+    cpu = statistics.median(o.cpu_per_10k for o in outcomes)
     if args.repeat > 1:
         print(f"runs: {', '.join(f'{r:,.0f}' for r in rates)} spans/s; median {median:,.0f}")
+        print(
+            f"daphne CPU per 10k spans: {', '.join(f'{o.cpu_per_10k:.2f}' for o in outcomes)} s; "
+            f"median {cpu:.2f} s"
+        )
+        loads = ", ".join(f"{o.load:.1f}" for o in outcomes)
+        print(f"load average at the end of each run: {loads}")
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
     return 0 if median >= TARGET_SPANS_PER_SECOND else 1
 

@@ -86,7 +86,8 @@ WARM_UP = 2
 # stage (a ctypes callback) and does a little work after it, so the call is
 # not a tail call.
 _STAGES_C = "\n".join(
-    f"volatile int lv_after_{i};\nvoid lv_stage_{i}(void (*work)(void)) {{ work(); lv_after_{i}++; }}"
+    f"volatile int lv_after_{i};\n"
+    f"void lv_stage_{i}(void (*work)(void)) {{ work(); lv_after_{i}++; }}"
     for i in range(len(ORDER))
 )
 
@@ -131,7 +132,7 @@ class Stages:
                 # ctypes would print and swallow an exception raised here.
                 try:
                     outcome.append((True, function(*args, **kwargs)))
-                except BaseException as exc:  # noqa: BLE001
+                except BaseException as exc:
                     outcome.append((False, exc))
 
             entry(callback_type(work))
@@ -232,9 +233,7 @@ def _start_postgres() -> Any:
     return server
 
 
-def instrument(
-    stages: Stages, args: argparse.Namespace
-) -> tuple[Callable[[bytes], int], set[str]]:
+def instrument(stages: Stages, args: argparse.Namespace) -> tuple[Callable[[bytes], int], set[str]]:
     """Wrap the stages in place; returns post(body) -> spans stored, and the stages present."""
     from tracing import otlp, store, views
 
@@ -353,14 +352,15 @@ async def asgi_post(application: Any, body: bytes) -> int:
         "server": ("127.0.0.1", 8000),
     }
     sent: list[dict[str, Any]] = []
-    received = False
+    # Daphne hands the app the body in pieces of its request_buffer_size.
+    chunk = int(os.environ.get("LV_CHUNK", "8192"))
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
 
     async def receive() -> dict[str, Any]:
-        nonlocal received
-        if received:
+        if not pieces:
             await asyncio.Event().wait()  # a client that stays connected
-        received = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        piece = pieces.pop(0)
+        return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -386,7 +386,10 @@ def report(args: argparse.Namespace, rounds: list[dict[str, float]]) -> None:
         print(f"{label:<18} {best[label]:>10.1f} {low:>8.1f}")
     rounds_text = ", ".join(f"{t:.0f}" for t in totals)
     print(f"{'total':<18} {min(totals):>10.1f}           (rounds: {rounds_text})")
-    print(f"CPU-bound ceiling: {1e6 / min(totals):,.0f} spans/s on one core")
+    print(
+        f"= {min(totals) / 100:.2f} CPU s per 10k spans; "
+        f"CPU-bound ceiling: {1e6 / min(totals):,.0f} spans/s on one core"
+    )
 
 
 # -- callgrind -------------------------------------------------------------------
@@ -401,11 +404,14 @@ def run_callgrind(
     # The batches (with their trace ids made fresh) and a migrated database,
     # made natively: under callgrind they would take minutes.
     posts = [
-        bodies[i % len(bodies)].replace(nonce, os.urandom(8))
-        for i in range(WARM_UP + args.batches)
+        bodies[i % len(bodies)].replace(nonce, os.urandom(8)) for i in range(WARM_UP + args.batches)
     ]
     (tmp / "bodies.pickle").write_bytes(pickle.dumps(posts))
-    env = {**os.environ, "LOOMVIEW_DATA_DIR": str(tmp), "DJANGO_SETTINGS_MODULE": "dashboard.settings"}
+    env = {
+        **os.environ,
+        "LOOMVIEW_DATA_DIR": str(tmp),
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+    }
     env["DATABASE_URL"] = f"sqlite:///{tmp}/cpu.sqlite3"
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=args.root, env=env,
@@ -414,14 +420,14 @@ def run_callgrind(
     library = build_stage_library(tmp)
     env["LOOMVIEW_STAGE_LIBRARY"] = str(library)
     spans = args.batches * SPANS_PER_BATCH
-    inclusive, total = _callgrind_child(args, tmp, env, args.batches)
-    inclusive = {label: count / spans for label, count in inclusive.items()}
+    counts, total = _callgrind_child(args, tmp, env, args.batches)
+    per_span = {label: count / spans for label, count in counts.items()}
     if args.asgi:
         # The request's threads are not inside one C function: the whole
         # program's count less that of a run without the measured batches.
         _, baseline = _callgrind_child(args, tmp, env, 0)
-        inclusive[REQUEST] = (total - baseline) / spans
-    return inclusive
+        per_span[REQUEST] = (total - baseline) / spans
+    return per_span
 
 
 def _callgrind_child(
@@ -479,7 +485,8 @@ def report_callgrind(args: argparse.Namespace, inclusive: dict[str, float]) -> N
     if STORE in exclusive:
         exclusive[STORE] -= sum(inclusive[s] for s in store_callees)
     if REQUEST in exclusive:
-        exclusive[REQUEST] -= sum(v for k, v in inclusive.items() if k not in (REQUEST, *store_callees))
+        inner = [k for k in inclusive if k not in (REQUEST, *store_callees)]
+        exclusive[REQUEST] -= sum(inclusive[k] for k in inner)
     total = inclusive[REQUEST] if REQUEST in inclusive else sum(exclusive.values())
     print(
         f"{args.root}: callgrind, {args.batches} x {SPANS_PER_BATCH} spans after {WARM_UP} "
