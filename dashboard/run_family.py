@@ -123,6 +123,8 @@ class Family:
     reset_to: list[str] = field(default_factory=list)
     # The continue-as-new / retry chain in order, this run included.
     chain: list[RunKey] = field(default_factory=list)
+    # continued_as_new, retry or cron_schedule.
+    chain_kind: str = ""
     chain_totals: Figures | None = None
     parent: RunKey | None = None
     children: list[RunRef] = field(default_factory=list)
@@ -179,6 +181,7 @@ class Family:
                 "previous": ref(self.previous),
                 "next": ref(self.next),
                 "previous_kind": self.lineage.previous_kind or None,
+                "kind": self.chain_kind or None,
                 "totals": self.chain_totals.as_json() if self.chain_totals else None,
             },
             "parent": ref(self.parent),
@@ -402,7 +405,7 @@ async def load(
     family._me = (workflow_id, run_id)
     if found.is_reset:
         family.inherited = await _inherited_spans(workflow_id, run_id, found)
-    family.chain = await _chain(workflow_id, run_id, found)
+    family.chain, family.chain_kind = await _chain(workflow_id, run_id, found)
     await sync_to_async(_fill_from_store)(family, workflow_id, run_id)
     return family
 
@@ -442,14 +445,34 @@ async def _inherited_spans(workflow_id: str, run_id: str, found: Lineage) -> lis
     rows: list[Row] = []
     for source, activity_ids in lineage.reset_chain(workflow_id, run_id, found, bases):
         spans = await sync_to_async(store.spans_of_activities)(workflow_id, source, activity_ids)
+        if any(s["kind"] in vocab.MODEL_KINDS and not s["agent"] for s in spans):
+            # The agent a model call ran under is an ancestor span in the base run.
+            base_spans = await sync_to_async(store.spans_for_run)(workflow_id, source)
+            _name_agents(spans, {r["span_id"]: r for r in base_spans})
         for span in spans:
             span["inherited_from"] = source
         rows.extend(spans)
     return rows
 
 
-async def _chain(workflow_id: str, run_id: str, found: Lineage) -> list[RunKey]:
-    """The runs before and after this one through continue-as-new, retries or cron."""
+def _name_agents(spans: list[Row], by_id: dict[str, Row]) -> None:
+    for span in spans:
+        if span["kind"] not in vocab.MODEL_KINDS or span["agent"]:
+            continue
+        node = by_id.get(span["parent_span_id"])
+        for _ in range(64):  # bounded: parents come from senders
+            if node is None:
+                break
+            if node["agent"]:
+                span["agent"] = node["agent"]
+                break
+            node = by_id.get(node["parent_span_id"])
+
+
+async def _chain(workflow_id: str, run_id: str, found: Lineage) -> tuple[list[RunKey], str]:
+    """The runs before and after this one through continue-as-new, retries or cron, and
+    how they follow each other (Temporal's initiator: continued_as_new, retry, ...)."""
+    kinds = [found.previous_kind]
     before: list[RunKey] = []
     previous = found.previous_run_id
     seen = {run_id}
@@ -465,7 +488,9 @@ async def _chain(workflow_id: str, run_id: str, found: Lineage) -> list[RunKey]:
         after.append((workflow_id, following))
         step = await _edges(workflow_id, following)
         following = step.next_run_id if step is not None else ""
-    return [*reversed(before), (workflow_id, run_id), *after]
+        kinds.append(step.previous_kind if step is not None else "")
+    chain = [*reversed(before), (workflow_id, run_id), *after]
+    return chain, next((kind for kind in kinds if kind), "")
 
 
 async def _edges(workflow_id: str, run_id: str) -> Lineage | None:

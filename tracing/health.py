@@ -144,9 +144,9 @@ def _track_missing_parents(inserted: Sequence[Row], adopted: Sequence[Row], delt
     waiting = [m for m in _missing_in({t for t, _ in new}) if (m.trace_id, m.parent_span_id) in new]
     if waiting:
         for cycle in _cycles_through_stored(new, waiting):
-            for key in cycle:
-                if key in new:
-                    delta(new[key]).cycles += 1
+            # Counted on the run of the span that closed it (stored members are
+            # spans of that run too, or of none).
+            delta(new[cycle[0]]).cycles += len(cycle)
         _sql(f"DELETE FROM {_table(MissingParent)} WHERE id IN ({_marks(len(waiting))})",
              [m.id for m in waiting])  # fmt: skip
         for m in waiting:
