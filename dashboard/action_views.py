@@ -541,6 +541,7 @@ BUNDLED = {
     "resilient": "Resilient: the primary model fails, a fallback answers",
     "parallel": "Parallel: analysts in parallel, an editor merges",
     "conversation": "Conversation: a long-lived chat driven by signals and updates",
+    "orchestrator": "Orchestrator: specialists as child workflows, an agent as a tool",
 }
 
 

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
-from django.db import OperationalError
 from django.test import Client
 from temporalio.api.enums.v1 import EventType
 
@@ -143,19 +142,6 @@ def model_call_scheduled(address: str, workflow_id: str, run_id: str, number: in
 
 
 def get(client: Client, path: str, params: dict[str, str] | None = None) -> Any:
-    """A GET, again if it met the live server's ingest.
-
-    The test database is SQLite in memory with a shared cache, where a read while
-    an ingest holds its write transaction fails at once with "table is locked"
-    instead of waiting (a file database in WAL mode, as Loomview runs, waits).
-    """
-    for _ in range(100):
-        try:
-            return client.get(path, params or {})
-        except OperationalError as exc:
-            if "locked" not in str(exc):
-                raise
-            time.sleep(0.05)
     return client.get(path, params or {})
 
 
@@ -431,6 +417,27 @@ def test_children_roll_up_into_their_parent_and_link_back(
     assert (
         'data-family="parent"' in child_html and f"/runs/{workflow_id}/{parent_run}/" in child_html
     )
+
+
+def test_start_a_run_offers_the_orchestrator_and_starts_it(
+    ops: Client, traced_worker: WorkerProcess, on_temporal: str
+) -> None:
+    form = get(ops, "/runs/new/").content.decode()
+    assert 'value="orchestrator"' in form
+    response = ops.post(
+        "/runs/new/",
+        {
+            "workflow": "orchestrator",
+            "prompt": "Double charged and the sync is down",
+            "faults": "",
+            "task_queue": traced_worker.task_queue,
+            "workflow_id": f"ops-started-{uuid.uuid4().hex[:6]}",
+        },
+    )
+    assert response.status_code == 302
+    workflow_id, run_id = response["Location"].rstrip("/").split("/")[-2:]
+    result = result_of(on_temporal, workflow_id, run_id, OrchestratorResult)
+    assert [c.specialist for c in result.children] == ["billing", "technical"]
 
 
 # -- run again ---------------------------------------------------------------------------
