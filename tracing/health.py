@@ -158,15 +158,18 @@ def _track_missing_parents(inserted: Sequence[Row], adopted: Sequence[Row], delt
 def _retie_missing(adopted: Sequence[Row], delta: Any) -> None:
     """Stored spans that this batch tied to a run take their missing parent with them."""
     tied = {(r["trace_id"], r["span_id"]): r for r in adopted}
+    moves: dict[RunKey, list[int]] = {}
     for m in _missing_in({t for t, _ in tied}):
         row = tied.get((m.trace_id, m.span_id))
         if row is None or (row["workflow_id"], row["run_id"]) == (m.workflow_id, m.run_id):
             continue
         delta({"workflow_id": m.workflow_id, "run_id": m.run_id}).orphans -= 1
         delta(row).orphans += 1
+        moves.setdefault((row["workflow_id"], row["run_id"]), []).append(m.id)
+    for (workflow_id, run_id), ids in moves.items():
         _sql(f"UPDATE {_table(MissingParent)} SET workflow_id = {_marks(1)}, "
-             f"run_id = {_marks(1)} WHERE id = {_marks(1)}",
-             [row["workflow_id"], row["run_id"], m.id])  # fmt: skip
+             f"run_id = {_marks(1)} WHERE id IN ({_marks(len(ids))})",
+             [workflow_id, run_id, *ids])  # fmt: skip
 
 
 def _table(model: Any) -> str:
@@ -264,29 +267,34 @@ def _cycles_through_stored(
 
     A cycle needs every member stored; its last member to arrive has a stored
     child that was waiting for it. So walk up from each new span that a stored
-    span waited for: reaching that child again is a cycle.
+    span waited for: reaching that child again is a cycle. All walks advance
+    together, one step and at most one query per round, MAX_CYCLE_WALK rounds:
+    a sender's deep chains cost a bounded number of queries per batch.
     """
-    waiters: dict[SpanKey, SpanKey] = {
-        (m.trace_id, m.span_id): (m.trace_id, m.parent_span_id) for m in waiting
-    }
     parents: dict[SpanKey, str] = {key: row["parent_span_id"] for key, row in new.items()}
+    walks: dict[SpanKey, list[SpanKey]] = {
+        (m.trace_id, m.span_id): [(m.trace_id, m.parent_span_id)] for m in waiting
+    }
     cycles: list[list[SpanKey]] = []
-    for child, start in waiters.items():
-        path = [start]
-        key = start
-        for _ in range(MAX_CYCLE_WALK):
-            if key not in parents:
-                parents.update(_stored_parents({key}))
-            parent = parents.get(key, "")
+    for _ in range(MAX_CYCLE_WALK):
+        if not walks:
+            break
+        unknown = {path[-1] for path in walks.values() if path[-1] not in parents}
+        if unknown:
+            found = _stored_parents(unknown)
+            for key in unknown:
+                parents[key] = found.get(key, "")
+        advanced: dict[SpanKey, list[SpanKey]] = {}
+        for child, path in walks.items():
+            parent = parents.get(path[-1], "")
             if not parent:
-                break
-            key = (key[0], parent)
-            if key == child:
+                continue
+            step = (path[-1][0], parent)
+            if step == child:
                 cycles.append([*path, child])
-                break
-            if key in path:
-                break  # a cycle that does not pass through this child: counted elsewhere
-            path.append(key)
+            elif step not in path:  # a cycle that does not pass through this child
+                advanced[child] = [*path, step]
+        walks = advanced
     return cycles
 
 

@@ -268,3 +268,29 @@ def test_the_page_never_says_no_spans_when_the_workflow_has_spans_elsewhere(
     assert story["health"]["spans_elsewhere"] == {"other_runs": len(run["spans"])}
     # The history's model attempts, with no span tied to the run, are counted too.
     assert story["health"]["problems"]["attempts_without_span"] >= 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_orphan_tied_to_its_run_later_counts_for_that_run(
+    exporter: OTLPSpanExporter, viewer: Client
+) -> None:
+    """A client's span names the workflow but no run (its parent was never sent); when a
+    span of the same trace names the run, the orphan becomes that run's."""
+    now = time.time_ns()
+    client_span = span("SignalWorkflow:approve", 0xE, 0x1, 0xDEAD, None, now - S)
+    assert client_span.attributes is not None
+    client_span = ReadableSpan(
+        name=client_span.name,
+        context=client_span.context,
+        parent=client_span.parent,
+        resource=RESOURCE,
+        attributes={"temporal.workflow.id": "tied-later"},
+        start_time=now - S,
+        end_time=now - S // 2,
+    )
+    send(exporter, client_span)
+    assert MissingParent.objects.get().run_id == ""
+    send(exporter, span("RunWorkflow:tied", 0xE, 0x2, None, ("tied-later", "run-t"), now - S, now))
+    assert MissingParent.objects.get().run_id == "run-t"
+    summary = RunSummary.objects.get(workflow_id="tied-later", run_id="run-t")
+    assert summary.orphan_spans == 1 and summary.health_problems == 1
