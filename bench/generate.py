@@ -169,8 +169,9 @@ def main() -> None:
     run_sql = (
         "INSERT INTO tracing_runsummary (workflow_id, run_id, workflow_type, span_count, "
         "model_calls, attempts, failed_attempts, tokens_in, tokens_out, agents, first_span_ns, "
-        "last_span_ns, last_error, last_error_ns, model_attempts, updated_at) VALUES ("
-        + ",".join("?" * 16)
+        "last_span_ns, last_error, last_error_ns, model_attempts, orphan_spans, cycle_spans, "
+        "duplicate_spans, late_spans, history_problems, health_problems, updated_at) VALUES ("
+        + ",".join("?" * 22)
         + ")"
     )
     counter = [0]
@@ -232,6 +233,7 @@ def main() -> None:
                     error,
                     last if error else None,
                     "{}",
+                    *(0,) * 6,  # trace health: no problems
                     "2026-01-01 00:00:00",
                 )
             )

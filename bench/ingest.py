@@ -126,10 +126,12 @@ def messages(rng: random.Random, size: int) -> list[dict[str, str]]:
 class RunBuilder:
     """Spans of one agent run, shaped like the bundled worker emits them."""
 
-    def __init__(self, rng: random.Random, index: int, trace_id: bytes, t0: int) -> None:
+    def __init__(
+        self, rng: random.Random, index: int, trace_id: bytes, t0: int, tag: str = ""
+    ) -> None:
         self.rng = rng
         self.trace_id = trace_id
-        self.workflow_id = f"bench-wf-{index}"
+        self.workflow_id = f"bench-wf-{index}{tag}"
         self.run_id = f"{rng.getrandbits(128):032x}"
         self.t = t0
         self.spans: list[Span] = []
@@ -281,7 +283,7 @@ class RunBuilder:
         return self.spans[:count]
 
 
-def build_batch(seed: int, nonce: bytes) -> bytes:
+def build_batch(seed: int, nonce: bytes, new_runs: bool = False) -> bytes:
     rng = random.Random(seed)
     request = ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
@@ -295,7 +297,9 @@ def build_batch(seed: int, nonce: bytes) -> bytes:
     for index in range(RUNS_PER_BATCH):
         count = per_run if index < RUNS_PER_BATCH - 1 else SPANS_PER_BATCH - per_run * index
         trace_id = nonce + index.to_bytes(8, "big")
-        run = RunBuilder(rng, seed * 100 + index, trace_id, t0)
+        # With new_runs the workflow ids carry the nonce in hex, swapped per post too.
+        tag = f"-{nonce.hex()}" if new_runs else ""
+        run = RunBuilder(rng, seed * 100 + index, trace_id, t0, tag)
         scope_spans.spans.extend(run.build(count))
     assert len(scope_spans.spans) == SPANS_PER_BATCH
     return bytes(request.SerializeToString())
@@ -318,8 +322,11 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 class Poster(threading.Thread):
-    def __init__(self, port: int, bodies: list[bytes], nonce: bytes, stop_at: float) -> None:
+    def __init__(
+        self, port: int, bodies: list[bytes], nonce: bytes, stop_at: float, new_runs: bool = False
+    ) -> None:
         super().__init__(daemon=True)
+        self.new_runs = new_runs
         self.port = port
         self.bodies = bodies
         self.nonce = nonce
@@ -332,7 +339,10 @@ class Poster(threading.Thread):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         i = 0
         while time.monotonic() < self.stop_at:
-            body = self.bodies[i % len(self.bodies)].replace(self.nonce, os.urandom(8))
+            fresh = os.urandom(8)
+            body = self.bodies[i % len(self.bodies)].replace(self.nonce, fresh)
+            if self.new_runs:
+                body = body.replace(self.nonce.hex().encode(), fresh.hex().encode())
             i += 1
             conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
             response = conn.getresponse()
@@ -433,7 +443,7 @@ def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> Out
             # Warm up: the first request of each process imports the view and opens the database.
             warm_spans = 0
             for port in ports:
-                warm = Poster(port, bodies[:1], nonce, 0)
+                warm = Poster(port, bodies[:1], nonce, 0, args.new_runs)
                 warm.stop_at = time.monotonic() + 1
                 warm.run()
                 warm_spans += warm.spans
@@ -441,7 +451,7 @@ def run_once(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> Out
             load_before = os.getloadavg()[0]
             begin = time.monotonic()
             posters = [
-                Poster(ports[i % len(ports)], bodies, nonce, begin + args.seconds)
+                Poster(ports[i % len(ports)], bodies, nonce, begin + args.seconds, args.new_runs)
                 for i in range(args.clients)
             ]
             for poster in posters:
@@ -497,11 +507,16 @@ def main() -> int:
     )
     parser.add_argument("--dashboards", type=int, default=1, help="daphne processes")
     parser.add_argument("--repeat", type=int, default=1, help="runs; the median is reported")
+    parser.add_argument(
+        "--new-runs",
+        action="store_true",
+        help="every post brings runs of its own (default: the batches' runs grow)",
+    )
     args = parser.parse_args()
 
     nonce = os.urandom(8)
     started = time.monotonic()
-    bodies = [build_batch(seed, nonce) for seed in range(args.batches)]
+    bodies = [build_batch(seed, nonce, args.new_runs) for seed in range(args.batches)]
     average = sum(len(b) for b in bodies) / len(bodies)
     print(
         f"built {args.batches} batches of {SPANS_PER_BATCH} spans in "

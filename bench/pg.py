@@ -39,14 +39,14 @@ def migrate(url: str) -> None:
     )
 
 
-def load_from_sqlite(sqlite_path: Path, url: str) -> None:
+def load_from_sqlite(sqlite_path: Path, url: str, tables: tuple[str, ...] = TABLES) -> None:
     import psycopg
 
     began = time.monotonic()
     migrate(url)
     source = sqlite3.connect(sqlite_path)
     with psycopg.connect(dsn(url)) as target:
-        for table in TABLES:
+        for table in tables:
             info = source.execute(f"PRAGMA table_info({table})").fetchall()
             columns = [row[1] for row in info]
             booleans = {i for i, row in enumerate(info) if row[2].lower() == "bool"}

@@ -18,7 +18,9 @@ from dashboard.runs import RunFilterForm
 logger = logging.getLogger(__name__)
 
 
-FILTER_FIELDS = ("status", "type", "agent", "model", "queue", "range", "since", "until", "q")
+FILTER_FIELDS = (
+    "status", "type", "agent", "model", "queue", "range", "since", "until", "q", "failure",
+)  # fmt: skip
 
 
 def _page_url(request: HttpRequest, cursor: str | None) -> str:

@@ -11,7 +11,6 @@ that started in it; each bar links to the runs list filtered the same way.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -388,6 +387,13 @@ def _breakdown(
     return result
 
 
+def _json_list_holds(column: str) -> str:
+    """SQL: the JSON list in column holds the string parameter, exactly."""
+    if connection.vendor == "postgresql":
+        return f"{column} @> jsonb_build_array(%s::text)"
+    return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE json_each.value = %s)"
+
+
 def _top_runs(q: Query, order: str) -> list[dict[str, Any]]:
     table = connection.ops.quote_name(RunRollupState._meta.db_table)
     # "+start_ns": walk the (order, start_ns, ...) index from the top and test
@@ -403,9 +409,8 @@ def _top_runs(q: Query, order: str) -> list[dict[str, Any]]:
         params.append(q.status)
     for column, value in (("agents", q.agent), ("model_names", q.model)):
         if value:
-            clauses.append(f"{column} LIKE %s ESCAPE '\\'")
-            escaped = json.dumps(value).replace("\\", "\\\\").replace("%", "\\%")
-            params.append("%" + escaped.replace("_", "\\_") + "%")
+            clauses.append(_json_list_holds(column))
+            params.append(value)
     sql = (
         "SELECT workflow_id, run_id, workflow_type, status, start_ns, duration_ns, cost "
         f"FROM {table} WHERE {' AND '.join(clauses)} ORDER BY {order} DESC LIMIT {TOP}"

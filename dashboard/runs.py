@@ -27,12 +27,13 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models import BooleanField, Count, Exists, OuterRef, Q, QuerySet, Sum
+from django.db.models.expressions import RawSQL
 from django.urls import NoReverseMatch, reverse
 
 from dashboard import linker, run_family, temporal
 from telemetry import vocab
-from tracing import health, lineage, pricing
+from tracing import health, lineage, pricing, rollups
 from tracing.models import RunRollupState, RunSummary, Span, datetime_to_ns
 
 logger = logging.getLogger(__name__)
@@ -121,12 +122,17 @@ class Filters:
     task_queue: str = ""
     # Only runs whose trace health shows a problem (tracing.health).
     problems: bool = False
+    # Only runs with a failed model-call attempt of this message (the overview's
+    # top failure messages link here).
+    failure: str = ""
 
 
 class RunFilterForm(forms.Form):
     status = forms.ChoiceField(
         required=False,
-        choices=[("", "Any status")] + [(s, s.replace("_", " ").capitalize()) for s in STATUSES],
+        choices=[("", "Any status")]
+        + [(s, s.replace("_", " ").capitalize()) for s in STATUSES]
+        + [(UNKNOWN, "Unknown (not in Temporal)")],
     )
     type = forms.CharField(required=False, max_length=255, label="Workflow type")
     agent = forms.CharField(required=False, max_length=255)
@@ -136,6 +142,9 @@ class RunFilterForm(forms.Form):
     since = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="From")
     until = forms.DateTimeField(required=False, input_formats=DATETIME_FORMATS, label="To")
     q = forms.CharField(required=False, max_length=200, label="Search")
+    failure = forms.CharField(
+        required=False, max_length=rollups.MESSAGE_MAX, strip=False, label="Failed attempt"
+    )
     health = forms.ChoiceField(
         required=False,
         choices=[("", "Any trace health"), ("problems", "Trace problems")],
@@ -169,7 +178,9 @@ class RunFilterForm(forms.Form):
             since_ns = datetime_to_ns((now or datetime.now(UTC)) - window)
         elif data.get("range") == "custom" or data.get("since") or data.get("until"):
             since_ns = datetime_to_ns(data["since"]) if data.get("since") else None
-            until_ns = datetime_to_ns(data["until"]) if data.get("until") else None
+            # "To" is inclusive down to its last nanosecond: the form speaks in
+            # microseconds at best, the store in nanoseconds.
+            until_ns = datetime_to_ns(data["until"]) + 999 if data.get("until") else None
         return Filters(
             status=data.get("status") or "",
             workflow_type=(data.get("type") or "").strip(),
@@ -180,6 +191,7 @@ class RunFilterForm(forms.Form):
             model=(data.get("model") or "").strip(),
             task_queue=(data.get("queue") or "").strip(),
             problems=data.get("health") == "problems",
+            failure=data.get("failure") or "",
         )
 
 
@@ -315,7 +327,8 @@ class Page:
 
 def visibility_query(filters: Filters, cursor: SortKey | None = None) -> str:
     clauses = []
-    if filters.status:
+    # Unknown runs are those visibility does not list: not a clause it can answer.
+    if filters.status and filters.status != UNKNOWN:
         clauses.append(f"ExecutionStatus = {temporal.quote(STATUSES[filters.status])}")
     if filters.workflow_type:
         clauses.append(f"WorkflowType = {temporal.quote(filters.workflow_type)}")
@@ -411,6 +424,19 @@ def _store_filtered(filters: Filters) -> QuerySet[RunSummary]:
         )
     if filters.problems:
         qs = health.unhealthy(qs)
+    if filters.status == UNKNOWN and rollups.enabled():
+        # Runs whose Temporal status has not been seen, as the overview counts
+        # them; the merge then drops any that visibility does know.
+        qs = qs.filter(
+            Exists(
+                RunRollupState.objects.filter(
+                    workflow_id=OuterRef("workflow_id"), run_id=OuterRef("run_id"), status=""
+                )
+            )
+        )
+    if filters.failure:
+        sql, params = rollups.failed_with_sql(qs.model._meta.db_table, filters.failure)
+        qs = qs.filter(RawSQL(sql, params, output_field=BooleanField()))
     return qs
 
 
@@ -477,6 +503,8 @@ def _add_costs(rows: list[RunRow]) -> None:
 def _matches(row: RunRow, filters: Filters) -> bool:
     if filters.status and row.status != filters.status:
         return False
+    if filters.failure and not row.has_spans:
+        return False
     if filters.workflow_type and row.workflow_type != filters.workflow_type:
         return False
     if filters.agent and filters.agent.lower() not in (a.lower() for a in row.agents):
@@ -532,9 +560,16 @@ async def list_page(
 ) -> Page:
     temporal_error: str | None = None
     visible: list[temporal.VisibilityRun] = []
-    if not (filters.agent or filters.model or filters.problems):
-        # Runs without spans have no agents, models or trace health: such a
-        # filter is the store's alone.
+    if not (
+        filters.agent
+        or filters.model
+        or filters.problems
+        or filters.failure
+        or filters.status == UNKNOWN
+    ):
+        # Runs without spans have no agents, models, trace health or failed
+        # attempts, and unknown runs are the ones visibility does not list:
+        # such a filter is the store's alone.
         visible, temporal_error = await _visibility(
             visibility_query(filters, cursor), VISIBILITY_LIMIT
         )

@@ -15,7 +15,11 @@ What goes, as an explicit list (a table added later registers here):
 - **Stray spans** that belong to no run (no Temporal ids, or no run id) and
   ended before the cutoff, through the partial index ``span_strays``.
 - **Aged rows** of ``AGED_TABLES``: each row by its own time column (finished
-  per-run exports, the overview's rollup buckets).
+  per-run exports, spans of no run still waiting for their parent).
+
+The overview's rollups are not aged: each run leaves them (``rollups.forget``)
+in the batch that deletes its summary, so they always equal a recount of the
+runs kept.
 - **The audit log**, under its own and usually longer ``LOOMVIEW_AUDIT_RETENTION_DAYS``.
 """
 
@@ -34,7 +38,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from tracing import store
+from tracing import rollups, store
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +67,6 @@ class AgedTable:
 RUN_TABLES: list[str] = [
     "tracing.ArchivedHistory",
     "tracing.TraceLink",
-    "tracing.RunRollupState",
     "tracing.RunExport",
     "tracing.RunLineage",
     "tracing.MissingParent",
@@ -78,10 +81,8 @@ AGED_TABLES: list[AgedTable] = [
         nanoseconds=False,
         only=Q(status__in=["done", "failed"]),
     ),
-    AgedTable("rollups", "tracing.Rollup", "bucket_ns", nanoseconds=True),
     # Spans of no run still waiting for their parent (a run's own go with the run).
     AgedTable("missing_parents", "tracing.MissingParent", "received_ns", nanoseconds=True),
-    AgedTable("failure_rollups", "tracing.FailureRollup", "bucket_ns", nanoseconds=True),
     AgedTable(
         "audit_entries",
         "dashboard.AuditEntry",
@@ -216,7 +217,10 @@ def _prune_runs(cutoff_ns: int, batcher: _Batcher) -> None:
             )
 
             def rest(w: str = workflow_id, r: str = run_id) -> int:
-                total = 0
+                # The run leaves the overview's rollups in the batch that deletes
+                # its summary: they always count the runs the store has.
+                total = rollups.forget([(w, r)])
+                batcher.result.count("run rollup states", total)
                 for label in RUN_TABLES:
                     model = _model(label)
                     deleted, _ = model._base_manager.filter(workflow_id=w, run_id=r).delete()

@@ -187,12 +187,6 @@ def _attempt_key(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _is_model_span(row: dict[str, Any]) -> bool:
-    if not row["activity_id"]:
-        return False
-    return row["kind"] in MODEL_KINDS or vocab.is_model_activity_span(row["name"])
-
-
 def _smaller(current: str, value: str) -> str:
     return value if value and (not current or value < current) else current
 
@@ -207,45 +201,65 @@ def _task_queue(row: dict[str, Any]) -> str:
 
 def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
     """Fold spans of one run into its state; any order gives the same state."""
+    # On the ingest path for every span: locals, and the common span (not a
+    # model span, no tokens) leaves early.
     calls: dict[str, dict[str, list[Any]]] = state.facts["a"]
     loose: dict[str, list[int]] = state.facts["t"]
+    agents = state.agents
+    workflow_type, task_queue = state.workflow_type, state.task_queue
+    start_ns, end_ns = state.start_ns, state.end_ns
+    model_kinds = MODEL_KINDS
     for row in rows:
-        state.workflow_type = _smaller(state.workflow_type, row.get("workflow_type") or "")
-        state.task_queue = _smaller(state.task_queue, _task_queue(row))
-        if row["agent"]:
-            state.agents.add(row["agent"])
-        if state.start_ns is None or row["start_ns"] < state.start_ns:
-            state.start_ns = row["start_ns"]
-        if state.end_ns is None or row["end_ns"] > state.end_ns:
-            state.end_ns = row["end_ns"]
-        model_kind = row["kind"] in MODEL_KINDS
-        tokens_in = row["tokens_in"] or 0
-        tokens_out = row["tokens_out"] or 0
+        value = row.get("workflow_type")
+        if value and (not workflow_type or value < workflow_type):
+            workflow_type = value
+        value = _task_queue(row)
+        if value and (not task_queue or value < task_queue):
+            task_queue = value
+        agent = row["agent"]
+        if agent:
+            agents.add(agent)
+        if start_ns is None or row["start_ns"] < start_ns:
+            start_ns = row["start_ns"]
+        if end_ns is None or row["end_ns"] > end_ns:
+            end_ns = row["end_ns"]
+        model_kind = row["kind"] in model_kinds
         key = None
-        if _is_model_span(row):
-            per_call = calls.setdefault(row["activity_id"], {})
+        if row["activity_id"] and (model_kind or vocab.is_model_activity_span(row["name"])):
             key = _attempt_key(row)
             if key is not None:
+                per_call = calls.get(row["activity_id"])
+                if per_call is None:
+                    per_call = calls[row["activity_id"]] = {}
                 entry = per_call.get(key)
                 if entry is None:
                     entry = per_call[key] = ["", "", 0, 0, 0, 0, 0, "", 0]
-                entry[_AGENT] = max(entry[_AGENT], row["agent"] or "")
-                entry[_MODEL] = max(entry[_MODEL], row.get("model") or "")
+                if agent and agent > entry[_AGENT]:
+                    entry[_AGENT] = agent
+                model = row.get("model")
+                if model and model > entry[_MODEL]:
+                    entry[_MODEL] = model
                 duration = max(row["end_ns"] - row["start_ns"], 0)
                 if model_kind:
-                    entry[_ATIN] += tokens_in
-                    entry[_ATOUT] += tokens_out
+                    entry[_ATIN] += row["tokens_in"] or 0
+                    entry[_ATOUT] += row["tokens_out"] or 0
                     entry[_MODEL_NS] = max(entry[_MODEL_NS], duration)
                 else:
                     entry[_ACT_NS] = max(entry[_ACT_NS], duration)
                 if row["status_code"] == STATUS_ERROR:
                     entry[_AFAILED] = 1
                     _note_message(entry, row)
-        if key is None and model_kind and (tokens_in or tokens_out):
-            name = f"{row['agent'] or ''}{_SEP}{row.get('model') or ''}"
+            else:
+                # A model span of an activity without an attempt: its calls
+                # entry exists (a call with no attempts counts as a call).
+                calls.setdefault(row["activity_id"], {})
+        if key is None and model_kind and (row["tokens_in"] or row["tokens_out"]):
+            name = f"{agent or ''}{_SEP}{row.get('model') or ''}"
             pair = loose.setdefault(name, [0, 0])
-            pair[0] += tokens_in
-            pair[1] += tokens_out
+            pair[0] += row["tokens_in"] or 0
+            pair[1] += row["tokens_out"] or 0
+    state.workflow_type, state.task_queue = workflow_type, task_queue
+    state.start_ns, state.end_ns = start_ns, end_ns
 
 
 def _note_message(entry: list[Any], row: dict[str, Any]) -> None:
@@ -319,17 +333,28 @@ def contribution(state: RunState, bucket_size: int = HOUR_NS) -> Contribution:
 
 
 def _subtract(new: Contribution, old: Contribution, into: Contribution) -> None:
+    """into += new - old."""
+    cells = into.cells
     for cell in new.cells.keys() | old.cells.keys():
         after, before = new.cells.get(cell), old.cells.get(cell)
         if after == before:
             continue
-        vector = into.vector(cell)
-        for i in range(len(VALUES)):
-            vector[i] += (after[i] if after else 0) - (before[i] if before else 0)
+        if before is None:
+            change = after
+        elif after is None:
+            change = [-v for v in before]
+        else:
+            change = [a - b for a, b in zip(after, before, strict=True)]
+        current = cells.get(cell)
+        cells[cell] = (
+            list(change)
+            if current is None
+            else [a + b for a, b in zip(current, change, strict=True)]
+        )
     for failure in new.failures.keys() | old.failures.keys():
-        change = new.failures.get(failure, 0) - old.failures.get(failure, 0)
-        if change:
-            into.failures[failure] = into.failures.get(failure, 0) + change
+        change_f = new.failures.get(failure, 0) - old.failures.get(failure, 0)
+        if change_f:
+            into.failures[failure] = into.failures.get(failure, 0) + change_f
 
 
 # -- storage ------------------------------------------------------------------
@@ -339,10 +364,9 @@ def _marker() -> str:
     return "?" if connection.vendor == "sqlite" else "%s"
 
 
-def _json(value: Any) -> Any:
-    text = orjson.dumps(value).decode()
-    if connection.vendor == "sqlite":
-        return text
+def _json(value: Any, vendor: str) -> Any:
+    if vendor == "sqlite":
+        return orjson.dumps(value).decode()
     return connection.ops.adapt_json_value(value, None)
 
 
@@ -383,6 +407,7 @@ def _save_states(states: Sequence[RunState]) -> None:
     if not states:
         return
     quote = connection.ops.quote_name
+    vendor = connection.vendor
     placeholder = "(" + ", ".join([_marker()] * len(_STATE_COLUMNS)) + ")"
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
     with connection.cursor() as cursor:
@@ -393,7 +418,8 @@ def _save_states(states: Sequence[RunState]) -> None:
                 params += [
                     s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status,
                     s.start_ns, s.end_ns, s.close_ns, s.duration_ns, s.cost(),
-                    _json(sorted(s.agents)), _json(sorted(s.model_names())), _json(s.facts),
+                    _json(sorted(s.agents), vendor), _json(sorted(s.model_names()), vendor),
+                    _json(s.facts, vendor),
                 ]  # fmt: skip
             cursor.execute(
                 f"INSERT INTO {quote(RunRollupState._meta.db_table)} "
@@ -405,7 +431,9 @@ def _save_states(states: Sequence[RunState]) -> None:
 
 
 @functools.cache
-def _add_sql(table: str, keys: tuple[str, ...], values: tuple[str, ...], rows: int, m: str) -> str:
+def _add_sql(
+    table: str, keys: tuple[str, ...], values: tuple[str, ...], rows: int, m: str, returning: str
+) -> str:
     quote = connection.ops.quote_name
     columns = keys + values
     placeholder = "(" + ", ".join([m] * len(columns)) + ")"
@@ -416,6 +444,7 @@ def _add_sql(table: str, keys: tuple[str, ...], values: tuple[str, ...], rows: i
         f"INSERT INTO {quote(table)} ({', '.join(quote(c) for c in columns)}) "
         f"VALUES {', '.join([placeholder] * rows)} "
         f"ON CONFLICT ({', '.join(quote(k) for k in keys)}) DO UPDATE SET {updates}"
+        + (f" RETURNING {returning}" if returning else "")
     )
 
 
@@ -445,30 +474,76 @@ def widen(
     return cells, failures
 
 
+# A cell is empty when these are 0: every other measure is then 0 too (a failed
+# attempt or a latency bin is an attempt; failed tokens are tokens).
+_EMPTY_WHEN_ZERO = ("runs", "calls", "attempts", "tokens_in", "tokens_out")
+
+
 def _add(delta: Contribution) -> None:
-    """Add a difference to the rollup tables (upserts: a cell's row is created on first use)."""
+    """Add a difference to the rollup tables: upserts (a cell's row is created on first
+    use), and a row that a subtraction empties is deleted, so the tables hold exactly
+    the cells a recount has."""
     marker = _marker()
     wide_cells, wide_failures = widen(delta)
-    cells = [(cell, vector) for cell, vector in wide_cells.items() if any(vector)]
+    cells = list(wide_cells.items())
     failures = [(cell, count) for cell, count in wide_failures.items() if count]
+    emptied: dict[type[Rollup] | type[FailureRollup], list[int]] = {Rollup: [], FailureRollup: []}
     with connection.cursor() as cursor:
         table = Rollup._meta.db_table
+        returning = ", ".join(("id", *_EMPTY_WHEN_ZERO))
         for start in range(0, len(cells), _CHUNK):
             chunk = cells[start : start + _CHUNK]
             params: list[Any] = []
+            shrinks = False
             for cell, vector in chunk:
                 params += cell
                 params += vector
-            cursor.execute(_add_sql(table, KEYS, VALUES, len(chunk), marker), params)
+                shrinks = shrinks or min(vector) < 0
+            sql = _add_sql(table, KEYS, VALUES, len(chunk), marker, returning if shrinks else "")
+            cursor.execute(sql, params)
+            if shrinks:
+                emptied[Rollup] += [row[0] for row in cursor.fetchall() if not any(row[1:])]
         table = FailureRollup._meta.db_table
         for start in range(0, len(failures), _CHUNK):
             chunk_f = failures[start : start + _CHUNK]
             params = []
+            shrinks = False
             for key, count in chunk_f:
                 params += [*key, count]
-            cursor.execute(
-                _add_sql(table, (*KEYS, "message"), ("count",), len(chunk_f), marker), params
+                shrinks = shrinks or count < 0
+            keys = (*KEYS, "message")
+            sql = _add_sql(
+                table, keys, ("count",), len(chunk_f), marker, "id, count" if shrinks else ""
             )
+            cursor.execute(sql, params)
+            if shrinks:
+                emptied[FailureRollup] += [row[0] for row in cursor.fetchall() if not row[1]]
+    for model, ids in emptied.items():
+        for start in range(0, len(ids), 500):
+            model.objects.filter(pk__in=ids[start : start + 500]).delete()
+
+
+def failed_with_sql(outer_table: str, message: str) -> tuple[str, list[Any]]:
+    """SQL true for rows of outer_table (with workflow_id and run_id) whose run had a
+    failed model-call attempt with this message, as the overview's failure list counts
+    it (the message as stored: cut to MESSAGE_MAX, or "<span name> failed")."""
+    quote = connection.ops.quote_name
+    state = quote(RunRollupState._meta.db_table)
+    outer = quote(outer_table)
+    same_run = f"s.workflow_id = {outer}.workflow_id AND s.run_id = {outer}.run_id"
+    if connection.vendor == "postgresql":
+        return (
+            f"EXISTS (SELECT 1 FROM {state} s WHERE {same_run} AND jsonb_path_exists("
+            f"s.facts, '$.a.*.* ? (@[{_AFAILED}] == 1 && @[{_MSG}] == $m)', "
+            "jsonb_build_object('m', %s::text)))",
+            [message[:MESSAGE_MAX]],
+        )
+    return (
+        f"EXISTS (SELECT 1 FROM {state} s, json_each(s.facts, '$.a') c, json_each(c.value) a "
+        f"WHERE {same_run} AND json_extract(a.value, '$[{_AFAILED}]') = 1 "
+        f"AND json_extract(a.value, '$[{_MSG}]') = %s)",
+        [message[:MESSAGE_MAX]],
+    )
 
 
 def enabled() -> bool:
@@ -527,35 +602,30 @@ def set_status(updates: dict[RunKey, tuple[str, int | None]]) -> int:
     return len(changed)
 
 
+def forget(keys: Iterable[RunKey]) -> int:
+    """Take runs out of the rollups and delete their state, as retention deletes the
+    runs: call it in the transaction that deletes their summaries. Returns the states
+    deleted."""
+    states = load_states(keys)
+    if not states:
+        return 0
+    delta = Contribution()
+    for state in states.values():
+        _subtract(Contribution(), contribution(state), delta)
+    _add(delta)
+    gone = RunRollupState.objects.filter(
+        workflow_id__in={w for w, _ in states}, run_id__in={r for _, r in states}
+    ).values_list("pk", "workflow_id", "run_id")
+    ids = [pk for pk, w, r in gone if (w, r) in states]
+    return RunRollupState.objects.filter(pk__in=ids).delete()[0]
+
+
 def prune(cutoff_ns: int) -> int:
-    """Forget runs whose last span is older than cutoff_ns, as retention deletes them
-    (with their spans and summaries). Call it in the same transaction."""
-    doomed_keys = list(
+    """Forget every run whose last span is older than cutoff_ns (what retention deletes)."""
+    doomed = list(
         RunRollupState.objects.filter(end_ns__lt=cutoff_ns).values_list("workflow_id", "run_id")
     )
-    total = 0
-    for start in range(0, len(doomed_keys), 500):
-        states = load_states(doomed_keys[start : start + 500])
-        delta = Contribution()
-        for state in states.values():
-            _subtract(Contribution(), contribution(state), delta)
-        _add(delta)
-        total += RunRollupState.objects.filter(
-            pk__in=RunRollupState.objects.filter(
-                end_ns__lt=cutoff_ns,
-                workflow_id__in={w for w, _ in states},
-                run_id__in={r for _, r in states},
-            ).values("pk")
-        ).delete()[0]
-    _drop_empty()
-    return total
-
-
-def _drop_empty() -> None:
-    Rollup.objects.filter(**{c: 0 for c in ("runs", "calls", "attempts")}).filter(
-        tokens_in=0, tokens_out=0
-    ).delete()
-    FailureRollup.objects.filter(count=0).delete()
+    return sum(forget(doomed[at : at + 500]) for at in range(0, len(doomed), 500))
 
 
 # -- rebuild from the span table -----------------------------------------------

@@ -4,14 +4,16 @@ batching and re-delivery of the spans, after status changes and after retention.
 from __future__ import annotations
 
 import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from opentelemetry.trace import Status, StatusCode, Tracer
+from pytest_django.fixtures import Settings
 
 from tests.tracing.spans import protobuf_body, record
-from tracing import otlp, rollups, store
-from tracing.models import Rollup, RunRollupState, RunSummary, Span
+from tracing import otlp, retention, rollups, store
+from tracing.models import FailureRollup, Rollup, RunRollupState, RunSummary, Span
 
 pytestmark = pytest.mark.django_db
 
@@ -105,6 +107,9 @@ def _assert_equal_to_recount() -> None:
     states, recounted = rollups.recount()
     cells, failures = rollups.stored_rollups()
     assert (cells, failures) == rollups.widen(recounted)
+    # No row left behind at zero (status moves and retention empty cells).
+    assert Rollup.objects.count() == len(cells)
+    assert FailureRollup.objects.count() == len(failures)
     assert {key[0] for key in cells} == set(rollups.WIDTHS)
     saved = rollups.load_states(states)
     assert set(saved) == set(states)
@@ -167,23 +172,50 @@ def test_status_changes_move_counts_and_survive_a_rebuild() -> None:
     assert rollups.stored_rollups() == before
 
 
-def test_retention_prunes_rollups_with_the_runs() -> None:
-    store.ingest(_rows(5, runs=10))
-    ends = sorted(RunRollupState.objects.values_list("end_ns", flat=True))
-    cutoff = ends[4] + 1
-    # Retention deletes whole runs whose last span is older than the cutoff.
-    old = list(
-        RunSummary.objects.filter(last_span_ns__lt=cutoff).values_list("workflow_id", "run_id")
-    )
-    assert len(old) == 5
-    for workflow_id, run_id in old:
-        Span.objects.filter(workflow_id=workflow_id, run_id=run_id).delete()
-        RunSummary.objects.filter(workflow_id=workflow_id, run_id=run_id).delete()
-    assert rollups.prune(cutoff) == 5
+@pytest.mark.django_db(transaction=True)
+def test_retention_takes_runs_out_of_the_rollups_with_their_spans(settings: Settings) -> None:
+    """Through the real retention path (manage.py prune's function, batches and all):
+    whole runs whose last span is older than the cutoff go, runs that started before
+    the cutoff but ended after it stay counted, and the rollups equal a recount."""
+    store.ingest(_rows(5, runs=14))
+    keys = list(RunRollupState.objects.values_list("workflow_id", "run_id"))
+    rollups.set_status({k: ("COMPLETED" if i % 3 else "FAILED", None) for i, k in enumerate(keys)})
+    states = sorted(RunRollupState.objects.all(), key=lambda s: s.end_ns)
+    # A cutoff inside a run (started before it, ended after): that run stays.
+    spanning = states[len(states) // 2]
+    cutoff_ns = spanning.start_ns + 1
+    doomed = {(s.workflow_id, s.run_id) for s in states if s.end_ns < cutoff_ns}
+    assert 0 < len(doomed) < len(states)
+    assert (spanning.workflow_id, spanning.run_id) not in doomed
+    settings.LOOMVIEW_RETENTION_DAYS = 3
+    now = datetime.fromtimestamp(cutoff_ns / 1e9, tz=UTC) + timedelta(days=3)
+    result = retention.prune(now, pause=0)
+    assert result.deleted["runs"] == len(doomed)
+    assert result.deleted["run rollup states"] == len(doomed)
+    kept = set(RunRollupState.objects.values_list("workflow_id", "run_id"))
+    assert kept == set(keys) - doomed
+    assert set(RunSummary.objects.values_list("workflow_id", "run_id")) == kept
     _assert_equal_to_recount()
     for width in rollups.WIDTHS:
         cells = Rollup.objects.filter(width_ns=width, agent="*", model="*")
-        assert sum(r.runs for r in cells) == 5
+        assert sum(r.runs for r in cells) == len(kept)
+    # The spanning run's hour is still there, with it.
+    assert Rollup.objects.filter(
+        width_ns=HOUR, bucket_ns=spanning.start_ns // HOUR * HOUR, agent="*", model="*"
+    ).exists()
+
+
+def test_rollups_prune_forgets_runs_before_a_cutoff() -> None:
+    store.ingest(_rows(6, runs=8))
+    ends = sorted(RunRollupState.objects.values_list("end_ns", flat=True))
+    old = list(
+        RunSummary.objects.filter(last_span_ns__lt=ends[3] + 1).values_list("workflow_id", "run_id")
+    )
+    for workflow_id, run_id in old:
+        Span.objects.filter(workflow_id=workflow_id, run_id=run_id).delete()
+        RunSummary.objects.filter(workflow_id=workflow_id, run_id=run_id).delete()
+    assert rollups.prune(ends[3] + 1) == len(old) == 4
+    _assert_equal_to_recount()
 
 
 def test_latency_quantiles_from_merged_bins() -> None:
