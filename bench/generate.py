@@ -170,9 +170,8 @@ def main() -> None:
         "INSERT INTO tracing_runsummary (workflow_id, run_id, workflow_type, span_count, "
         "model_calls, attempts, failed_attempts, tokens_in, tokens_out, agents, first_span_ns, "
         "last_span_ns, last_error, last_error_ns, model_attempts, orphan_spans, cycle_spans, "
-        "duplicate_spans, late_spans, history_problems, health_problems, updated_at) VALUES ("
-        + ",".join("?" * 22)
-        + ")"
+        "duplicate_spans, late_spans, history_problems, health_problems, history, updated_at) "
+        "VALUES (" + ",".join("?" * 23) + ")"
     )
     counter = [0]
     spans_left = SPANS
@@ -234,6 +233,7 @@ def main() -> None:
                     last if error else None,
                     "{}",
                     *(0,) * 6,  # trace health: no problems
+                    "{}",  # history not read
                     "2026-01-01 00:00:00",
                 )
             )

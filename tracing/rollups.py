@@ -339,7 +339,9 @@ def _subtract(new: Contribution, old: Contribution, into: Contribution) -> None:
         after, before = new.cells.get(cell), old.cells.get(cell)
         if after == before:
             continue
+        change: list[int]
         if before is None:
+            assert after is not None
             change = after
         elif after is None:
             change = [-v for v in before]
