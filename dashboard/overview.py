@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -145,13 +145,12 @@ class Grouped:
     failures: dict[str, int] = field(default_factory=dict)
 
 
-def _add_into(target: dict[Any, list[int]], key: Any, values: Iterable[int]) -> None:
+def _add_into(target: dict[Any, list[int]], key: Any, values: Sequence[int]) -> None:
     vector = target.get(key)
     if vector is None:
         target[key] = list(values)
         return
-    for i, value in enumerate(values):
-        vector[i] += value
+    target[key] = [a + b for a, b in zip(vector, values, strict=True)]
 
 
 def _width(step: int) -> int:
@@ -191,6 +190,9 @@ def _hourly(q: Query) -> Grouped:
     table = connection.ops.quote_name(Rollup._meta.db_table)
     sums = ", ".join(f"SUM({c})" for c in rollups.VALUES[1:])
     step = q.step_ns
+    # Bars are whole cells of the width read (the step is a multiple of it):
+    # a bar sums the cells of its buckets.
+    same = step == _width(step)
     with connection.cursor() as cursor:
         where, params = _where(q, table)
         cursor.execute(
@@ -206,17 +208,23 @@ def _hourly(q: Query) -> Grouped:
             f"SELECT bucket_ns, model, {sums} FROM {table} WHERE {where} GROUP BY bucket_ns, model",
             params,
         )
+        calls = grouped.calls
         for bucket, model, *values in cursor.fetchall():
-            _add_into(grouped.calls, (bucket // step * step, model), (int(v) for v in values))
+            if same:
+                calls[(bucket, model)] = list(map(int, values))
+            else:
+                _add_into(calls, (bucket // step * step, model), list(map(int, values)))
+        # The agent and the workflow-type breakdowns from one scan.
         few = ", ".join(f"SUM({c})" for c in rollups.MEASURES[1:])
-        for dimension, target in (("agent", grouped.by_agent), ("workflow_type", grouped.by_type)):
-            cursor.execute(
-                f"SELECT {dimension}, model, {few} FROM {table} WHERE {where} "
-                f"GROUP BY {dimension}, model",
-                params,
-            )
-            for name, model, *values in cursor.fetchall():
-                _add_into(target, (name, model), (int(v) for v in values))
+        cursor.execute(
+            f"SELECT agent, workflow_type, model, {few} FROM {table} WHERE {where} "
+            "GROUP BY agent, workflow_type, model",
+            params,
+        )
+        for agent, workflow_type, model, *values in cursor.fetchall():
+            measures = list(map(int, values))
+            _add_into(grouped.by_agent, (agent, model), measures)
+            _add_into(grouped.by_type, (workflow_type, model), measures)
         failures = connection.ops.quote_name(FailureRollup._meta.db_table)
         cursor.execute(
             f"SELECT message, SUM(count) FROM {failures} WHERE {where} GROUP BY message",
@@ -318,21 +326,20 @@ def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def runs_link(
-    query: Query, since_ns: int | None = None, until_ns: int | None = None, **extra: str
-) -> str:
-    """The runs list filtered to what a chart element counts."""
-    q = query
-    since = q.since_ns if since_ns is None else since_ns
-    until = q.until_ns if until_ns is None else until_ns
-    params: dict[str, str] = {
-        "range": "custom",
-        "since": _iso(since),
-        # The runs list's "To" is inclusive: stop just before the next bar.
-        "until": datetime.fromtimestamp((until - 1000) / 1e9, tz=UTC).strftime(
-            "%Y-%m-%dT%H:%M:%S.%f"
-        ),
-    }
+def _window(since_ns: int, until_ns: int) -> str:
+    """The runs list's query string for runs that started in [since_ns, until_ns)."""
+    # The runs list's "To" is inclusive: stop just before the next bar.
+    until = datetime.fromtimestamp((until_ns - 1000) / 1e9, tz=UTC)
+    return urlencode(
+        {
+            "range": "custom",
+            "since": _iso(since_ns),
+            "until": until.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+        }
+    )
+
+
+def _filters(q: Query, extra: dict[str, str]) -> str:
     filters = {
         "status": "" if q.status is None else (q.status or UNKNOWN),
         "type": q.workflow_type,
@@ -341,8 +348,17 @@ def runs_link(
         "queue": q.task_queue,
     }
     filters.update(extra)
-    params.update({k: v for k, v in filters.items() if v})
-    return reverse("dash-runs") + "?" + urlencode(params)
+    text = urlencode({k: v for k, v in filters.items() if v})
+    return "&" + text if text else ""
+
+
+def runs_link(
+    query: Query, since_ns: int | None = None, until_ns: int | None = None, **extra: str
+) -> str:
+    """The runs list filtered to what a chart element counts."""
+    since = query.since_ns if since_ns is None else since_ns
+    until = query.until_ns if until_ns is None else until_ns
+    return reverse("dash-runs") + "?" + _window(since, until) + _filters(query, extra)
 
 
 def _breakdown(
@@ -512,16 +528,20 @@ def build(q: Query) -> dict[str, Any]:
     totals["p50_ms"] = _round(rollups.quantile_ms(all_hist, 0.5)) if all_hist else None
     totals["p95_ms"] = _round(rollups.quantile_ms(all_hist, 0.95)) if all_hist else None
     failures = sorted(grouped.failures.items(), key=lambda item: (-item[1], item[0]))[:TOP]
+    # Every bar's link: the runs list for its window (runs_link, built once per bar).
+    path = reverse("dash-runs") + "?"
+    windows = [path + _window(b, b + q.step_ns) for b in buckets]
+    plain = _filters(q, {})
     return {
         "since": _iso(q.since_ns),
         "until": _iso(q.until_ns),
         "step_seconds": q.step_ns // 10**9,
         "buckets": [_iso(b) for b in buckets],
         "labels": [_time_label(b, q.step_ns) for b in buckets],
-        "links": [runs_link(q, b, b + q.step_ns) for b in buckets],
+        "links": [windows[i] + plain for i in range(n)],
         "status_links": {
-            status: [runs_link(q, b, b + q.step_ns, status=status) for b in buckets]
-            for status in runs_by_status
+            status: [windows[i] + tail for i in range(n)]
+            for status, tail in ((s, _filters(q, {"status": s})) for s in runs_by_status)
         },
         "runs_by_status": runs_by_status,
         "series": series,
@@ -533,7 +553,7 @@ def build(q: Query) -> dict[str, Any]:
         "by_agent": _breakdown(q, grouped.by_agent, "agent"),
         "by_type": _breakdown(q, grouped.by_type, "type"),
         "failures": [
-            {"message": m, "count": c, "link": runs_link(q, q=m[:200])} for m, c in failures
+            {"message": m, "count": c, "link": runs_link(q, failure=m)} for m, c in failures
         ],
         "slowest": _top_runs(q, "duration_ns"),
         "expensive": _top_runs(q, "cost"),

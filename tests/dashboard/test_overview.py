@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -209,3 +210,135 @@ def test_receiver_counts_spans_for_metrics(client: Client, settings: Settings) -
     assert response.status_code == 200
     stored = metrics.SPANS_STORED._value.get() - before
     assert stored == len(otlp.decode(body, otlp.PROTOBUF).rows) > 0
+
+
+def _window() -> dict[str, str]:
+    return {"range": "custom", "since": _iso(BASE_NS - HOUR), "until": _iso(BASE_NS + 48 * HOUR)}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"range": "custom", "since": _iso(BASE_NS), "until": _iso(BASE_NS + HOUR)},  # per minute
+        {"range": "custom", "since": _iso(BASE_NS), "until": _iso(BASE_NS + 6 * HOUR)},
+        {**_window(), "agent": "Billing", "model": "gpt-4o-mini", "status": "UNKNOWN"},
+        {"range": "30d"},
+    ],
+)
+def test_charts_read_the_rollups_and_never_the_span_table(
+    logged_in_client: Client,
+    closed_temporal_address: str,
+    ingested: int,
+    params: dict[str, str],
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for url in ("/overview/data.json", "/overview/"):
+        with CaptureQueriesContext(connection) as captured:
+            assert logged_in_client.get(url, params).status_code == 200
+        tables = {
+            name
+            for query in captured.captured_queries
+            for name in re.findall(r'(?:FROM|JOIN)\s+"?(\w+)"?', query["sql"], re.IGNORECASE)
+        }
+        assert tables <= {
+            "tracing_rollup",
+            "tracing_failurerollup",
+            "tracing_runrollupstate",
+            "json_each",
+            "django_session",
+            "auth_user",
+        }, tables
+        assert "tracing_runrollupstate" in tables
+        assert not [q for q in captured.captured_queries if "tracing_span" in q["sql"]]
+        # A handful of queries whatever the data: none per bar, run or model.
+        assert len(captured.captured_queries) <= 8
+
+
+def test_an_unknown_status_bar_lists_its_runs_without_a_form_error(
+    logged_in_client: Client, closed_temporal_address: str, ingested: int
+) -> None:
+    keys = list(RunRollupState.objects.values_list("workflow_id", "run_id")[:4])
+    rollups.set_status({k: ("COMPLETED", None) for k in keys})
+    data = _overview(logged_in_client, **_window())
+    unknown = data["runs_by_status"]["UNKNOWN"]
+    assert sum(unknown) == data["totals"]["runs"] - 4 > 0
+    checked = 0
+    for i, link in enumerate(data["status_links"]["UNKNOWN"]):
+        assert "status=UNKNOWN" in link
+        if not unknown[i]:
+            continue
+        page = logged_in_client.get(link)
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert "filter-errors" not in html
+        assert html.count('class="run-row') == unknown[i]
+        rows = _api_runs(logged_in_client, link)
+        assert len(rows) == unknown[i]
+        assert not {(r["workflow_id"], r["run_id"]) for r in rows} & set(keys)
+        checked += 1
+    assert checked
+    # The runs list's own status menu offers it too.
+    html = logged_in_client.get("/", {"status": "UNKNOWN"}).content.decode()
+    assert 'value="UNKNOWN" selected' in html and "filter-errors" not in html
+
+
+def test_a_failure_message_links_to_the_runs_that_failed_with_it(
+    logged_in_client: Client, closed_temporal_address: str, ingested: int
+) -> None:
+    data = _overview(logged_in_client, **_window())
+    assert {f["message"] for f in data["failures"]} >= {"503 overloaded", "rate limited"}
+    # A failure without a message is counted under its span's name.
+    assert any(f["message"].endswith(" failed") for f in data["failures"])
+    states = list(RunRollupState.objects.all())
+    for failure in data["failures"]:
+        expected: dict[tuple[str, str], int] = {}
+        for s in states:
+            n = sum(
+                1
+                for per_call in s.facts["a"].values()
+                for entry in per_call.values()
+                if entry[2] == 1 and entry[7] == failure["message"]
+            )
+            if n:
+                expected[(s.workflow_id, s.run_id)] = n
+        assert sum(expected.values()) == failure["count"]
+        assert "failure=" in failure["link"]
+        rows = _api_runs(logged_in_client, failure["link"])
+        assert {(r["workflow_id"], r["run_id"]) for r in rows} == set(expected)
+        html = logged_in_client.get(failure["link"]).content.decode()
+        assert "filter-errors" not in html and 'name="failure"' in html
+
+
+def test_rebuild_command_recounts_what_ingest_kept(
+    closed_temporal_address: str, ingested: int
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from tracing.models import FailureRollup, Rollup
+
+    keys = list(RunRollupState.objects.values_list("workflow_id", "run_id")[:2])
+    rollups.set_status({k: ("FAILED", 1) for k in keys})
+    kept = rollups.stored_rollups()
+    # Damage the rollups the way a crash, a restore or LOOMVIEW_ROLLUPS=off would.
+    Rollup.objects.filter(pk__in=list(Rollup.objects.values_list("pk", flat=True)[:5])).delete()
+    Rollup.objects.update(runs=7)
+    FailureRollup.objects.all().delete()
+    RunRollupState.objects.exclude(workflow_id=keys[0][0]).update(cost=None)
+    assert rollups.stored_rollups() != kept
+    out, err = StringIO(), StringIO()
+    call_command("rebuild_rollups", stdout=out, stderr=err)
+    assert "rollups rebuilt: 40 runs" in out.getvalue()
+    assert "statuses not updated" in err.getvalue()  # Temporal is unreachable
+    assert rollups.stored_rollups() == kept
+    _, recounted = rollups.recount()
+    assert rollups.stored_rollups() == rollups.widen(recounted)
+    # The statuses Temporal gave survive the rebuild.
+    assert {
+        (s.workflow_id, s.run_id)
+        for s in RunRollupState.objects.filter(status="FAILED", close_ns=1)
+    } == set(keys)
+    assert not RunRollupState.objects.filter(cost__isnull=True).exists()

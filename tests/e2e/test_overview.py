@@ -56,10 +56,39 @@ def test_overview_draws_every_chart_and_links_to_the_runs_list(
           const i = values.indexOf(Math.max(...values));
           const bar = chart.getDatasetMeta(0).data[i];
           const box = canvas.getBoundingClientRect();
-          return {x: box.left + bar.x, y: box.top + (bar.y + bar.base) / 2, count: values[i]};
+          return {x: box.left + bar.x, y: box.top + (bar.y + bar.base) / 2, count: values[i],
+                  status: chart.data.datasets[0].status};
         }"""
     )
+    # No Temporal behind this dashboard: every run's status is unknown, and the
+    # runs list takes that status as a filter (it was a form error once).
+    assert point["status"] == "UNKNOWN"
     page.mouse.click(point["x"], point["y"])
-    expect(page).to_have_url(re.compile(r"/\?range=custom&since=[^&]+&until="))
+    expect(page).to_have_url(re.compile(r"/\?range=custom&since=[^&]+&until=.*status=UNKNOWN"))
     expect(page.locator("#runs-rows tr.run-row")).to_have_count(point["count"])
+    expect(page.locator("#filter-errors")).to_have_count(0)
+    expect(page.locator("#id_status")).to_have_value("UNKNOWN")
+
+    # The top failure message: the runs that had a failed attempt with it.
+    page.go_back()
+    expect(page.locator('[data-chart="failures"]')).to_have_attribute(
+        "data-rendered", re.compile(r"^[1-9]")
+    )
+    page.locator('[data-chart="failures"] canvas').scroll_into_view_if_needed()
+    bar = page.evaluate(
+        """() => {
+          const canvas = document.querySelector('[data-chart="failures"] canvas');
+          const chart = Chart.getChart(canvas);
+          const bar = chart.getDatasetMeta(0).data[0];
+          const box = canvas.getBoundingClientRect();
+          return {x: box.left + (bar.x + bar.base) / 2, y: box.top + bar.y,
+                  message: JSON.parse(document.getElementById("overview-data").textContent)
+                    .failures[0].message};
+        }"""
+    )
+    page.mouse.click(bar["x"], bar["y"])
+    expect(page).to_have_url(re.compile(r"/\?range=custom&.*failure="))
+    expect(page.locator("#id_failure")).to_have_value(bar["message"])
+    expect(page.locator("#filter-errors")).to_have_count(0)
+    assert page.locator("#runs-rows tr.run-row").count() >= 1
     assert not [p for p in problems if "WebSocket" not in p], problems
