@@ -192,10 +192,11 @@ def ingest_once(rollups: str, args: argparse.Namespace) -> tuple[float, float]:
         command.append("--new-runs")
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True).stdout
     rate = re.search(r"sustained: ([\d,]+) spans/s", out)
-    cpu = re.search(r"dashboard CPU: ([\d,.]+) us/span", out)
+    cpu = re.search(r"daphne CPU ([\d.]+) s per 10k spans", out)
     if not rate or not cpu:
         sys.exit(f"bench/ingest.py printed no rate:\n{out}")
-    return float(rate.group(1).replace(",", "")), float(cpu.group(1).replace(",", ""))
+    # Seconds per 10,000 spans -> microseconds per span.
+    return float(rate.group(1).replace(",", "")), float(cpu.group(1)) * 100
 
 
 def ingest(args: argparse.Namespace) -> bool:
