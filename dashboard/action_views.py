@@ -18,7 +18,6 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import AnonymousUser, User
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Q
@@ -30,18 +29,14 @@ from django_htmx.http import HttpResponseClientRedirect
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.common import RawValue
 
-from dashboard import actions, run_page, temporal
+from dashboard import actions, run_page, temporal, waiting
 from dashboard.htmx import HtmxHttpRequest
 from dashboard.models import OPERATE_RUNS, AuditEntry
-from telemetry.vocab import run_digest
 from worker.faults import FaultSpecError, parse_faults
 from worker.inputs import input_for
 
 AUDIT_PAGE_SIZE = 25
 RUN_AUDIT_ROWS = 8
-# Handlers rarely change within a run (dynamic registration is the exception).
-DEFINITIONS_CACHE_OPEN = 30
-DEFINITIONS_CACHE = 24 * 3600
 
 
 async def _operator_or_403(
@@ -93,8 +88,13 @@ class _Action:
     workflow_id: str
     run_id: str
     payload: dict[str, Any] = field(default_factory=dict)
+    # A query only looks: the audit log is for what changes a run (a viewer's
+    # refused query is still recorded, as every refusal is).
+    audited: bool = True
 
     async def done(self, message: str = "", **new_run: str) -> None:
+        if not self.audited:
+            return
         await _audit(
             self.user,
             self.name,
@@ -108,28 +108,17 @@ class _Action:
 
     async def failed(self, message: str, **panel: Any) -> HttpResponse:
         """Audit the refusal or failure, then show the Actions card saying why."""
-        await _audit(
-            self.user,
-            self.name,
-            self.workflow_id,
-            self.run_id,
-            self.payload,
-            AuditEntry.Outcome.ERROR,
-            message,
-        )
+        if self.audited:
+            await _audit(
+                self.user,
+                self.name,
+                self.workflow_id,
+                self.run_id,
+                self.payload,
+                AuditEntry.Outcome.ERROR,
+                message,
+            )
         return await _panel(self.request, self.workflow_id, self.run_id, **panel)
-
-
-async def _definitions(workflow_id: str, run_id: str, is_open: bool) -> temporal.Definitions | None:
-    """The workflow's handlers, cached: asking means a worker replays the run."""
-    key = "loomview:defs:" + run_digest(workflow_id, run_id)
-    cached = await cache.aget(key)
-    if isinstance(cached, temporal.Definitions):
-        return cached
-    definitions = await temporal.workflow_definitions(workflow_id, run_id)
-    if definitions is not None:
-        await cache.aset(key, definitions, DEFINITIONS_CACHE_OPEN if is_open else DEFINITIONS_CACHE)
-    return definitions
 
 
 async def _history_or_none(workflow_id: str, run_id: str) -> list[HistoryEvent] | None:
@@ -177,7 +166,7 @@ async def _panel_ctx(
     is_open = bool(events) and header.is_open
     definitions = None
     if can_operate and events:
-        definitions = await _definitions(workflow_id, run_id, is_open)
+        definitions = await waiting.declared_handlers(workflow_id, run_id, is_open)
     username = user.get_username()
     ctx.update(
         {
@@ -199,7 +188,8 @@ async def _panel_ctx(
     ctx["handler_forms"] = {
         kind: _handler_form(
             kind,
-            actions.examples_for(header.workflow_type, kind, names, username),
+            # A form never offers a destructive handler (``end``, ``reject``) first.
+            actions.examples_for(header.workflow_type, kind, waiting.safe_first(names), username),
             ctx["values"],
             ctx["errors"],
         )
@@ -248,7 +238,11 @@ async def _panel(
 @require_GET
 @login_required
 async def run_actions(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
-    ctx = await _panel_ctx(request, workflow_id, run_id, tab=request.GET.get("tab", ""))
+    tab = request.GET.get("tab", "")
+    # "What it waits for" links a declared handler: its form opens with it chosen.
+    name = request.GET.get("name", "")[:200]
+    values = {f"{tab}_name": name} if tab in ("signal", "query", "update") and name else {}
+    ctx = await _panel_ctx(request, workflow_id, run_id, tab=tab, values=values)
     if request.htmx:
         return render(request, "dashboard/run_actions.html#actions-card", ctx)
     return render(request, "dashboard/run_actions.html", ctx)
@@ -272,6 +266,28 @@ async def run_now(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> Ht
     return render(request, "dashboard/run_actions.html", {**ctx, "now_only": True})
 
 
+@require_GET
+@login_required
+async def run_handlers(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
+    """The signals and updates an open run declares, each a link to its form."""
+    ctx: dict[str, Any] = {"workflow_id": workflow_id, "run_id": run_id, "error": ""}
+    definitions = None
+    try:
+        definitions = await waiting.declared_handlers(workflow_id, run_id, is_open=True)
+    except temporal.TemporalUnavailable as exc:
+        ctx["error"] = f"Temporal is unreachable at {exc.address}."
+    ctx["definitions"] = definitions
+    ctx["handlers"] = [
+        (kind, name, waiting.is_destructive(name))
+        for kind, names in (
+            ("signal", definitions.signals if definitions else []),
+            ("update", definitions.updates if definitions else []),
+        )
+        for name in waiting.safe_first(names)
+    ]
+    return render(request, "dashboard/_run_handlers.html", ctx)
+
+
 async def _handler_action(
     request: HtmxHttpRequest, workflow_id: str, run_id: str, kind: str
 ) -> HttpResponse:
@@ -280,12 +296,15 @@ async def _handler_action(
     name = request.POST.get("name", "")
     raw = request.POST.get("payload", "")
     values = {f"{kind}_name": name, f"{kind}_payload": raw}
-    act = _Action(request, user, kind, workflow_id, run_id, {"name": name, "payload": raw})
+    act = _Action(
+        request, user, kind, workflow_id, run_id, {"name": name, "payload": raw},
+        audited=kind != "query",
+    )  # fmt: skip
     identity = temporal.identity_for(user.get_username())
     try:
         argument = actions.parse_payload(raw)
         act.payload["payload"] = argument
-        definitions = await _definitions(workflow_id, run_id, is_open=True)
+        definitions = await waiting.declared_handlers(workflow_id, run_id, is_open=True)
         known = None
         if definitions is not None:
             known = {"signal": definitions.signals, "query": definitions.queries}.get(

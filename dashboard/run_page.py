@@ -46,7 +46,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History, HistoryEvent
 
-from dashboard import linker, run_family, temporal
+from dashboard import linker, run_family, temporal, waiting
 from dashboard import run_health as run_health_panel
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
@@ -995,11 +995,18 @@ def build(
             if view == "agent"
             else raw_trace(loaded, spans, header.workflow_type, urls)
         )
+    waits = waiting.waiting_for(story) if header.is_open and page else None
+    output_url = ""
+    call_urls = TraceUrls.for_run(workflow_id, run_id, "agent")
+    if waits is not None and waits.output is not None and call_urls.call_base:
+        output_url = call_urls.call(waits.output.activity_id)
     return {
         "workflow_id": workflow_id,
         "run_id": run_id,
         "namespace": namespace,
         "header": header,
+        "waiting": waits,
+        "waiting_output_url": output_url,
         "start": ns_to_datetime(header.start_ns),
         "close": ns_to_datetime(header.close_ns),
         "duration_ns": run_duration_ns(header),

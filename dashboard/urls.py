@@ -50,6 +50,11 @@ urlpatterns = [
     ),
     path("runs/<str:workflow_id>/<str:run_id>/now/", action_views.run_now, name="dash-run-now"),
     path(
+        "runs/<str:workflow_id>/<str:run_id>/handlers/",
+        action_views.run_handlers,
+        name="dash-run-handlers",
+    ),
+    path(
         "runs/<str:workflow_id>/<str:run_id>/signal/",
         action_views.run_signal,
         name="dash-run-signal",

@@ -296,8 +296,56 @@ def test_query_shows_the_result(ops: Client, worker: InProcessWorker, on_tempora
     body = response.content.decode()
     assert "Query status answered." in body
     assert "&quot;state&quot;: &quot;waiting&quot;" in body
-    (entry,) = entries(action="query")
-    assert entry.outcome == "ok" and '"waiting"' in entry.message
+    # A query only looks: the audit log is for actions that change a run.
+    assert entries(action="query") == []
+    response = ops.post(url(workflow_id, run_id, "query"), {"name": "no_such"}, headers=HTMX)
+    assert "this workflow has no query" in response.content.decode()
+    assert not AuditEntry.objects.exists()
+
+
+def test_what_an_open_approval_waits_for(
+    ops: Client, worker: InProcessWorker, on_temporal: str
+) -> None:
+    workflow_id, run_id = waiting_approval(on_temporal, worker)
+    page = ops.get(f"/runs/{workflow_id}/{run_id}/").content.decode()
+    card = page[page.index('id="run-waiting"') : page.index('id="run-export"')]
+    assert "What it waits for" in card
+    assert 'data-wait="message"' in card  # the approval waits for a signal
+    assert 'data-wait="timer"' in card and "5m 00s: fires" in card  # with its timeout
+    assert "/handlers/" in card
+    handlers = ops.get(url(workflow_id, run_id, "handlers"), headers=HTMX).content.decode()
+    assert handlers.index('data-handler="signal:approve"') < handlers.index(
+        'data-handler="signal:reject"'
+    )
+    assert "handler-destructive" in handlers.split('data-handler="signal:reject"')[0][-200:]
+    # A handler link opens the Actions card with that handler chosen.
+    panel = ops.get(
+        url(workflow_id, run_id, "actions"), {"tab": "signal", "name": "reject"}, headers=HTMX
+    ).content.decode()
+    assert '<option value="reject" data-example="' in panel
+    assert 'value="reject" data-example="{&quot;comment&quot;: &quot;Not now&quot;' in panel
+    assert '<option value="reject"' in panel.split(" selected>")[0]
+    assert "&quot;Not now&quot;" in panel.split("</textarea>")[0].split("<textarea")[-1]
+    # Nothing here asked the workflow a query that lands in the audit log.
+    assert not AuditEntry.objects.exists()
+    # Closed, the card is gone.
+    ops.post(url(workflow_id, run_id, "signal"), {"name": "approve", "payload": "{}"})
+    wait_status(on_temporal, workflow_id, run_id, WorkflowExecutionStatus.COMPLETED)
+    page = ops.get(f"/runs/{workflow_id}/{run_id}/").content.decode()
+    assert "What it waits for" not in page
+
+
+def test_the_default_signal_is_never_a_destructive_one(
+    ops: Client, worker: InProcessWorker, on_temporal: str
+) -> None:
+    workflow_id, run_id = start(on_temporal, "conversation", ConversationInput(), worker.task_queue)
+    wait_for_event(on_temporal, workflow_id, run_id, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+    panel = ops.get(url(workflow_id, run_id, "actions"), headers=HTMX).content.decode()
+    signal_form = panel.split('data-pane="signal"')[1].split('data-pane="query"')[0]
+    options = signal_form.split("<option")[1:]
+    # Declared as end and user_message (alphabetical): user_message comes first, chosen.
+    assert [o.split('value="')[1].split('"')[0] for o in options] == ["user_message", "end"]
+    assert " selected>" in options[0] and " selected>" not in options[1]
 
 
 def test_update_returns_its_result_or_the_validators_error(

@@ -58,6 +58,15 @@ def test_operator_approves_from_the_run_page_and_it_finishes_live(
     expect(signal.locator("option")).to_have_text(["approve", "reject"])
     payload = card.locator("#payload-signal")
     expect(payload).to_have_value('{"comment": "Looks good", "by": "admin"}')
+    # What is being approved, without running a query: the draft, the wait, the handlers.
+    waits = page.locator("#run-waiting")
+    expect(waits.locator("[data-last-output]")).to_contain_text(
+        "Rotate the staging database credentials.", timeout=20_000
+    )
+    expect(waits.locator('[data-wait="message"]')).to_be_visible()
+    expect(waits.locator('[data-wait="timer"]')).to_contain_text("fires")
+    expect(waits.locator("[data-handler]")).to_have_text(["signal approve", "signal reject"])
+    waits.screenshot(path=str(results_dir / "actions-waiting-for.png"))
     # The drafting model call is pending or done; "Right now" shows what the run waits on.
     expect(page.locator("#run-now")).to_contain_text("Stack trace")
     expect(page.locator("#run-now [data-stack-trace]")).to_be_visible(timeout=15_000)
@@ -73,6 +82,7 @@ def test_operator_approves_from_the_run_page_and_it_finishes_live(
     expect(page.locator("#run-actions [data-tab]")).to_have_text(["Query", "Retry / reset"])
     expect(page.locator("#run-actions .audit-mini")).to_contain_text("signal approve")
     expect(page.locator("#run-now")).to_be_hidden()
+    expect(page.locator("#run-waiting")).to_be_hidden()
     assert page.evaluate("window.__sameDocument") is True
     page.locator("#run-actions").screenshot(path=str(results_dir / "actions-card-completed.png"))
     page.screenshot(path=str(results_dir / "actions-approved.png"), full_page=True)
@@ -83,8 +93,10 @@ def test_operator_approves_from_the_run_page_and_it_finishes_live(
     expect(page.locator("[data-action-result]")).to_contain_text('"state": "done"')
 
     page.goto(f"{stack.url}/audit/")
-    expect(page.locator(".audit-table tbody tr")).to_have_count(3)
+    # The start and the signal; the query only looked, so it is not in the audit log.
+    expect(page.locator(".audit-table tbody tr")).to_have_count(2)
     expect(page.locator(".audit-table")).to_contain_text("signal")
+    expect(page.locator(".audit-table")).not_to_contain_text("query")
     page.screenshot(path=str(results_dir / "actions-audit.png"), full_page=True)
     assert problems == []
     context.close()
