@@ -96,7 +96,9 @@ def from_history(events: Sequence[HistoryEvent]) -> Lineage:
             attrs = getattr(event, event.WhichOneof("attributes") or "", None)
             scheduled_id = getattr(attrs, "scheduled_event_id", 0)
             closed_before.setdefault(scheduled_id, event.event_id)
-        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED and not lineage.reset_from_run_id:
+        elif kind == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            # The last marker is this run's reset; earlier ones were copied from its base
+            # (a reset of a reset), whose own lineage names them.
             failed = event.workflow_task_failed_event_attributes
             if failed.cause == _RESET_CAUSE and failed.base_run_id:
                 lineage.reset_from_run_id = failed.base_run_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
@@ -24,7 +25,7 @@ from django.core.cache import cache
 from django.test import Client
 from temporalio.api.enums.v1 import EventType
 
-from tests.conftest import TemporalServer, WorkerProcess, connect_client
+from tests.conftest import TEMPORAL_BIN, TemporalServer, WorkerProcess, connect_client
 from worker.inputs import (
     AgentRunInput,
     AgentRunResult,
@@ -274,6 +275,61 @@ def test_reset_to_before_model_call_2_keeps_one_story(
     assert '"inh": "' + first in html  # the timeline marks the inherited call
     row = list_row(ops, workflow_id, second)
     assert row["reset_from"] == first and row["health_problems"] == 0
+
+
+def cli_reset(address: str, workflow_id: str, run_id: str, event_id: int) -> str:
+    """`temporal workflow reset` (nothing of Loomview knows of it); the new run's id."""
+    subprocess.run(
+        [str(TEMPORAL_BIN), "workflow", "reset", "--address", address, "--namespace", "default",
+         "--workflow-id", workflow_id, "--run-id", run_id, "--event-id", str(event_id),
+         "--reason", "cli: the last calls again"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+    async def go() -> str:
+        client = await connect_client(address)
+        return str((await client.get_workflow_handle(workflow_id).describe()).run_id)
+
+    new_run = run(go)
+    assert new_run != run_id
+    return new_run
+
+
+def test_a_reset_of_a_reset_made_with_the_cli_finds_each_call_in_its_run(
+    ops: Client, traced_worker: WorkerProcess, on_temporal: str
+) -> None:
+    """Run 2 is run 1 reset before call 2; run 3 is run 2 reset before call 3, both
+    with the CLI: run 3 has call 1 from run 1, call 2 from run 2, and calls 3 and 4."""
+    workflow_id, first = start(
+        on_temporal,
+        "triage",
+        AgentRunInput("The sync is stuck with errors", faults=["call=1:fail=1"]),
+        traced_worker.task_queue,
+    )
+    first_result = result_of(on_temporal, workflow_id, first, AgentRunResult)
+    assert_agree(ops, workflow_id, first, first_result)
+    point = model_call_scheduled(on_temporal, workflow_id, first, 2)
+    second = cli_reset(on_temporal, workflow_id, first, point)
+    assert_agree(
+        ops, workflow_id, second, result_of(on_temporal, workflow_id, second, AgentRunResult)
+    )
+    point = model_call_scheduled(on_temporal, workflow_id, second, 3)
+    third = cli_reset(on_temporal, workflow_id, second, point)
+    result = result_of(on_temporal, workflow_id, third, AgentRunResult)
+    story = assert_agree(ops, workflow_id, third, result)
+
+    calls = story["model_calls"]
+    assert [c["number"] for c in calls] == [1, 2, 3, 4]
+    assert [c["inherited_from"] for c in calls] == [first, second, None, None]
+    assert [a["outcome"] for a in calls[0]["attempts"]] == ["failed", "completed"]
+    assert all(a["matched"] for c in calls for a in c["attempts"])
+    assert story["family"]["reset_from"]["run_id"] == second
+    assert story["health"]["ok"], story["health"]
+    (root,) = roots(story)
+    assert root["name"] == "RunWorkflow:triage"
+    assert api_run(ops, workflow_id, second)["family"]["reset_to"] == [third]
+    row = list_row(ops, workflow_id, third)
+    assert row["reset_from"] == second and row["health_problems"] == 0
 
 
 # -- continue-as-new -------------------------------------------------------------------

@@ -109,3 +109,21 @@ def test_chains_and_children_come_from_the_first_and_last_events() -> None:
     assert (found.parent_workflow_id, found.parent_run_id) == ("parent", "parent-run")
     assert found.next_run_id == "run-3"
     assert found.children == [("kid", "kid-run")]
+
+
+def test_a_reset_of_a_reset_is_reset_from_the_run_named_by_its_last_marker() -> None:
+    """run-3's history copies run-2's up to the reset point, run-2's own marker included."""
+    events = [
+        started(),
+        scheduled(5, "1"),
+        completed(7, 5),
+        reset_marker(10, "run-1"),  # copied from run-2: run-2 was reset from run-1
+        scheduled(14, "2"),
+        completed(16, 14),
+        reset_marker(20, "run-2"),  # run-3's own reset
+        scheduled(24, "3"),
+        completed(26, 24),
+    ]
+    found = lineage.from_history(events)
+    assert (found.reset_from_run_id, found.reset_event_id) == ("run-2", 20)
+    assert found.inherited_activities == ["1", "2"]
