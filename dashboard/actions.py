@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from temporalio.api.common.v1 import Payload
-from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
 from dashboard.models import AuditEntry
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, MODEL_ACTIVITY_TYPE
+from tracing import correlation
 from worker.faults import FaultSpecError, parse_faults
 from worker.inputs import INPUT_TYPES
 
@@ -195,12 +196,7 @@ def started_with(events: Sequence[HistoryEvent]) -> StartedWith | None:
 
 def reset_from(events: Sequence[HistoryEvent]) -> str | None:
     """The run this one was reset from, as Temporal records it (base run id)."""
-    for event in events:
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
-            attrs = event.workflow_task_failed_event_attributes
-            if attrs.cause == WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW:
-                return attrs.base_run_id or None
-    return None
+    return correlation.reset_point(events)[0] or None
 
 
 def edited_input(workflow_type: str, raw: str) -> Any:

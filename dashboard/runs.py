@@ -229,8 +229,10 @@ class RunRow:
     has_spans: bool = False
     # Trace-health problems counted for this run (0: none known).
     health_problems: int = 0
-    # A reset run: the run it was reset from (its figures include what it inherited).
+    # A reset run: the run it was reset from (its figures include what it inherited),
+    # and when its history says it was reset (its own start, as on its page).
     reset_from: str = ""
+    reset_ns: int | None = None
     # A child run: its parent.
     parent: tuple[str, str] | None = None
     # A parent: how many children, and what they add (never in the columns above,
@@ -263,16 +265,23 @@ class RunRow:
         return max(self.attempts - self.model_calls, 0)
 
     @property
+    def own_start_ns(self) -> int:
+        """When the run began: a reset run at its reset marker (the run page's start;
+        Temporal's start time for it is a few ms off), others at their start. The
+        list is ordered and paged by start_ns, the time Temporal's visibility has."""
+        return self.reset_ns if self.reset_ns is not None else self.start_ns
+
+    @property
     def started(self) -> datetime:
-        return datetime.fromtimestamp(self.start_ns / 1e9, tz=UTC)
+        return datetime.fromtimestamp(self.own_start_ns / 1e9, tz=UTC)
 
     @property
     def duration_ns(self) -> int | None:
         if self.in_temporal:
             end = self.close_ns if self.close_ns is not None else time.time_ns()
-            return max(end - self.start_ns, 0)
+            return max(end - self.own_start_ns, 0)
         if self.last_span_ns is not None:
-            return max(self.last_span_ns - self.start_ns, 0)
+            return max(self.last_span_ns - self.own_start_ns, 0)
         return None
 
     @property
@@ -285,7 +294,7 @@ class RunRow:
             "run_id": self.run_id,
             "workflow_type": self.workflow_type,
             "status": self.status,
-            "start_time": _iso(self.start_ns),
+            "start_time": _iso(self.own_start_ns),
             "close_time": _iso(self.close_ns) if self.close_ns is not None else None,
             "duration_ms": None if self.duration_ns is None else self.duration_ns // 1_000_000,
             "agents": list(self.agents),
@@ -662,6 +671,7 @@ def _apply_family(rows: list[RunRow]) -> None:
     for key, figures in run_family.figures(resets).items():
         row = by_key[key]
         row.reset_from = known[key].reset_from_run_id
+        row.reset_ns = known[key].reset_ns
         row.model_calls = figures.model_calls
         row.attempts = figures.attempts
         row.failed_attempts = figures.failed_attempts

@@ -593,8 +593,11 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
 
 def reset_point(events: Sequence[HistoryEvent]) -> tuple[str, int | None]:
     """A reset run's base run id and the event that marks its reset point
-    (WorkflowTaskFailed, cause RESET_WORKFLOW); ("", None) for other runs."""
-    for event in events:
+    (WorkflowTaskFailed, cause RESET_WORKFLOW); ("", None) for other runs.
+
+    The last marker is the run's own: a reset of a reset copies its base's history,
+    its base's marker included."""
+    for event in reversed(events):
         if event.event_type != _TASK_FAILED:
             continue
         attrs = event.workflow_task_failed_event_attributes

@@ -8,7 +8,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from temporalio.api.enums.v1 import ContinueAsNewInitiator, EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 
+from dashboard.actions import reset_from
 from tracing import lineage
+from tracing.correlation import reset_point
 
 S = 1_000_000_000
 
@@ -127,3 +129,7 @@ def test_a_reset_of_a_reset_is_reset_from_the_run_named_by_its_last_marker() -> 
     found = lineage.from_history(events)
     assert (found.reset_from_run_id, found.reset_event_id) == ("run-2", 20)
     assert found.inherited_activities == ["1", "2"]
+    # The story's inherited calls and the Actions card's link read the same marker.
+    assert reset_point(events) == ("run-2", 20)
+    assert reset_from(events) == "run-2"
+    assert reset_point(events[:3]) == ("", None) and reset_from(events[:3]) is None
