@@ -126,6 +126,13 @@ def _redact(value: str) -> str:
 
 _redact_short = functools.lru_cache(maxsize=8192)(_redact)
 
+# For hot loops that do redact_text's dispatch themselves (tracing.otlp's
+# attributes): text of at least shortest_secret() characters and at most
+# SHORT_TEXT goes to redact_short (cached), longer text to redact_long.
+SHORT_TEXT = _SHORT
+redact_short = _redact_short
+redact_long = _redact
+
 
 @functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:

@@ -181,7 +181,9 @@ def _marks(count: int) -> str:
 
 
 def _sql(query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    with connection.cursor() as wrapper:
+    # wrap_database_errors: sqlite3's errors become Django's (a locked database
+    # is a DatabaseError, which the receiver answers with 503).
+    with connection.cursor() as wrapper, connection.wrap_database_errors:
         # On SQLite the plain DB-API cursor: Django's wrapper rewrites every %s.
         cursor = connection.connection.cursor() if connection.vendor == "sqlite" else wrapper
         cursor.execute(query, list(params))

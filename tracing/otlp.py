@@ -257,6 +257,7 @@ def attributes(key_values: Any) -> dict[str, Any]:
     result: dict[str, Any] = {}
     clean = _CLEAN_KEYS
     shortest = redact.shortest_secret()
+    short, redact_short, redact_long = redact.SHORT_TEXT, redact.redact_short, redact.redact_long
     for kv in key_values:
         key = kv.key
         kv_value: AnyValue = kv.value
@@ -268,8 +269,10 @@ def attributes(key_values: Any) -> dict[str, Any]:
                 continue
         if which == "string_value":
             text = kv_value.string_value
-            if len(text) >= shortest:
-                text = redact_text(text)
+            size = len(text)
+            if size >= shortest:
+                # redact_text, without a call of its own
+                text = redact_short(text) if size <= short else redact_long(text)
                 if len(text) > MAX_VALUE_CHARS:
                     text = truncate(text, MAX_VALUE_CHARS)
             result[key] = text
@@ -484,6 +487,19 @@ def first(attrs: dict[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
+def _first_of(get: Any, keys: tuple[str, ...]) -> Any:
+    """first() for correlation_keys: the first key answers for nearly every span,
+    so it is looked up before any loop."""
+    value = get(keys[0])
+    if value is not None and value != "":
+        return value
+    for key in keys[1:]:
+        value = get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
 def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
     """The indexed columns of a span; raises InvalidSpan for values the store cannot hold."""
     # Hot path (every span): plain dict lookups, no helper calls per key.
@@ -493,26 +509,26 @@ def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
     # instrumentations also stamp a default or the calling agent's name on
     # tool and handoff spans, which is no agent of theirs.
     if kind == "agent":
-        agent = first(attrs, vocab.AGENT_KEYS)
+        agent = _first_of(get, vocab.AGENT_KEYS)
     elif kind in vocab.MODEL_KINDS:
-        agent = first(attrs, vocab.CALLING_AGENT_KEYS)
+        agent = _first_of(get, vocab.CALLING_AGENT_KEYS)
         # Compared as text: a sender may send any value, a list included.
         if agent is not None and _text(agent) in vocab.PLACEHOLDER_AGENT_NAMES:
             agent = None
     else:
         agent = get(vocab.AGENTS_AGENT)
-    tokens_in = first(attrs, vocab.INPUT_TOKEN_KEYS)
-    tokens_out = first(attrs, vocab.OUTPUT_TOKEN_KEYS)
+    tokens_in = _first_of(get, vocab.INPUT_TOKEN_KEYS)
+    tokens_out = _first_of(get, vocab.OUTPUT_TOKEN_KEYS)
     attempt = get(vocab.ACTIVITY_ATTEMPT)
     return {
-        "workflow_id": _id(first(attrs, vocab.WORKFLOW_ID_KEYS), "workflow_id"),
-        "run_id": _id(first(attrs, vocab.RUN_ID_KEYS), "run_id"),
-        "activity_id": _id(first(attrs, vocab.ACTIVITY_ID_KEYS), "activity_id"),
+        "workflow_id": _id(_first_of(get, vocab.WORKFLOW_ID_KEYS), "workflow_id"),
+        "run_id": _id(_first_of(get, vocab.RUN_ID_KEYS), "run_id"),
+        "activity_id": _id(_first_of(get, vocab.ACTIVITY_ID_KEYS), "activity_id"),
         "attempt": None if attempt is None else _count(attempt, "attempt", MAX_ATTEMPT),
         "kind": kind,
-        "model": _label(first(attrs, vocab.MODEL_KEYS)),
+        "model": _label(_first_of(get, vocab.MODEL_KEYS)),
         "agent": _label(agent),
-        "tool": _label(first(attrs, vocab.TOOL_KEYS)),
+        "tool": _label(_first_of(get, vocab.TOOL_KEYS)),
         "tokens_in": None if tokens_in is None else _count(tokens_in, "tokens_in", MAX_TOKENS),
         "tokens_out": None if tokens_out is None else _count(tokens_out, "tokens_out", MAX_TOKENS),
         "workflow_type": workflow_type(attrs, name),

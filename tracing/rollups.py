@@ -363,7 +363,9 @@ def _subtract(new: Contribution, old: Contribution, into: Contribution) -> None:
 
 
 def _marker() -> str:
-    return "?" if connection.vendor == "sqlite" else "%s"
+    # Django's cursor takes "%s" on every backend; a "?" breaks its debug
+    # cursor (LOOMVIEW_DEBUG, captured queries), which formats the SQL with %.
+    return "%s"
 
 
 def _json(value: Any, vendor: str) -> Any:

@@ -24,6 +24,7 @@ and the receiver answers 503.
 from __future__ import annotations
 
 import functools
+import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -81,6 +82,9 @@ _COLUMNS = [
     "service_name",
 ]
 _DATA_KEYS = ("attributes", "events", "links", "resource", "scope")
+# A row's column values and data values, in order (hot path: C, not a comprehension).
+_COLUMN_VALUES = operator.itemgetter(*_COLUMNS)
+_DATA_VALUES = operator.itemgetter(*_DATA_KEYS)
 # Kept only when the sender set them: the instrumentation scope's version and attributes.
 _OPTIONAL_DATA_KEYS = ("scope_version", "scope_attributes")
 _IDS = ("workflow_id", "run_id", "activity_id", "attempt")
@@ -337,11 +341,7 @@ def _adopt_runless(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return []
     runless = [
         row
-        for row in Span.objects.filter(
-            run_id="",
-            workflow_id__in={w for _, w in carriers},
-            trace_id__in={t for t, _ in carriers},
-        ).values(*_SUMMARY_INPUT)
+        for row in _strays("run_id", {t for t, _ in carriers}, {w for _, w in carriers})
         if (row["trace_id"], row["workflow_id"]) in carriers
     ]
     updates: dict[str, list[int]] = {}
@@ -352,6 +352,36 @@ def _adopt_runless(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run_id, ids in updates.items():
         Span.objects.filter(id__in=ids).update(run_id=run_id)
     return runless
+
+
+def _strays(
+    empty: str, traces: set[str], workflow_ids: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """Stored spans of these traces whose ``empty`` column (workflow_id or run_id)
+    is still empty, as dicts of _SUMMARY_INPUT; optionally of these workflows only.
+
+    Through the span_strays partial index, which holds only such spans: with no
+    statistics SQLite's planner took the (trace_id, span_id) unique index, or
+    the run index, and read every span of the batch's traces (or every span of
+    its workflows, however many runs they have) on each batch. PostgreSQL's
+    planner picks the partial index by itself.
+    """
+    assert empty in ("workflow_id", "run_id")
+    if not traces:
+        return []
+    quote = connection.ops.quote_name
+    table = quote(Span._meta.db_table)
+    hint = " INDEXED BY span_strays" if connection.vendor == "sqlite" else ""
+    params: list[Any] = sorted(traces)
+    # A literal '': the planner proves the partial index usable from it.
+    where = f"{quote(empty)} = '' AND trace_id IN ({', '.join(['%s'] * len(traces))})"
+    if workflow_ids is not None:
+        params += sorted(workflow_ids)
+        where += f" AND workflow_id IN ({', '.join(['%s'] * len(workflow_ids))})"
+    sql = f"SELECT {', '.join(quote(c) for c in _SUMMARY_INPUT)} FROM {table}{hint} WHERE {where}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [dict(zip(_SUMMARY_INPUT, values, strict=True)) for values in cursor.fetchall()]
 
 
 def _fetch_nodes(keys: set[SpanKey]) -> dict[SpanKey, dict[str, Any]]:
@@ -381,19 +411,26 @@ def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # On SQLite, the plain DB-API cursor: Django's wrapper would rewrite
         # every %s of a 12,000-parameter statement into ? on each call.
         cursor = connection.connection.cursor() if sqlite else wrapper
+        columns = _COLUMN_VALUES
         for start in range(0, len(batch), INSERT_CHUNK):
             chunk = batch[start : start + INSERT_CHUNK]
             params: list[Any] = []
             for row in chunk:
-                params.extend([row[c] for c in _COLUMNS])
-                data = {k: row[k] for k in _DATA_KEYS}
-                for key in _OPTIONAL_DATA_KEYS:
-                    if row.get(key):
-                        data[key] = row[key]
+                params += columns(row)
+                data = _data(row)
                 params.append(_compact_json(data) if sqlite else _adapt_json(data))
             cursor.execute(_insert_sql(len(chunk), "?" if sqlite else "%s"), params)
             inserted_keys.update((t, s) for t, s in cursor.fetchall())
     return [r for r in batch if (r["trace_id"], r["span_id"]) in inserted_keys]
+
+
+def _data(row: dict[str, Any]) -> dict[str, Any]:
+    """What the span's ``data`` column holds."""
+    data = dict(zip(_DATA_KEYS, _DATA_VALUES(row), strict=True))
+    for key in _OPTIONAL_DATA_KEYS:
+        if row.get(key):
+            data[key] = row[key]
+    return data
 
 
 # PostgreSQL: the batch is COPied into a temporary table (one per connection,
@@ -416,8 +453,8 @@ def _insert_copy(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cursor.execute(_staging_sql())
         with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
             for row in batch:
-                values = [row[c] for c in _COLUMNS]
-                values.append(_compact_json({k: row[k] for k in _DATA_KEYS}))
+                values = list(_COLUMN_VALUES(row))
+                values.append(_compact_json(_data(row)))
                 copy.write_row(values)
         cursor.execute(
             f"INSERT INTO {quote(Span._meta.db_table)} ({columns}) "
@@ -467,7 +504,7 @@ def _adopt_orphans(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not carriers:
         return []
     traces = {t for t, _ in carriers}
-    orphans = list(Span.objects.filter(workflow_id="", trace_id__in=traces).values(*_SUMMARY_INPUT))
+    orphans = _strays("workflow_id", traces)
     if not orphans:
         return []
     nodes: dict[SpanKey, dict[str, Any]] = dict(carriers)
@@ -584,7 +621,9 @@ _SUMMARY_JSON = frozenset({"agents", "model_attempts", "history"})
 def _load_summaries(keys: Iterable[RunKey]) -> dict[RunKey, RunSummary]:
     wanted = set(keys)
     workflow_ids = sorted({w for w, _ in wanted})
-    marker = "?" if connection.vendor == "sqlite" else "%s"
+    # "%s" through Django's cursor on every backend: a "?" breaks its debug
+    # cursor (LOOMVIEW_DEBUG, captured queries), which formats the SQL with %.
+    marker = "%s"
     quote = connection.ops.quote_name
     columns = ["workflow_id", "run_id", *_SUMMARY_FIELDS]
     sql = (
@@ -618,7 +657,7 @@ def _upsert_summaries(summaries: list[RunSummary]) -> None:
             params.append(value)
         params.append(now)
     with connection.cursor() as cursor:
-        cursor.execute(_upsert_sql(len(summaries), "?" if sqlite else "%s"), params)
+        cursor.execute(_upsert_sql(len(summaries), "%s"), params)
 
 
 @functools.cache

@@ -103,6 +103,34 @@ def test_orphans_stored_first_are_adopted_when_their_ancestor_arrives() -> None:
     assert summary.tokens_in == 100
 
 
+def test_ingest_works_under_djangos_debug_cursor() -> None:
+    """LOOMVIEW_DEBUG (and any captured-queries context) formats every SQL
+    statement with its parameters: ingest's hand-written statements must
+    survive that, orphan adoption included (it failed with a TypeError)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    rows = _rows(record(agent_run))
+    with CaptureQueriesContext(connection) as queries:
+        store.ingest([r for r in rows if not r["workflow_id"]])
+        result = store.ingest([r for r in rows if r["workflow_id"]])
+    assert result.stored + 2 == len(rows) == Span.objects.count()
+    assert Span.objects.filter(workflow_id="").count() == 0
+    assert RunSummary.objects.get().span_count == len(rows)
+    assert any("tracing_runsummary" in q["sql"] for q in queries.captured_queries)
+
+
+def test_the_scope_version_and_attributes_are_stored_on_every_backend() -> None:
+    rows = _rows(record(agent_run))
+    for row in rows:
+        row["scope_version"] = "1.2.3"
+        row["scope_attributes"] = {"team": "support"}
+    store.ingest(rows)
+    for span in Span.objects.all():
+        assert span.data["scope_version"] == "1.2.3"
+        assert span.data["scope_attributes"] == {"team": "support"}
+
+
 def test_spans_for_run_walks_the_tree_at_query_time() -> None:
     rows = _rows(record(agent_run))
     store.ingest(rows)
