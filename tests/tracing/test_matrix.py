@@ -229,10 +229,13 @@ async def test_instrumentation_matrix(
         ), where
         if (row, cache) in RUNS_LIST_TOKENS_FROM_SPANS:
             reported = [s for s in spans if s["kind"] in ("generation", "response")]
-            assert (listed.tokens_in, listed.tokens_out) == (
+            usage = (
                 sum(s["tokens_in"] or 0 for s in reported),
                 sum(s["tokens_out"] or 0 for s in reported),
-            ), where
+            )
+            # A run whose spans reported no usage at all is counted from its history.
+            expected = usage if usage != (0, 0) else (TOKENS_IN, TOKENS_OUT)
+            assert (listed.tokens_in, listed.tokens_out) == expected, where
         else:
             assert (listed.tokens_in, listed.tokens_out) == (TOKENS_IN, TOKENS_OUT), where
         for agent in ("Agent workflow", "Agent Workflow", "OpenAI Agent"):
