@@ -46,7 +46,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import History, HistoryEvent
 
-from dashboard import linker, run_family, temporal, waiting
+from dashboard import history_lines, linker, run_family, temporal, transcript, waiting
 from dashboard import run_health as run_health_panel
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
@@ -249,6 +249,8 @@ class HistoryRow:
         self.ns = event_ns(event)
         self.event_type = event_type_name(event)
         self.label = event_label(self.event_type)
+        # (type, id) of the activity an activity event belongs to.
+        self.activity: tuple[str, str] | None = None
 
     @property
     def time(self) -> datetime | None:
@@ -262,6 +264,14 @@ class HistoryRow:
     @property
     def details(self) -> str:
         return pretty(self.attributes)
+
+    @cached_property
+    def summary(self) -> str:
+        """The event in one line, as Temporal's UI shows it."""
+        attrs = self.attributes
+        return history_lines.summary(
+            self.event_type, attrs if isinstance(attrs, dict) else {}, self.activity
+        )
 
 
 @dataclass
@@ -286,7 +296,16 @@ class ActivityGroup:
 
 
 def full_history(events: Sequence[HistoryEvent]) -> list[HistoryRow]:
-    return [HistoryRow(e) for e in events]
+    rows = [HistoryRow(e) for e in events]
+    activities: dict[int, tuple[str, str]] = {}
+    for row in rows:
+        if row.event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled = row.event.activity_task_scheduled_event_attributes
+            activities[row.event_id] = (scheduled.activity_type.name, scheduled.activity_id)
+        elif row.event_type.startswith(f"{_PREFIX}ACTIVITY_TASK_"):
+            scheduled_id = getattr(_attributes(row.event), "scheduled_event_id", 0)
+            row.activity = activities.get(scheduled_id)
+    return rows
 
 
 def compact_history(history: list[HistoryRow]) -> list[ActivityGroup | HistoryRow]:
@@ -996,8 +1015,10 @@ def build(
             else raw_trace(loaded, spans, header.workflow_type, urls)
         )
     waits = waiting.waiting_for(story) if header.is_open and page else None
+    turns = transcript.turns(story, events, header.is_open) if page else []
     output_url = ""
     call_urls = TraceUrls.for_run(workflow_id, run_id, "agent")
+    link_turns(turns, workflow_id, run_id, call_urls)
     if waits is not None and waits.output is not None and call_urls.call_base:
         output_url = call_urls.call(waits.output.activity_id)
     return {
@@ -1007,6 +1028,8 @@ def build(
         "header": header,
         "waiting": waits,
         "waiting_output_url": output_url,
+        "conversation": turns if transcript.is_conversation(turns) else [],
+        "call_urls": call_urls,
         "start": ns_to_datetime(header.start_ns),
         "close": ns_to_datetime(header.close_ns),
         "duration_ns": run_duration_ns(header),
@@ -1040,6 +1063,41 @@ def build(
         ),
         "openai_trace_links": openai_trace_links(spans),
     }
+
+
+def link_turns(
+    turns: Sequence[transcript.Turn], workflow_id: str, run_id: str, urls: TraceUrls
+) -> None:
+    """Tie each turn to its run and its model calls' detail pages."""
+    for turn in turns:
+        turn.workflow_id, turn.run_id = workflow_id, run_id
+        if urls.call_base:
+            turn.links = [(c.number, urls.call(c.activity_id)) for c in turn.calls]
+
+
+async def conversation(workflow_id: str, run_id: str) -> tuple[list[transcript.Turn], int] | None:
+    """The whole conversation a run belongs to: every run of its continue-as-new chain
+    in order, turn by turn. Returns (turns, runs in the chain); None for an unknown run."""
+    first = await load(workflow_id, run_id)
+    if first.history is None and not first.spans:
+        return None
+    chain = first.family.chain or [(workflow_id, run_id)]
+    turns: list[transcript.Turn] = []
+    for key in chain:
+        loaded = first if key == (workflow_id, run_id) else await load(*key)
+        if loaded.history is None and not loaded.spans:
+            continue
+
+        def one(loaded: Loaded = loaded, key: tuple[str, str] = key) -> list[transcript.Turn]:
+            header = header_from_history(loaded.events)
+            found = transcript.turns(story_of(loaded), loaded.events, header.is_open)
+            link_turns(found, *key, TraceUrls.for_run(*key, "agent"))
+            return found
+
+        turns.extend(await sync_to_async(one)())
+    for number, turn in enumerate(turns, 1):
+        turn.number = number
+    return turns, len(chain)
 
 
 def span_base_url(workflow_id: str, run_id: str) -> str:

@@ -137,6 +137,25 @@ async def call_detail(
     return render(request, "dashboard/run_call.html", ctx)
 
 
+@require_GET
+async def conversation(request: HttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
+    """The run's conversation as a transcript, across its continue-as-new chain."""
+    found = await run_page.conversation(workflow_id, run_id)
+    if found is None:
+        return _not_found(request, workflow_id, run_id)
+    turns, runs = found
+    ctx = {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "turns": turns,
+        "runs": runs,
+        "run_ids": sorted({(t.workflow_id, t.run_id) for t in turns}),
+        "tokens_in": sum(t.tokens_in for t in turns),
+        "tokens_out": sum(t.tokens_out for t in turns),
+    }
+    return render(request, "dashboard/conversation.html", ctx)
+
+
 def _span_for_run(workflow_id: str, run_id: str, span_id: str) -> dict[str, Any] | None:
     for span in Span.objects.filter(span_id=span_id):
         if (span.workflow_id, span.run_id) == (workflow_id, run_id):

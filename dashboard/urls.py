@@ -36,6 +36,11 @@ urlpatterns = [
         name="dash-run-call",
     ),
     path(
+        "runs/<str:workflow_id>/<str:run_id>/conversation/",
+        run_views.conversation,
+        name="dash-run-conversation",
+    ),
+    path(
         "runs/<str:workflow_id>/<str:run_id>/history.json",
         run_views.history_json,
         name="dash-run-history-json",

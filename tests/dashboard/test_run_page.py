@@ -256,3 +256,35 @@ def test_api_returns_story_for_session_and_bearer_token(
     client.force_login(user)
     assert client.get(f"/api{url(run)}").json()["run_id"] == run["run_id"]
     assert client.get("/api/runs/x/y/").status_code == 404
+
+
+def test_full_history_has_one_summary_line_per_event_with_details_a_click_away(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    full = logged_in_client.get(
+        url(run) + "?part=run-history&history=full", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert full.count("data-summary>") == len(run["history"])
+    line = "invoke_model_activity #1 · → transfer_to_technical_support({}) · 61→52 tokens"
+    assert f'<span class="ev-line" data-summary>{line}</span>' in full
+    assert "attempt 3 · " in full and "last failure InjectedModelFault" in full
+    # The details stay one click away: the summary line opens the event's attributes.
+    assert full.count("<details><summary") == len(run["history"])
+    assert full.count('<pre class="json">') == len(run["history"])
+
+
+def test_conversation_page_reads_turns_and_unknown_runs_are_404(
+    logged_in_client: Client, run: dict[str, Any], history_calls: list[str]
+) -> None:
+    store_spans(run)
+    page = logged_in_client.get(url(run, "conversation/"))
+    assert page.status_code == 200
+    body = page.content.decode()
+    prompt = "Our dashboard sync is stuck and the app shows errors since this morning."
+    assert f"data-user>{prompt}<" in body
+    assert "data-answer>Technical support engineer here." in body
+    assert "check_service_status(" in body  # the tools the turn used
+    assert "1 turn across 1 run" in body
+    # The triage run received no message by signal or update: no Conversation section.
+    assert 'id="run-conversation" hidden' in logged_in_client.get(url(run)).content.decode()
+    assert logged_in_client.get(url({**run, "run_id": "nope"}, "conversation/")).status_code == 404

@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, expect
 from tests.conftest import TemporalServer, WorkerProcess, connect_client
 from tests.e2e.conftest import LiveDashboard, log_in, running_dashboard, watch_problems
 from tests.e2e.story_stack import module_worker
-from worker.inputs import AgentRunInput, ApprovalInput, Decision
+from worker.inputs import AgentRunInput, ApprovalInput, ConversationInput, Decision
 
 pytestmark = pytest.mark.timeout(240)
 T = TypeVar("T")
@@ -254,5 +254,91 @@ def test_running_run_updates_live(
     assert page.evaluate(is_open, folded) is False
     expect(page.locator(f'#run-trace .span-row.selected[data-span="{selected}"]')).to_have_count(1)
     page.screenshot(path=str(results_dir / "run-live-completed.png"), full_page=True)
+    assert problems == []
+    context.close()
+
+
+def test_conversation_transcript_follows_the_chain_that_continued_as_new(
+    stack: LiveDashboard,
+    temporal_server: TemporalServer,
+    traced_worker: WorkerProcess,
+    chromium: Browser,
+    results_dir: Path,
+) -> None:
+    worker = traced_worker
+    workflow_id = f"e2e-chat-{uuid.uuid4().hex[:6]}"
+    said = [
+        "Plan three days in Porto for me.",
+        "What should I pack?",
+        "Where should we eat on the river?",
+        "Thanks, and <b>one</b> last thing: trains?",
+    ]
+
+    async def converse() -> tuple[str, str, str]:
+        client = await connect_client(temporal_server.address)
+        handle = await client.start_workflow(
+            "conversation",
+            ConversationInput(prompt=said[0], max_turns_per_run=2),
+            id=workflow_id,
+            task_queue=worker.task_queue,
+        )
+        first = str(handle.first_execution_run_id or handle.result_run_id)
+        latest = client.get_workflow_handle(workflow_id)
+        await latest.execute_update("send_message", said[1])
+        # Two turns answered: the run continues as new; the chat goes on in the next run.
+        deadline = time.monotonic() + 30
+        while (await latest.describe()).run_id == first:
+            assert time.monotonic() < deadline, "the conversation did not continue as new"
+            await asyncio.sleep(0.2)
+        await latest.execute_update("send_message", said[2])
+        await latest.signal("user_message", said[3])
+        # Two more turns: a third run waits for the next message.
+        while True:
+            assert time.monotonic() < deadline + 30, "the second run did not continue as new"
+            current = str((await latest.describe()).run_id)
+            if current != first:
+                run = client.get_workflow_handle(workflow_id, run_id=current)
+                first_event = (await run.fetch_history()).events[0]
+                started = first_event.workflow_execution_started_event_attributes
+                if started.continued_execution_run_id not in ("", first):
+                    return first, started.continued_execution_run_id, current
+            await asyncio.sleep(0.2)
+
+    first, second, third = in_thread(converse)
+    context = chromium.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    problems = watch_problems(page)
+    log_in(page, stack)
+    # The open run has answered nothing yet; its signal picker offers the harmless
+    # signal first, never `end`.
+    page.goto(f"{stack.url}/runs/{workflow_id}/{third}/")
+    expect(page.locator('#run-actions select[name="name"]').first).to_have_value("user_message")
+    expect(page.locator("#run-waiting [data-wait=message]")).to_be_visible()
+    page.goto(f"{stack.url}/runs/{workflow_id}/{second}/")
+    section = page.locator("#run-conversation")
+    # This run's own turns, as their spans arrive (the live page swaps them in).
+    expect(section.locator("[data-turn]")).to_have_count(2, timeout=30_000)
+    expect(section.locator("[data-user]")).to_have_text(said[2:])
+    sources = ["update send_message", "signal user_message"]
+    expect(section.locator(".turn-src")).to_have_text(sources)
+    section.screenshot(path=str(results_dir / "run-conversation-section.png"))
+    section.get_by_role("link", name="Whole conversation across 3 runs →").click()
+    expect(page.get_by_role("heading", name="Conversation")).to_be_visible()
+    turns = page.locator("[data-transcript] [data-turn]")
+    # Every turn of the chain, in order, each with its answer, tokens and a link to its calls.
+    expect(turns).to_have_count(4, timeout=20_000)
+    expect(page.locator("[data-transcript] [data-user]")).to_have_text(said)
+    expect(page.locator("[data-run-boundary]")).to_have_count(1)
+    for index in range(4):
+        turn = turns.nth(index)
+        expect(turn.locator("[data-answer]")).not_to_have_text("(no answer in words)")
+        expect(turn).to_contain_text("tokens")
+        expect(turn.get_by_role("link", name=re.compile(r"^call \d+$")).first).to_be_visible()
+    assert page.evaluate("document.querySelector('[data-transcript] b')") is None  # escaped
+    page.screenshot(path=str(results_dir / "run-conversation.png"), full_page=True)
+    # The first run's and the open run's pages read the same whole conversation.
+    for run_id in (first, third):
+        page.goto(f"{stack.url}/runs/{workflow_id}/{run_id}/conversation/")
+        expect(page.locator("[data-transcript] [data-user]")).to_have_text(said)
     assert problems == []
     context.close()
