@@ -16,6 +16,7 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
+from telemetry import vocab
 from tracing import health, store
 from tracing.correlation import RunStory
 
@@ -63,7 +64,8 @@ def build(
             for e in events
             if e.event_type == _SCHEDULED
         }
-    report = health.report(spans, story, facts.store, activity_ids)
+    stopped = bool(events) and events[-1].event_type in vocab.WORKFLOW_STOPPED_EVENT_TYPES
+    report = health.report(spans, story, facts.store, activity_ids, stopped)
     return RunHealth(report, facts.elsewhere, close_ns, facts.store.has_summary)
 
 

@@ -305,6 +305,15 @@ WORKFLOW_CLOSE_EVENT_TYPES = frozenset(
     }
 )
 
+# Runs stopped from outside: their workflow code never finished, so the spans it had
+# open (the RunWorkflow span, an agent mid-turn) are never ended, hence never sent.
+WORKFLOW_STOPPED_EVENT_TYPES = frozenset(
+    {
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+    }
+)
+
 
 def run_digest(workflow_id: str, run_id: str) -> str:
     """A stable, fixed-length key for one run: cache keys and group names hold any id."""

@@ -423,6 +423,11 @@ class Health:
     # The run's spans whose parent lives in another run (a reset's base, a
     # parent workflow, a client): not a problem, but worth knowing.
     cross_run_parents: int = 0
+    # A run stopped from outside (terminated, timed out; the base of a reset made
+    # while it was open): its spans whose parent is not stored sit under spans the
+    # workflow had open and never ended, so never sent. Not an instrumentation fault.
+    unended_parents: int = 0
+    stopped: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     # A few span ids per problem, for the panel's links.
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -441,6 +446,7 @@ class Health:
             "spans_stored": self.spans_stored,
             "spans_tied": self.spans_tied,
             "cross_run_parents": self.cross_run_parents,
+            "under_unended_parents": self.unended_parents,
             "history_checked": self.history_checked,
             "ok": self.ok,
             "problems": {key: self.counts.get(key, 0) for key in PROBLEM_KEYS},
@@ -493,14 +499,17 @@ def report(
     story: RunStory | None,
     facts: StoreFacts,
     activity_ids: set[str] | None,
+    stopped: bool = False,
 ) -> Health:
     """The run's health from its spans (tied to it), what the store adds, and, if known,
     its history's story. ``activity_ids`` are the activities the history knows (None
-    without a history). Pure: the store was read into ``facts``."""
+    without a history); ``stopped``: the history says the run was terminated or timed
+    out. Pure: the store was read into ``facts``."""
     health = Health(
         spans_tied=len(spans),
         spans_stored=facts.spans_stored,
         history_checked=activity_ids is not None,
+        stopped=stopped,
     )
     counts = dict.fromkeys(PROBLEM_KEYS, 0)
     counts["waiting"] = facts.waiting
@@ -513,6 +522,8 @@ def report(
             continue
         if parent in facts.parents_elsewhere:
             health.cross_run_parents += 1
+        elif stopped:
+            health.unended_parents += 1
         else:
             counts["orphans"] += 1
             _example(health, "orphans", row["span_id"])

@@ -160,13 +160,16 @@ def list_row(client: Client, workflow_id: str, run_id: str) -> dict[str, Any]:
     return dict(rows[0])
 
 
-def settled(client: Client, workflow_id: str, run_id: str, patience: float = 40) -> dict[str, Any]:
-    """The run's API answer once its root span is stored and nothing changed for a second."""
+def settled(
+    client: Client, workflow_id: str, run_id: str, patience: float = 40, root: bool = True
+) -> dict[str, Any]:
+    """The run's API answer once its root span is stored (if it has one: a terminated
+    run has none) and nothing changed for a second."""
     deadline = time.monotonic() + patience
     previous: tuple[Any, ...] | None = None
     while True:
         story = api_run(client, workflow_id, run_id)
-        has_root = any(s["name"].startswith("RunWorkflow:") for s in story["spans"])
+        has_root = not root or any(s["name"].startswith("RunWorkflow:") for s in story["spans"])
         current = (len(story["spans"]), story["totals"]["tokens_in"], story["status"])
         if has_root and story["status"] != "RUNNING" and current == previous:
             return story
@@ -186,10 +189,14 @@ def _ms(iso: str) -> float:
 
 
 def assert_agree(
-    client: Client, workflow_id: str, run_id: str, result: AgentRunResult | None = None
+    client: Client,
+    workflow_id: str,
+    run_id: str,
+    result: AgentRunResult | None = None,
+    root: bool = True,
 ) -> dict[str, Any]:
     """The runs list, the run page, the run API and the run's own result say the same."""
-    story = settled(client, workflow_id, run_id)
+    story = settled(client, workflow_id, run_id, root=root)
     totals = story["totals"]
     row = list_row(client, workflow_id, run_id)
     page = page_figures(client, workflow_id, run_id)
@@ -330,6 +337,90 @@ def test_a_reset_of_a_reset_made_with_the_cli_finds_each_call_in_its_run(
     assert api_run(ops, workflow_id, second)["family"]["reset_to"] == [third]
     row = list_row(ops, workflow_id, third)
     assert row["reset_from"] == second and row["health_problems"] == 0
+
+
+def test_reset_of_an_open_run_replays_the_signals_after_its_reset_point(
+    ops: Client, traced_worker: WorkerProcess, on_temporal: str
+) -> None:
+    """An open conversation, reset from the Actions card to before model call 2: the base
+    run is terminated; the new run inherits call 1, answers the message that was before
+    the reset point again, and the one Temporal reapplied (a signal after it)."""
+    workflow_id = f"ops-open-reset-{uuid.uuid4().hex[:8]}"
+
+    async def answered(handle: Any, turns: int) -> None:
+        deadline = time.monotonic() + 60
+        while True:
+            history = await handle.query("history")
+            if sum(1 for m in history if m["role"] == "assistant") >= turns:
+                return
+            assert time.monotonic() < deadline, f"{turns} turns never answered"
+            await asyncio.sleep(0.2)
+
+    async def before() -> str:
+        client = await connect_client(on_temporal)
+        handle = await client.start_workflow(
+            "conversation", ConversationInput(prompt="Where to stay in Porto?"),
+            id=workflow_id, task_queue=traced_worker.task_queue,
+        )  # fmt: skip
+        await answered(handle, 1)
+        await handle.signal("user_message", "And what to eat?")
+        await answered(handle, 2)
+        await handle.signal("user_message", "Is the metro open late?")
+        await answered(handle, 3)
+        return str(handle.first_execution_run_id)
+
+    first = run(before)
+    point = model_call_scheduled(on_temporal, workflow_id, first, 2)
+    response = ops.post(
+        f"/runs/{workflow_id}/{first}/reset/",
+        {"event_id": str(point), "reason": "answer the food question again"},
+        headers=HTMX,
+    )
+    second = response["HX-Redirect"].rstrip("/").split("/")[-1]
+    assert second != first
+
+    async def after() -> ConversationResult:
+        client = await connect_client(on_temporal)
+        handle = client.get_workflow_handle(
+            workflow_id, run_id=second, result_type=ConversationResult
+        )
+        await answered(handle, 3)
+        await handle.signal("end")
+        return await asyncio.wait_for(handle.result(follow_runs=False), timeout=60)
+
+    result = run(after)
+    assert [m.content for m in result.history if m.role == "user"] == [
+        "Where to stay in Porto?", "And what to eat?", "Is the metro open late?",
+    ]  # fmt: skip
+    # The base run was terminated by the reset while it waited for a message: its
+    # RunWorkflow span never ended, so it has no root, and that is no fault of the
+    # instrumentation: its spans sit under a span the run never ended.
+    old = assert_agree(ops, workflow_id, first, root=False)
+    assert old["status"] == "TERMINATED" and old["totals"]["model_calls"] == 3
+    assert not any(s["name"].startswith("RunWorkflow:") for s in old["spans"])
+    assert old["health"]["ok"], old["health"]
+    assert old["health"]["under_unended_parents"] == 6  # 3 turns, 3 StartActivity spans
+    assert list_row(ops, workflow_id, first)["health_problems"] == 0
+    html = get(ops, f"/runs/{workflow_id}/{first}/").content.decode()
+    assert 'data-health-stat="under_unended_parents">6<' in html
+    story = assert_agree(ops, workflow_id, second)
+    assert result.turns == story["totals"]["model_calls"] == 3
+    calls = story["model_calls"]
+    assert [c["inherited_from"] for c in calls] == [first, None, None]
+    assert all(c["matched"] for c in calls)
+    # One root for the run's work; signal and query handlers (from an untraced client)
+    # start traces of their own.
+    (root,) = [
+        s for s in roots(story) if not s["name"].startswith(("HandleSignal:", "HandleQuery:"))
+    ]
+    assert root["name"] == "RunWorkflow:conversation"
+    assert all(not s["parent_span_id"] for s in roots(story))
+    assert story["health"]["ok"], story["health"]
+    # The reapplied signal is this run's: its handler's span is tied to it.
+    handlers = [s for s in story["spans"] if s["name"] == "HandleSignal:user_message"]
+    assert handlers and all(not s.get("inherited_from") for s in handlers)
+    assert story["family"]["reset_from"]["run_id"] == first
+    assert api_run(ops, workflow_id, first)["family"]["reset_to"] == [second]
 
 
 # -- continue-as-new -------------------------------------------------------------------

@@ -216,6 +216,23 @@ def test_attempts_without_a_span_and_spans_without_an_event() -> None:
     assert ctx["timeline"]["no_span"] == 1
 
 
+def test_a_stopped_runs_spans_under_spans_it_never_ended_are_not_orphans() -> None:
+    """A terminated (or timed-out) run's workflow never ends the spans it had open, its
+    RunWorkflow span first: their children are not an instrumentation fault."""
+    rows = [
+        {"trace_id": "t", "span_id": "a", "parent_span_id": "root-never-ended"},
+        {"trace_id": "t", "span_id": "b", "parent_span_id": "a"},
+        {"trace_id": "t", "span_id": "c", "parent_span_id": "root-never-ended"},
+    ]
+    facts = health.StoreFacts(spans_stored=3)
+    finished = health.report(rows, None, facts, None)
+    assert finished.counts["orphans"] == 2 and not finished.ok
+    stopped = health.report(rows, None, facts, None, stopped=True)
+    assert stopped.counts["orphans"] == 0 and stopped.ok
+    assert stopped.unended_parents == 2
+    assert stopped.as_json()["under_unended_parents"] == 2
+
+
 @pytest.mark.django_db
 def test_the_page_keeps_what_the_history_showed_for_the_runs_list(
     logged_in_client: Client, monkeypatch: pytest.MonkeyPatch
