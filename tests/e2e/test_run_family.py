@@ -1,9 +1,12 @@
 """Related runs and trace health in Chromium at 1440 px: a reset run that inherits its
 first model call, an orchestrator with its children rolled up, a child linking back,
-and a run whose spans a broken app sent (orphans, a cycle, a duplicate id)."""
+a run whose spans a broken app sent (orphans, a cycle, a duplicate id), a chain of
+continue-as-new runs and a terminated run."""
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from tests.conftest import TemporalServer, WorkerProcess, connect_client
 from tests.e2e.conftest import LiveDashboard, running_dashboard, watch_problems
 from tests.e2e.story_stack import in_thread, module_worker, signed_in, wait_until
-from worker.inputs import AgentRunInput, AgentRunResult, OrchestratorResult
+from worker.inputs import AgentRunInput, AgentRunResult, ConversationInput, OrchestratorResult
 
 pytestmark = pytest.mark.timeout(300)
 S = 1_000_000_000
@@ -220,5 +223,68 @@ def test_related_runs_and_trace_health_at_1440(
     )
     assert widths[0] <= widths[1], widths
     page.screenshot(path=str(results_dir / "runs-list-family-health.png"), full_page=True)
+    assert problems == []
+    context.close()
+
+
+def test_a_chain_and_a_terminated_run_at_1440(
+    stack: LiveDashboard,
+    worker: WorkerProcess,
+    temporal_server: TemporalServer,
+    chromium: Browser,
+    results_dir: Path,
+) -> None:
+    context, page = signed_in(chromium, stack)
+    problems = watch_problems(page)
+    workflow_id = f"e2e-chat-{uuid.uuid4().hex[:6]}"
+
+    async def chat() -> tuple[str, str]:
+        """Two turns per run: the second message continues the chat as a new run, which
+        answers the third and is terminated while it waits for the fourth."""
+        client = await connect_client(temporal_server.address)
+        handle = await client.start_workflow(
+            "conversation", ConversationInput(prompt="Lisbon or Porto?", max_turns_per_run=2),
+            id=workflow_id, task_queue=worker.task_queue,
+        )  # fmt: skip
+        first = str(handle.first_execution_run_id)
+        await handle.execute_update("send_message", "Which month?", result_type=str)
+        latest = client.get_workflow_handle(workflow_id)
+        deadline = time.monotonic() + 60
+        while (await latest.describe()).run_id == first:
+            assert time.monotonic() < deadline, "the chat never continued as new"
+            await asyncio.sleep(0.2)
+        await latest.execute_update("send_message", "And for food?", result_type=str)
+        second = (await latest.describe()).run_id
+        await client.get_workflow_handle(workflow_id, run_id=second).terminate("e2e: done")
+        return first, str(second)
+
+    first, second = in_thread(chat)
+
+    def root_stored() -> bool:
+        spans = story(page, stack, workflow_id, first)["spans"]
+        return any(s["name"].startswith("RunWorkflow:") for s in spans)
+
+    def terminated_settled() -> bool:
+        data = story(page, stack, workflow_id, second)
+        return data["status"] == "TERMINATED" and data["health"]["under_unended_parents"] > 0
+
+    wait_until(root_stored, 30, "the first run's spans")
+    wait_until(terminated_settled, 30, "the terminated run's spans")
+    page.goto(f"{stack.url}/runs/{workflow_id}/{first}/")
+    family = page.locator("#run-family")
+    expect(family.locator('[data-link="next"]')).to_be_visible()
+    expect(family.locator("[data-chain-totals]")).to_contain_text("2 runs")
+    family.scroll_into_view_if_needed()
+    page.screenshot(path=str(results_dir / "family-chain.png"), full_page=True)
+
+    page.goto(f"{stack.url}/runs/{workflow_id}/{second}/")
+    panel = page.locator("#run-health")
+    expect(panel).to_have_attribute("data-health", "ok")
+    expect(panel.locator('[data-health-stat="under_unended_parents"]')).to_have_text(
+        re.compile(r"^[1-9]")
+    )
+    panel.scroll_into_view_if_needed()
+    panel.screenshot(path=str(results_dir / "health-terminated-run.png"))
+    page.screenshot(path=str(results_dir / "family-terminated-run.png"), full_page=True)
     assert problems == []
     context.close()
