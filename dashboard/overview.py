@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.urls import reverse
 
 from dashboard import temporal
@@ -412,9 +412,12 @@ def _json_list_holds(column: str) -> str:
 
 def _top_runs(q: Query, order: str) -> list[dict[str, Any]]:
     table = connection.ops.quote_name(RunRollupState._meta.db_table)
-    # "+start_ns": walk the (order, start_ns, ...) index from the top and test
-    # the window on it, instead of reading every run of the window (wide rows).
-    clauses = ["+start_ns >= %s", "+start_ns < %s", f"{order} IS NOT NULL"]
+    postgres = connection.vendor == "postgresql"
+    # SQLite, "+start_ns": walk the (order, start_ns, ...) index from the top and
+    # test the window on it, instead of reading every run of the window (wide rows).
+    # PostgreSQL chooses between that walk and the window's runs by itself (below).
+    start = "start_ns" if postgres else "+start_ns"
+    clauses = [f"{start} >= %s", f"{start} < %s", f"{order} IS NOT NULL"]
     params: list[Any] = [q.since_ns, q.until_ns]
     for column, value in (("workflow_type", q.workflow_type), ("task_queue", q.task_queue)):
         if value:
@@ -431,7 +434,14 @@ def _top_runs(q: Query, order: str) -> list[dict[str, Any]]:
         "SELECT workflow_id, run_id, workflow_type, status, start_ns, duration_ns, cost "
         f"FROM {table} WHERE {' AND '.join(clauses)} ORDER BY {order} DESC LIMIT {TOP}"
     )
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if postgres:
+            # It cannot estimate how many runs a JSON list filter keeps and
+            # guesses very few: then it reads the whole table (in parallel) to
+            # sort it, ~100 ms at 100k runs, where walking the order index
+            # finds the top ten in ~1 ms. Index plans only, for this query.
+            cursor.execute("SET LOCAL enable_seqscan = off")
+            cursor.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     return [

@@ -77,6 +77,8 @@ BACKEND_MODULES = frozenset(
         "tests/dashboard/test_runs.py",  # runs list keyset pages and filters
         "tests/dashboard/test_exports.py",  # Exports page, per-run exports
         "tests/dashboard/test_actions.py",  # actions and their audit entries
+        "tests/tracing/test_rollups.py",  # the overview's rollups: upserts, JSON, recount
+        "tests/dashboard/test_overview.py",  # the overview's queries and its links
     }
 )
 

@@ -537,9 +537,10 @@ def failed_with_sql(outer_table: str, message: str) -> tuple[str, list[Any]]:
     same_run = f"s.workflow_id = {outer}.workflow_id AND s.run_id = {outer}.run_id"
     if connection.vendor == "postgresql":
         return (
+            # strict: lax mode would unwrap each attempt's list before the filter.
             f"EXISTS (SELECT 1 FROM {state} s WHERE {same_run} AND jsonb_path_exists("
-            f"s.facts, '$.a.*.* ? (@[{_AFAILED}] == 1 && @[{_MSG}] == $m)', "
-            "jsonb_build_object('m', %s::text)))",
+            f"s.facts, 'strict $.a.*.* ? (@[{_AFAILED}] == 1 && @[{_MSG}] == $m)', "
+            "jsonb_build_object('m', %s::text), true))",
             [message[:MESSAGE_MAX]],
         )
     return (
