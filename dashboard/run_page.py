@@ -1413,12 +1413,18 @@ def agent_trace(
         key = f"call:{call.activity_id}"
         span_id = call.model_span_id or next(iter(call.span_ids), "")
         parent = parent_for(call.agent_span_id, call.agent, start)
+        label, title, classes = call_label(call, final), f"{len(call.span_ids)} spans merged", ""
+        if call.inherited_from:
+            # Made by the run this one was reset from, before the reset point.
+            label += " · inherited"
+            title = f"Made before the reset point by run {call.inherited_from}; {title}"
+            classes = " inherited"
         add(parent, Node(
-            key, "generation", call_label(call, final), start, end,
+            key, "generation", label, start, end,
             error=call.outcome in FAILED_OUTCOMES,
             extra=_tokens_extra(call.tokens_in, call.tokens_out, cost),
-            href=urls.call(call.activity_id), span_id=span_id, classes=" call-row",
-            badge="model call", title=f"{len(call.span_ids)} spans merged",
+            href=urls.call(call.activity_id), span_id=span_id, classes=" call-row" + classes,
+            badge="model call", title=title,
         ))  # fmt: skip
         if len(call.attempts) > 1:
             for attempt in call.attempts:

@@ -337,6 +337,18 @@ def test_a_reset_of_a_reset_made_with_the_cli_finds_each_call_in_its_run(
     assert api_run(ops, workflow_id, second)["family"]["reset_to"] == [third]
     row = list_row(ops, workflow_id, third)
     assert row["reset_from"] == second and row["health_problems"] == 0
+    # The trace's agent view marks the inherited calls; a call's page names its run.
+    html = get(ops, f"/runs/{workflow_id}/{third}/").content.decode()
+    assert "call 1 · attempt 2/2 · inherited" in html
+    assert "call 2 · attempt 1/1 · inherited" in html
+    assert "call 3 · attempt 1/1 · inherited" not in html
+    for call, made_by in zip(calls, (first, second, None, None), strict=True):
+        page = get(ops, f"/runs/{workflow_id}/{third}/calls/{call['activity_id']}/")
+        text = page.content.decode()
+        assert page.status_code == 200
+        assert ("data-call-inherited" in text) == (made_by is not None)
+        if made_by:
+            assert f'href="/runs/{workflow_id}/{made_by}/"' in text
 
 
 def test_reset_of_an_open_run_replays_the_signals_after_its_reset_point(

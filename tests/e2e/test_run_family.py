@@ -171,8 +171,15 @@ def test_related_runs_and_trace_health_at_1440(
     expect(page.locator("rect.tl-attempt.inherited")).to_have_count(2)
     expect(page.locator('#run-health[data-health="ok"]')).to_be_visible()
     expect(page.locator('#run-header [data-total="model_calls"]')).to_have_text("4")
+    inherited = page.locator("#run-trace .span-row.call-row.inherited")
+    expect(inherited).to_have_count(1)
+    expect(inherited).to_contain_text("call 1 · attempt 2/2 · inherited")
     page.locator("#run-family").scroll_into_view_if_needed()
     page.screenshot(path=str(results_dir / "family-reset-run.png"), full_page=True)
+    inherited.click()
+    expect(page.locator("#span-panel [data-call-inherited]")).to_contain_text(first[:8])
+    page.locator("#span-panel").screenshot(path=str(results_dir / "family-inherited-call.png"))
+    page.locator("#run-trace").screenshot(path=str(results_dir / "family-reset-trace.png"))
 
     # An orchestrator: its children (one retried) rolled up, each linking back.
     parent_id, parent_run, result = run_to_end(
