@@ -26,6 +26,16 @@ workflows in a worker instrumented only with stock parts (Temporal's
 batch processor and OTLP/HTTP exporter), to check that Loomview's receiver does
 not slow such a worker down: ``--app stock --compare sink,on``.
 
+Each workflow gets a 60 s workflow task timeout (``--task-timeout``; Temporal's
+default is 10 s). 200 runs started at once queue up in one worker, and on a
+loaded machine some of their first workflow tasks would wait past 10 s: the
+server times them out and the worker replays those runs from the start (a fresh
+sandbox, every module imported again, about 100 ms of CPU each). How many that
+hits depends on the machine's load far more than on tracing, and a handful of
+them swings a batch's CPU per workflow by tens of percent. Every batch prints
+its workflow tasks that timed out or failed (each one a replay); a comparison
+is only fair between batches that had none, or as many.
+
 ``--profile DIR`` records the worker of every batch with py-spy (if installed)
 into DIR/<batch>-<mode>.txt (collapsed stacks; CPU of the worker's own
 threads); the figures of a profiled run are not the benchmark's.
@@ -220,6 +230,7 @@ class Batch:
     cpu: float
     spans: int
     load: float
+    timeouts: int
 
     @property
     def throughput(self) -> float:
@@ -277,7 +288,11 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-async def run_workflows(client: Any, task_queue: str, prefix: str, count: int) -> None:
+async def run_workflows(
+    client: Any, task_queue: str, prefix: str, count: int, task_timeout: float
+) -> list[Any]:
+    from datetime import timedelta
+
     from worker.inputs import AgentRunInput
 
     handles = await asyncio.gather(
@@ -287,11 +302,25 @@ async def run_workflows(client: Any, task_queue: str, prefix: str, count: int) -
                 AgentRunInput(PROMPTS[i % len(PROMPTS)]),
                 id=f"{prefix}-{i}",
                 task_queue=task_queue,
+                task_timeout=timedelta(seconds=task_timeout) if task_timeout else None,
             )
             for i in range(count)
         )
     )
     await asyncio.gather(*(handle.result() for handle in handles))
+    return list(handles)
+
+
+async def task_timeouts(handles: list[Any]) -> int:
+    """Workflow tasks that timed out or failed: each makes the worker replay its run."""
+    from temporalio.api.enums.v1 import EventType
+
+    lost = (EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+    count = 0
+    for handle in handles:
+        history = await handle.fetch_history()
+        count += sum(1 for event in history.events if event.event_type in lost)
+    return count
 
 
 def stored_spans(db: Path, prefix: str) -> int:
@@ -329,14 +358,14 @@ async def one_batch(
     process = start_worker(worker_env(stack, args.app, mode, task_queue, sink), args.app, log)
     profiler = None
     try:
-        await run_workflows(client, task_queue, f"{prefix}-warm", args.warmup)
+        await run_workflows(client, task_queue, f"{prefix}-warm", args.warmup, args.task_timeout)
         settled(process)
         if args.profile:
             profiler = start_profiler(process.pid, Path(args.profile) / f"{index:02d}-{mode}.txt")
         load = os.getloadavg()[0]
         cpu0 = cpu_seconds(process.pid)
         start = time.monotonic()
-        await run_workflows(client, task_queue, prefix, args.runs)
+        handles = await run_workflows(client, task_queue, prefix, args.runs, args.task_timeout)
         seconds = time.monotonic() - start
         cpu1 = await asyncio.to_thread(settled, process)
     finally:
@@ -346,7 +375,8 @@ async def one_batch(
     spans = 0
     if mode == "on":
         spans = stored_spans(stack.db, prefix)
-    return Batch(index, mode, args.runs, seconds, cpu1 - cpu0, spans, load)
+    timeouts = await task_timeouts(handles)
+    return Batch(index, mode, args.runs, seconds, cpu1 - cpu0, spans, load, timeouts)
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -369,6 +399,7 @@ def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
             str(out),
             "--nonblocking",
             "--gil",
+            "--full-filenames",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -384,12 +415,15 @@ def percent(value: float) -> str:
 
 def report(batches: list[Batch], base: str, test: str) -> bool:
     print()
-    print(f"{'batch':>5}  {'mode':<5} {'wf/s':>7} {'CPU ms/wf':>10} {'spans/wf':>9} {'load1':>6}")
+    print(
+        f"{'batch':>5}  {'mode':<5} {'wf/s':>7} {'CPU ms/wf':>10} {'spans/wf':>9} {'load1':>6}"
+        f" {'task timeouts':>13}"
+    )
     for b in batches:
         spans = f"{b.spans / b.runs:.1f}" if b.mode == "on" else "-"
         print(
             f"{b.index:>5}  {b.mode:<5} {b.throughput:>7.2f} {b.cpu_ms:>10.1f} "
-            f"{spans:>9} {b.load:>6.2f}"
+            f"{spans:>9} {b.load:>6.2f} {b.timeouts:>13}"
         )
     pairs = [
         (
@@ -472,7 +506,8 @@ async def bench(args: argparse.Namespace) -> int:
                     batches.append(batch)
                     print(
                         f"  batch {batch.index:>2} {mode:<4} {batch.throughput:6.2f} wf/s "
-                        f"{batch.cpu_ms:6.1f} ms CPU/wf  load {batch.load:.2f}",
+                        f"{batch.cpu_ms:6.1f} ms CPU/wf  load {batch.load:.2f}  "
+                        f"task timeouts {batch.timeouts}",
                         flush=True,
                     )
         finally:
@@ -538,6 +573,12 @@ def main() -> int:
     parser.add_argument("--app", choices=("loomview", "stock"), default="loomview")
     parser.add_argument(
         "--compare", default=None, help="two of off,on,sink (default off,on; stock: sink,on)"
+    )
+    parser.add_argument(
+        "--task-timeout",
+        type=float,
+        default=60.0,
+        help="workflow task timeout, seconds (0: Temporal's 10 s; see the module doc)",
     )
     parser.add_argument("--profile", default=None, help="py-spy each batch's worker into DIR")
     parser.add_argument("--stock-worker", action="store_true", help=argparse.SUPPRESS)

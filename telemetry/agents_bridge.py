@@ -133,6 +133,11 @@ def temporal_context_attributes() -> dict[str, Any]:
     A fresh dict, worked out once per workflow run or activity attempt: every span
     there asks for the same.
     """
+    return dict(shared_context_attributes())
+
+
+def shared_context_attributes() -> dict[str, Any]:
+    """:func:`temporal_context_attributes` itself, shared: read it, never change it."""
     if workflow.in_workflow():
         info: Any = workflow.info()
     elif activity.in_activity():
@@ -145,7 +150,7 @@ def temporal_context_attributes() -> dict[str, Any]:
         if len(_CONTEXT_CACHE) >= 4096:
             _CONTEXT_CACHE.clear()
         cached = _CONTEXT_CACHE[key] = (info, _context_attributes(info))
-    return dict(cached[1])
+    return cached[1]
 
 
 # id(workflow or activity Info) → (that Info, its attributes); the Info is kept,
@@ -474,7 +479,7 @@ class OtelBridgeProcessor(TracingProcessor):
         exported = trace.export() or {}
         current = otel_trace.get_current_span().get_span_context()
         attributes: dict[str, Any] = {
-            **temporal_context_attributes(),
+            **shared_context_attributes(),
             vocab.AGENTS_SPAN_TYPE: "trace",
             vocab.OI_SPAN_KIND: "CHAIN",
             vocab.AGENTS_TRACE_ID: trace.trace_id,
@@ -520,7 +525,7 @@ class OtelBridgeProcessor(TracingProcessor):
         scope = current_scope()
         trace_id = self._otel_trace_id(span.trace_id, scope)
         parent_agents_id = span.parent_id or span.trace_id
-        attributes.update(temporal_context_attributes())
+        attributes.update(shared_context_attributes())
         attributes.update(
             {
                 vocab.AGENTS_TRACE_ID: span.trace_id,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
@@ -36,7 +37,7 @@ from opentelemetry.trace import Status
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
 from telemetry import vocab
-from telemetry.agents_bridge import OtelBridgeProcessor, temporal_context_attributes
+from telemetry.agents_bridge import OtelBridgeProcessor, shared_context_attributes
 from telemetry.otlp_http import WireSpanExporter
 from telemetry.redact import (
     PATTERNS_ENV,
@@ -63,25 +64,43 @@ DEFAULT_OPENAI_TRACES_ENDPOINT = "https://api.openai.com/v1/traces/ingest"
 _WORKFLOW_SPAN_NAME_PREFIXES = tuple(f"{prefix}:" for prefix in vocab.WORKFLOW_SPAN_PREFIXES)
 
 
+def correlation_attributes(attributes: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The ``temporal.*`` attributes a span of Temporal's (or any span made where a
+    workflow or activity runs) lacks: ours for Temporal's spellings, then those of
+    where it runs, then the workflow type its name ends in."""
+    extra: dict[str, Any] = {}
+    for theirs, ours in vocab.TEMPORAL_ALIASES.items():
+        if theirs in attributes and ours not in attributes:
+            extra[ours] = attributes[theirs]
+    for key, value in shared_context_attributes().items():
+        if key not in attributes:
+            extra[key] = value
+    if (
+        vocab.WORKFLOW_TYPE not in extra
+        and vocab.WORKFLOW_TYPE not in attributes
+        and name.startswith(_WORKFLOW_SPAN_NAME_PREFIXES)
+    ):
+        extra[vocab.WORKFLOW_TYPE] = name.split(":", 1)[1]
+    return extra
+
+
+def _plain(attributes: Any) -> dict[str, Any]:
+    """A span's attributes as a plain dict (the SDK's BoundedAttributes copies its own)."""
+    if not attributes:
+        return {}
+    if isinstance(attributes, BoundedAttributes):
+        return attributes.copy()  # type: ignore[return-value]
+    return dict(attributes)
+
+
 class CorrelatingSpanProcessor(SpanProcessor):
-    """Adds the ``temporal.*`` attributes of where a span starts (workflow or activity)."""
+    """Adds the ``temporal.*`` attributes of where a span starts (workflow or activity).
+
+    For a processor chain of one's own; the worker's uses :class:`WorkerSpanProcessor`.
+    """
 
     def on_start(self, span: SdkSpan, parent_context: otel_context.Context | None = None) -> None:
-        # Read the span's own attributes in place: this runs for every span.
-        attributes = span.attributes or {}
-        extra: dict[str, Any] = {}
-        for theirs, ours in vocab.TEMPORAL_ALIASES.items():
-            if theirs in attributes and ours not in attributes:
-                extra[ours] = attributes[theirs]
-        for key, value in temporal_context_attributes().items():
-            if key not in attributes:
-                extra[key] = value
-        if (
-            vocab.WORKFLOW_TYPE not in extra
-            and vocab.WORKFLOW_TYPE not in attributes
-            and span.name.startswith(_WORKFLOW_SPAN_NAME_PREFIXES)
-        ):
-            extra[vocab.WORKFLOW_TYPE] = span.name.split(":", 1)[1]
+        extra = correlation_attributes(_plain(span.attributes), span.name)
         if extra:
             span.set_attributes(extra)
 
@@ -105,9 +124,36 @@ class RedactingSpanProcessor(SpanProcessor):
         return self._next.force_flush(timeout_millis)
 
 
-def redact_span(span: ReadableSpan) -> ReadableSpan:
-    """The span with secrets redacted: the span itself when it has none (most have none)."""
-    changes = secret_changes(span.attributes)
+class WorkerSpanProcessor(RedactingSpanProcessor):
+    """The worker's processor for its own OTel spans (Temporal's, and any the app makes).
+
+    What :class:`CorrelatingSpanProcessor` and :class:`RedactingSpanProcessor`
+    do, done once when the span ends: its attributes copied once, the
+    ``temporal.*`` attributes of where it ran added, secrets redacted, and the
+    result handed to the exporters. Adding them to the live span instead cost a
+    locked, validated write per attribute on every span. A span ends where it
+    started (the workflow or activity that made it), so the attributes are the same.
+    """
+
+    def on_end(self, span: ReadableSpan) -> None:
+        name = span.name
+        if name.startswith(vocab.TOOLING_QUERY_PREFIX):
+            return
+        attributes = _plain(span.attributes)
+        extra = correlation_attributes(attributes, name)
+        if extra:
+            attributes.update(extra)
+        self._next.on_end(redact_span(span, attributes))
+
+
+def redact_span(span: ReadableSpan, attributes: dict[str, Any] | None = None) -> ReadableSpan:
+    """The span with secrets redacted: the span itself when it has none (most have none).
+
+    ``attributes``: the span's attributes to use instead of its own (a copy the
+    caller made, changed in place); the span is then always rebuilt with them.
+    """
+    own = attributes is None
+    changes = secret_changes(span.attributes if attributes is None else attributes)
     name = redact_text(span.name)
     status = span.status
     if status.description:
@@ -126,19 +172,24 @@ def redact_span(span: ReadableSpan) -> ReadableSpan:
             type(link)(link.context, redact_attributes(link.attributes)) for link in links
         )
     if (
-        not changes
+        own
+        and not changes
         and name == span.name
         and status is span.status
         and events is span.events
         and links is span.links
     ):
         return span
+    if attributes is None:
+        attributes = {**(span.attributes or {}), **changes}
+    elif changes:
+        attributes.update(changes)
     return ReadableSpan(
         name=name,
         context=span.context,
         parent=span.parent,
         resource=span.resource,
-        attributes={**(span.attributes or {}), **changes},
+        attributes=attributes,
         events=events,
         links=links,
         kind=span.kind,
@@ -308,7 +359,7 @@ class WorkerTracing:
     """What :func:`configure_tracing` set up; plugins go on the Temporal client."""
 
     provider: Any
-    processor: SpanProcessor
+    processor: RedactingSpanProcessor
     bridge: OtelBridgeProcessor
     plugins: list[Any] = field(default_factory=list)
     openai_processor: BatchTraceProcessor | None = None
@@ -360,7 +411,7 @@ def configure_tracing(
     delay = schedule_delay_ms or schedule_delay_from_env()
     batches = [BatchSpanProcessor(exporter, schedule_delay_millis=delay) for exporter in chosen]
     exporting = FanOutSpanProcessor(batches)
-    processor = FanOutSpanProcessor([CorrelatingSpanProcessor(), RedactingSpanProcessor(exporting)])
+    processor = WorkerSpanProcessor(exporting)
     # Temporal's replay-safe provider, with span ids distinct per run (resets).
     provider = run_scoped_tracer_provider(resource)
     provider.add_span_processor(processor)

@@ -102,3 +102,39 @@ def test_configured_patterns_are_parsed_checked_and_applied() -> None:
     finally:
         redact.set_extra_patterns([])
     assert redact_text("ACME-123456") == "ACME-123456"
+
+
+def test_secret_changes_finds_what_redacting_each_value_finds() -> None:
+    """Only the changed attributes, and every one of them, among many clean ones."""
+    from telemetry import redact
+
+    secrets = [
+        OPENAI_KEY,
+        "Bearer " + "t0k3n" * 4,
+        "Basic dXNlcjpwYXNzd29yZA==",
+        "AKIAIOSFODNN7EXAMPLE",
+        "ghp_" + "a1" * 18,
+        "xoxb-1234567890-abcdef",
+        "AIza" + "b" * 35,
+        "eyJhbGciOiJIUzI1.eyJzdWIiOiIxMjM0.c2lnbmF0dXJlMTIz",
+    ]
+    clean: dict[str, object] = {
+        f"attr.{i}": f"task-{i} ordinary text about Basic plans" for i in range(20)
+    }
+    clean["count"] = 3
+    assert redact.secret_changes(clean) == {}
+    for secret in secrets:
+        for position in (0, 10, 19):
+            attributes = dict(clean)
+            attributes[f"attr.{position}"] = f"value with {secret} inside"
+            expected = {
+                key: redact_text(value)
+                for key, value in attributes.items()
+                if isinstance(value, str) and redact_text(value) != value
+            }
+            assert redact.secret_changes(attributes) == expected != {}
+    redact.set_extra_patterns([r"ACME-\d{6}"])
+    try:
+        assert redact.secret_changes({"a": "ok", "b": "id ACME-123456"}) == {"b": f"id {REDACTED}"}
+    finally:
+        redact.set_extra_patterns([])
