@@ -11,8 +11,9 @@ is due:
 - ``archive`` (dashboard/archive.py) every ``LOOMVIEW_ARCHIVE_INTERVAL_SECONDS``
   unless ``LOOMVIEW_ARCHIVE_HISTORIES`` is off;
 
-and the linker (dashboard/linker.py) every second, in every forwarder process
-(its ties are idempotent).
+and the linker (dashboard/linker.py) every second and the search index
+(tracing/search.py) every 2 s, in every forwarder process (ties and index rows
+are idempotent).
 
 What each last did shows on the Exports page.
 """
@@ -34,7 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dashboard import archive, linker, temporal
-from tracing import retention
+from tracing import retention, search
 from tracing.forwarder import OWNER, lease_seconds
 from tracing.models import Maintenance
 
@@ -158,6 +159,8 @@ class MaintenanceConsumer(AsyncConsumer):
             self.tasks.append(asyncio.create_task(self._every(ARCHIVE, run_archive)))
         # Ties spans without Temporal ids to their runs through the runs' histories.
         self.tasks.append(asyncio.create_task(linker.serve()))
+        # Indexes new spans for the runs list's search, behind the receiver.
+        self.tasks.append(asyncio.create_task(search.serve()))
 
     async def forwarder_wake(self, message: dict[str, Any]) -> None:
         await self.forwarder_start(message)

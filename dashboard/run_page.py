@@ -849,11 +849,18 @@ async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
 
 
 async def build_kept(
-    workflow_id: str, run_id: str, loaded: Loaded, *, trace_view: str = "agent"
+    workflow_id: str,
+    run_id: str,
+    loaded: Loaded,
+    *,
+    trace_view: str = "agent",
+    marked: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """``build``, then keep what the page learned about the run's trace health, so the
     runs list flags the run as its page does (dashboard.run_health)."""
-    ctx = await sync_to_async(build)(workflow_id, run_id, loaded, trace_view=trace_view)
+    ctx = await sync_to_async(build)(
+        workflow_id, run_id, loaded, trace_view=trace_view, marked=marked
+    )
     await sync_to_async(run_health_panel.keep)(workflow_id, run_id, ctx["health"])
     return ctx
 
@@ -1006,6 +1013,13 @@ def build(
     namespace = temporal.target()[1]
     tree = span_tree(spans, t0, t1) if page and loaded.skeleton is None else []
     view = trace_view if trace_view in TRACE_VIEWS else "agent"
+    if marked and view == "agent":
+        # A model call's row stands for all its spans: it is marked when any of them is.
+        marked = marked | {
+            call.model_span_id or next(iter(call.span_ids), "")
+            for call in calls
+            if marked.intersection(call.span_ids)
+        }
     source: TraceSource | None = None
     if page:
         urls = TraceUrls.for_run(workflow_id, run_id, view)

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 from dashboard import auth, run_page, temporal
 from dashboard.htmx import HtmxHttpRequest
 from dashboard.run_page import Loaded
-from tracing import store
+from tracing import search, store
 from tracing.models import Span
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,14 @@ async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpRe
     chosen = request.GET.get("trace", "")
     view = trace_view(request)
     big = run_page.is_big(loaded)
-    ctx = await run_page.build_kept(workflow_id, run_id, loaded, trace_view=view)
+    # A search from the runs list: the spans that hold its words are marked.
+    text = request.GET.get("q", "")[:200]
+    matched = await sync_to_async(search.matching_spans)(text, workflow_id, run_id)
+    ctx = await run_page.build_kept(
+        workflow_id, run_id, loaded, trace_view=view, marked=frozenset(matched)
+    )
+    ctx["search_text"] = text if search.words(text) else ""
+    ctx["search_matches"] = len(matched)
     del loaded
     ctx["history_mode"] = "full" if request.GET.get("history") == "full" else "compact"
     template = "dashboard/run.html"

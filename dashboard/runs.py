@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import logging
 import time
@@ -33,7 +34,7 @@ from django.urls import NoReverseMatch, reverse
 
 from dashboard import linker, run_family, temporal
 from telemetry import vocab
-from tracing import health, lineage, pricing, rollups
+from tracing import health, lineage, pricing, rollups, search
 from tracing.models import RunRollupState, RunSummary, Span, datetime_to_ns
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,18 @@ class Filters:
     # Only runs with a failed model-call attempt of this message (the overview's
     # top failure messages link here).
     failure: str = ""
+    # Runs whose spans hold every word of ``text`` (what the agents said), found
+    # by tracing.search before the list is built (with_text_runs).
+    text_runs: frozenset[RunKey] = frozenset()
+
+
+async def with_text_runs(filters: Filters) -> Filters:
+    """The filters with the runs whose prompts, outputs, tool arguments or errors
+    match the search text."""
+    if not filters.text:
+        return filters
+    found = await sync_to_async(search.matching_runs)(filters.text)
+    return dataclasses.replace(filters, text_runs=frozenset(found))
 
 
 class RunFilterForm(forms.Form):
@@ -428,8 +441,11 @@ def _store_filtered(filters: Filters) -> QuerySet[RunSummary]:
     if filters.until_ns is not None:
         qs = qs.filter(first_span_ns__lte=filters.until_ns)
     if filters.text:
+        said = Q()
+        for workflow_id, run_id in filters.text_runs:
+            said |= Q(workflow_id=workflow_id, run_id=run_id)
         qs = qs.filter(
-            Q(workflow_id__icontains=filters.text) | Q(last_error__icontains=filters.text)
+            Q(workflow_id__icontains=filters.text) | Q(last_error__icontains=filters.text) | said
         )
     if filters.problems:
         qs = health.unhealthy(qs)
@@ -526,7 +542,7 @@ def _matches(row: RunRow, filters: Filters) -> bool:
         return False
     if filters.until_ns is not None and row.start_ns > filters.until_ns:
         return False
-    if filters.text:
+    if filters.text and row.key not in filters.text_runs:
         needle = filters.text.lower()
         if needle not in row.workflow_id.lower() and needle not in row.last_error.lower():
             return False
@@ -567,6 +583,7 @@ LINK_RUNS_PER_PAGE = 20
 async def list_page(
     filters: Filters, cursor: SortKey | None = None, page_size: int = PAGE_SIZE
 ) -> Page:
+    filters = await with_text_runs(filters)
     temporal_error: str | None = None
     visible: list[temporal.VisibilityRun] = []
     if not (
@@ -627,6 +644,7 @@ async def list_page(
 
 async def rows_for(keys: set[RunKey], filters: Filters) -> list[RunRow]:
     """These runs as rows, if they pass the filters (for live updates)."""
+    filters = await with_text_runs(filters)
     stored = await sync_to_async(_store_for)(keys, filters)
     visible: list[temporal.VisibilityRun] = []
     temporal_error = None

@@ -52,7 +52,47 @@
     const detail = event.target.querySelector("[data-span-detail]");
     selected = detail ? detail.dataset.spanDetail : null;
     restore();
+    highlight(event.target);
   });
+
+  // A search from the runs list (?q=): its words are marked in the span or model
+  // call the panel shows. Text nodes are split and wrapped; no markup is parsed.
+  function searchWords() {
+    const note = document.querySelector("[data-search-text]");
+    if (!note) return [];
+    return note.dataset.searchText.split(/[^\p{L}\p{N}_]+/u).filter((w) => w.length > 0);
+  }
+
+  function highlight(root) {
+    const words = searchWords();
+    if (!words.length) return;
+    const escaped = words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+    const pattern = new RegExp("(" + escaped.join("|") + ")", "giu");
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+    const nodes = [];
+    while (walker.nextNode()) {
+      const node = walker.currentNode;
+      if (node.parentElement && node.parentElement.closest("mark, script, style")) continue;
+      pattern.lastIndex = 0;
+      if (pattern.test(node.nodeValue)) nodes.push(node);
+    }
+    nodes.slice(0, 500).forEach(function (node) {
+      const parts = node.nodeValue.split(pattern);
+      const fragment = document.createDocumentFragment();
+      parts.forEach(function (part, index) {
+        if (!part) return;
+        if (index % 2 === 1) {
+          const mark = document.createElement("mark");
+          mark.className = "search-hit";
+          mark.textContent = part;
+          fragment.appendChild(mark);
+        } else {
+          fragment.appendChild(document.createTextNode(part));
+        }
+      });
+      node.parentNode.replaceChild(fragment, node);
+    });
+  }
 
   // The tree's geometry rides in data attributes, not inline styles, which the
   // Content-Security-Policy refuses: indentation and duration bars are set here.

@@ -342,3 +342,63 @@ def test_conversation_transcript_follows_the_chain_that_continued_as_new(
         expect(page.locator("[data-transcript] [data-user]")).to_have_text(said)
     assert problems == []
     context.close()
+
+
+def test_searching_a_word_from_a_prompt_finds_the_run_and_marks_its_spans(
+    stack: LiveDashboard,
+    temporal_server: TemporalServer,
+    traced_worker: WorkerProcess,
+    chromium: Browser,
+    results_dir: Path,
+) -> None:
+    worker = traced_worker
+    tag = uuid.uuid4().hex[:6]
+    prompts = {
+        f"e2e-search-{tag}": "My kumquat delivery was charged twice, please refund it.",
+        f"e2e-other-{tag}": "The sync of my calendar fails every morning.",
+    }
+
+    async def start_both() -> dict[str, str]:
+        client = await connect_client(temporal_server.address)
+        started = {}
+        for workflow_id, prompt in prompts.items():
+            handle = await client.start_workflow(
+                "triage", AgentRunInput(prompt), id=workflow_id, task_queue=worker.task_queue
+            )
+            await handle.result()
+            started[workflow_id] = str(handle.first_execution_run_id or handle.result_run_id)
+        return started
+
+    runs = in_thread(start_both)
+    context = chromium.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    problems = watch_problems(page)
+    log_in(page, stack)
+    rows = page.locator("#runs-rows tr.run-row")
+    expect(rows.filter(has_text=f"e2e-other-{tag}")).to_have_count(1)
+    # A word of the prompt, not of the workflow id or an error, finds the run.
+    deadline = time.monotonic() + 20
+    while True:
+        page.get_by_role("searchbox", name="Search").fill("")
+        page.get_by_role("searchbox", name="Search").fill("Kumquat")
+        try:
+            expect(rows.filter(has_text=f"e2e-search-{tag}")).to_have_count(1, timeout=3000)
+            break
+        except AssertionError:
+            # Its spans may still be on their way to the store.
+            assert time.monotonic() < deadline, "the search never found the run"
+    expect(rows.filter(has_text=f"e2e-other-{tag}")).to_have_count(0)
+    page.screenshot(path=str(results_dir / "runs-search.png"), full_page=True)
+    rows.filter(has_text=f"e2e-search-{tag}").get_by_role("link").first.click()
+    expect(page).to_have_url(re.compile(rf"/runs/e2e-search-{tag}/{runs[f'e2e-search-{tag}']}/"))
+    note = page.locator("#run-trace [data-search-matches]")
+    expect(note).to_contain_text("kumquat", ignore_case=True)
+    expect(page.locator("#run-trace .span-row.is-match").first).to_be_visible()
+    # The marked model call's detail shows the word highlighted where it was said.
+    page.locator("#run-trace a.span-row.is-match.call-row").first.click()
+    expect(page.locator("#span-panel mark.search-hit").first).to_have_text(
+        re.compile("kumquat", re.IGNORECASE)
+    )
+    page.screenshot(path=str(results_dir / "run-search-marked.png"), full_page=True)
+    assert problems == []
+    context.close()

@@ -1,0 +1,121 @@
+"""Search over what the agents said (SQLite FTS5, kept by triggers on the span table)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from tests.dashboard.run_fixtures import recorded, store_spans
+from tracing import search
+from tracing.models import RunSummary, Span
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def run() -> tuple[str, str]:
+    data = recorded()
+    store_spans(data)
+    return data["workflow_id"], data["run_id"]
+
+
+def test_prompts_outputs_tool_arguments_and_errors_are_found(run: tuple[str, str]) -> None:
+    # The user's prompt, words of the answer, a tool's name and arguments, an injected error.
+    for text in (
+        "dashboard sync",
+        "DASHBOARD Sync stuck",
+        "technical support engineer",
+        "check_service_status",
+        "eu-west-1",
+        "InjectedModelFault",
+        "overload",  # a word prefix
+    ):
+        assert search.matching_runs(text) == {run}, text
+    assert search.matching_runs("dashboard zanzibar") == set()  # every word must match
+    assert search.matching_runs("") == set()
+    spans = search.matching_spans("check_service_status", *run)
+    assert spans and spans <= set(Span.objects.values_list("span_id", flat=True))
+    assert search.matching_spans("check_service_status", run[0], "another-run") == set()
+
+
+@pytest.mark.parametrize(
+    "text", ['"', "*", "NEAR(a b)", "a OR b", "dashboard AND", "^sync", "-x", "col:value", "'"]
+)
+def test_query_syntax_in_the_search_is_only_text(run: tuple[str, str], text: str) -> None:
+    search.matching_runs(text)  # no error from the FTS5 parser
+    search.matching_spans(text, *run)
+
+
+def test_every_span_is_indexed_and_deleted_spans_leave_the_index(
+    run: tuple[str, str],
+) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("the FTS5 index is SQLite's")
+    # Indexed behind the receiver: nothing at first, then every span in one round.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tracing_spantext")
+        assert cursor.fetchone()[0] == 0
+    assert search.index_pending() == Span.objects.count()
+    assert search.index_pending() == 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tracing_spantext")
+        indexed = cursor.fetchone()[0]
+    assert indexed == Span.objects.count() > 0
+    Span.objects.filter(workflow_id=run[0], run_id=run[1]).delete()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM tracing_spantext")
+        assert cursor.fetchone()[0] == 0
+    assert search.matching_runs("dashboard") == set()
+
+
+def test_a_changed_span_is_indexed_again(run: tuple[str, str]) -> None:
+    span = Span.objects.filter(kind="function").first()
+    assert span is not None
+    assert search.matching_spans("quokka", *run) == set()  # indexes the run's spans
+    span.status_message = "quokka overflow"
+    span.save()
+    assert search.matching_spans("quokka", *run) == {span.span_id}
+
+
+def test_the_runs_list_finds_a_run_by_a_word_of_its_prompt(
+    admin_client: Client, run: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dashboard import temporal
+
+    async def unreachable(*args: object, **kwargs: object) -> None:
+        raise temporal.TemporalUnavailable("127.0.0.1:1", "down for the test")
+
+    first = min(Span.objects.values_list("start_ns", flat=True))
+    RunSummary.objects.create(workflow_id=run[0], run_id=run[1], first_span_ns=first)
+    monkeypatch.setattr(temporal, "list_runs", unreachable)
+    monkeypatch.setattr(temporal, "check_connection", unreachable)
+    body = admin_client.get("/", {"q": "stuck"}).content.decode()
+    assert f"/runs/{run[0]}/{run[1]}/?q=stuck" in body
+    body = admin_client.get("/", {"q": "zanzibar"}).content.decode()
+    assert f"/runs/{run[0]}/{run[1]}/" not in body
+
+
+def test_without_the_index_the_newest_spans_are_scanned(
+    run: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What other databases do (PostgreSQL has no FTS5 index here).
+    monkeypatch.setattr(search, "_fts", lambda: False)
+    assert search.matching_runs("dashboard sync") == {run}
+    assert search.matching_runs("InjectedModelFault") == {run}
+    assert search.matching_runs("dashboard zanzibar") == set()
+    assert search.matching_spans("check_service_status", *run)
+    monkeypatch.setattr(search, "SCAN_SPANS", 0)
+    assert search.matching_runs("dashboard sync") == set()
+
+
+def test_indexing_goes_in_batches_and_stops_at_its_limit(
+    run: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("the FTS5 index is SQLite's")
+    monkeypatch.setattr(search, "INDEX_BATCH", 7)
+    total = Span.objects.count()
+    assert search.index_pending(limit=10) == 10
+    assert search.index_pending() == total - 10
+    assert search.matching_runs("dashboard sync") == {run}

@@ -1,0 +1,172 @@
+"""Search over what the agents said: prompts, outputs, tool arguments and errors.
+
+On SQLite an FTS5 index answers (migration 0010). It is filled behind the
+receiver, so ingest does not pay for it: ``index_pending`` indexes the spans
+stored since the last one indexed, every few seconds in the forwarder's
+maintenance loop (``serve``) and before each search. A span's name, status
+message and events (errors) are indexed, and every text value of its
+attributes (prompts, outputs, tool arguments), except for the spans of
+Temporal's own instrumentation, whose attributes are ids. On other databases
+the span rows are searched directly: a scan, so it reads only the newest
+SCAN_SPANS spans. A search is words, each matched as a word prefix, all of them
+in the same span; the text is never passed to the database as query syntax.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from asgiref.sync import sync_to_async
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Q, QuerySet
+
+from tracing.models import Span
+
+logger = logging.getLogger(__name__)
+
+RunKey = tuple[str, str]
+
+# A span's indexed text, as SQL over the row ``new`` (also the migration's trigger).
+BODY_SQL = """
+    coalesce(new.name, '') || ' ' || coalesce(new.status_message, '') || ' ' ||
+    CASE WHEN new.kind = 'temporal' THEN '' ELSE
+      coalesce((SELECT group_concat(value, ' ') FROM json_tree(new.data, '$.attributes')
+                WHERE type = 'text'), '') END || ' ' ||
+    coalesce((SELECT group_concat(value, ' ') FROM json_tree(new.data, '$.events')
+              WHERE type = 'text'), '')
+"""
+# Spans indexed per transaction: short, so the receiver's writes wait little.
+INDEX_BATCH = 2000
+# Spans a search indexes before it answers, at most; the maintenance loop does the rest.
+SEARCH_CATCH_UP = 20_000
+# How often the maintenance loop indexes new spans.
+INDEX_SECONDS = 2.0
+
+# Runs a list search returns at most (newest spans first).
+MAX_RUNS = 500
+# Spans of one run a page marks at most.
+MAX_SPANS = 2000
+# Without an index, a search reads at most this many of the newest spans.
+SCAN_SPANS = 200_000
+# Words a search keeps (the rest are ignored).
+MAX_WORDS = 8
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)[:MAX_WORDS]
+
+
+def fts_query(text: str) -> str:
+    """The FTS5 query for these words: each a quoted prefix term, all required."""
+    return " ".join(f'"{word}"*' for word in words(text))
+
+
+def _fts() -> bool:
+    return connection.vendor == "sqlite"
+
+
+# Every span gets a row (an empty one when it holds no text), so the highest row
+# id indexed is where the next round starts: ids only grow (AUTOINCREMENT).
+_INDEX_SQL = f"""
+    INSERT INTO tracing_spantext(rowid, body)
+    SELECT new.id, {BODY_SQL} FROM tracing_span AS new
+    WHERE new.id > (SELECT coalesce(max(rowid), 0) FROM tracing_spantext)
+    ORDER BY new.id LIMIT %s
+"""
+
+
+def index_pending(limit: int = SEARCH_CATCH_UP) -> int:
+    """Index the spans stored since the last one indexed, up to ``limit``; how many."""
+    if not _fts():
+        return 0
+    done = 0
+    while done < limit:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_INDEX_SQL, [min(INDEX_BATCH, limit - done)])
+                added = cursor.rowcount
+        except DatabaseError:
+            logger.warning("indexing spans for search failed", exc_info=True)
+            return done
+        done += max(added, 0)
+        if added < INDEX_BATCH:
+            break
+    return done
+
+
+async def serve() -> None:
+    """Keep the index current, for the life of the maintenance worker."""
+    while True:
+        try:
+            await sync_to_async(index_pending, thread_sensitive=False)(10 * INDEX_BATCH)
+        except Exception:
+            logger.exception("search indexing round failed")
+        await asyncio.sleep(INDEX_SECONDS)
+
+
+def matching_runs(text: str, limit: int = MAX_RUNS) -> set[RunKey]:
+    """Runs with a span whose text has every word of ``text``."""
+    if not words(text):
+        return set()
+    if _fts():
+        index_pending()
+        sql = (
+            "SELECT s.workflow_id, s.run_id FROM tracing_spantext AS t "
+            "JOIN tracing_span AS s ON s.id = t.rowid "
+            "WHERE tracing_spantext MATCH %s AND s.run_id != '' "
+            "GROUP BY s.workflow_id, s.run_id ORDER BY max(s.start_ns) DESC LIMIT %s"
+        )
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [fts_query(text), limit])
+                return {(w, r) for w, r in cursor.fetchall()}
+        except DatabaseError:
+            # No index (a database migrated elsewhere): search the rows instead.
+            pass
+    return set(
+        _scan(text)
+        .exclude(run_id="")
+        .order_by("-start_ns")
+        .values_list("workflow_id", "run_id")
+        .distinct()[:limit]
+    )
+
+
+def matching_spans(text: str, workflow_id: str, run_id: str) -> set[str]:
+    """Span ids of one run whose text has every word of ``text``."""
+    if not words(text):
+        return set()
+    if _fts():
+        index_pending()
+        sql = (
+            "SELECT s.span_id FROM tracing_spantext AS t "
+            "JOIN tracing_span AS s ON s.id = t.rowid "
+            "WHERE tracing_spantext MATCH %s AND s.workflow_id = %s AND s.run_id = %s LIMIT %s"
+        )
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [fts_query(text), workflow_id, run_id, MAX_SPANS])
+                return {row[0] for row in cursor.fetchall()}
+        except DatabaseError:
+            pass
+    return set(
+        _scan(text)
+        .filter(workflow_id=workflow_id, run_id=run_id)
+        .values_list("span_id", flat=True)[:MAX_SPANS]
+    )
+
+
+def _scan(text: str) -> QuerySet[Span]:
+    """Spans whose text holds every word (case-insensitive), without an index."""
+    spans = Span.objects.all()
+    newest = Span.objects.order_by("-id").values_list("id", flat=True).first()
+    if newest is not None:
+        spans = spans.filter(id__gt=newest - SCAN_SPANS)
+    for word in words(text):
+        spans = spans.filter(
+            Q(data__icontains=word) | Q(name__icontains=word) | Q(status_message__icontains=word)
+        )
+    return spans
