@@ -1029,7 +1029,10 @@ def build(
             else raw_trace(loaded, spans, header.workflow_type, urls)
         )
     waits = waiting.waiting_for(story) if header.is_open and page else None
-    turns = transcript.turns(story, events, header.is_open) if page else []
+    # Only a run that received signals or updates can be a conversation: the
+    # others skip reading every model call's messages.
+    exchanges = any(item.kind in ("signal", "update") for item in story.items)
+    turns = transcript.turns(story, events, header.is_open) if page and exchanges else []
     output_url = ""
     call_urls = TraceUrls.for_run(workflow_id, run_id, "agent")
     link_turns(turns, workflow_id, run_id, call_urls)
