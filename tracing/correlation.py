@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import Message
-from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
 
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, MODEL_ACTIVITY_TYPE, MODEL_KINDS, STATUS_ERROR
-from tracing.links import history_usage
+from tracing.links import history_usage, reset_point
 
 _STORY_SPAN_KINDS = {"function": "tool", "handoff": "handoff", "guardrail": "guardrail"}
 _STORY_SPAN_KINDS["custom"] = "custom"
@@ -45,8 +45,6 @@ _CLOSED: dict[int, tuple[str, str, str | None]] = {
     )
     for event_type, outcome in vocab.ACTIVITY_CLOSE_OUTCOMES.items()
 }
-_TASK_FAILED = int(EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
-_RESET_CAUSE = int(WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW)
 _SIGNALED = int(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
 _TIMER_STARTED = int(EventType.EVENT_TYPE_TIMER_STARTED)
 _TIMER_FIRED = int(EventType.EVENT_TYPE_TIMER_FIRED)
@@ -589,21 +587,6 @@ def correlate(events: Sequence[HistoryEvent], spans: Sequence[Row]) -> RunStory:
     story.tokens_in = sum(c.tokens_in or 0 for c in model_calls)
     story.tokens_out = sum(c.tokens_out or 0 for c in model_calls)
     return story
-
-
-def reset_point(events: Sequence[HistoryEvent]) -> tuple[str, int | None]:
-    """A reset run's base run id and the event that marks its reset point
-    (WorkflowTaskFailed, cause RESET_WORKFLOW); ("", None) for other runs.
-
-    The last marker is the run's own: a reset of a reset copies its base's history,
-    its base's marker included."""
-    for event in reversed(events):
-        if event.event_type != _TASK_FAILED:
-            continue
-        attrs = event.workflow_task_failed_event_attributes
-        if attrs.cause == _RESET_CAUSE and attrs.base_run_id:
-            return attrs.base_run_id, event.event_id
-    return "", None
 
 
 def _number_model_calls(calls: list[ModelCall], known_ids: set[str], has_history: bool) -> None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from temporalio.api.common.v1 import Header, Payload
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 
 from telemetry import vocab
@@ -147,12 +147,19 @@ def history_usage(event: HistoryEvent) -> tuple[int | None, int | None]:
 
 
 def history_links(events: Sequence[HistoryEvent]) -> list[HistoryLink]:
-    """Every span the history names, with the event (and activity) it was current for."""
+    """Every span the history names, with the event (and activity) it was current for.
+
+    A reset run's activities before its reset point are its base run's (their
+    events are copies): they tie nothing to this run and are not its calls."""
     links: list[HistoryLink] = []
     activities: dict[int, list[HistoryLink]] = {}
+    _, reset_event_id = reset_point(events)
     for event in events:
         kind = event.event_type
         ns = int(event.event_time.ToNanoseconds())
+        copied = reset_event_id is not None and event.event_id < reset_event_id
+        if copied and (kind in (_SCHEDULED, _ACTIVITY_STARTED) or kind in _CLOSED):
+            continue
         if kind == _SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             found = [
@@ -184,6 +191,23 @@ def history_links(events: Sequence[HistoryEvent]) -> list[HistoryLink]:
 
 
 _HEADER_EVENTS = {_STARTED: "workflow", _SIGNALED: "signal", _UPDATE_ACCEPTED: "update"}
+_TASK_FAILED = int(EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+_RESET_CAUSE = int(WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_RESET_WORKFLOW)
+
+
+def reset_point(events: Sequence[HistoryEvent]) -> tuple[str, int | None]:
+    """A reset run's base run id and the event that marks its reset point
+    (WorkflowTaskFailed, cause RESET_WORKFLOW); ("", None) for other runs.
+
+    The last marker is the run's own: a reset of a reset copies its base's history,
+    its base's marker included."""
+    for event in reversed(events):
+        if event.event_type != _TASK_FAILED:
+            continue
+        attrs = event.workflow_task_failed_event_attributes
+        if attrs.cause == _RESET_CAUSE and attrs.base_run_id:
+            return attrs.base_run_id, event.event_id
+    return "", None
 
 
 def _event_header(event: HistoryEvent, kind: int) -> Header | None:

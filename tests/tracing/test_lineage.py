@@ -7,10 +7,13 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 from temporalio.api.enums.v1 import ContinueAsNewInitiator, EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
+from temporalio.converter import JSONPlainPayloadConverter
 
 from dashboard.actions import reset_from
-from tracing import lineage
+from tracing import lineage, links
 from tracing.correlation import reset_point
+
+json_plain = JSONPlainPayloadConverter()
 
 S = 1_000_000_000
 
@@ -133,3 +136,25 @@ def test_a_reset_of_a_reset_is_reset_from_the_run_named_by_its_last_marker() -> 
     assert reset_point(events) == ("run-2", 20)
     assert reset_from(events) == "run-2"
     assert reset_point(events[:3]) == ("", None) and reset_from(events[:3]) is None
+
+
+def test_a_reset_runs_history_ties_only_the_activities_after_its_reset_point() -> None:
+    """Activities before the reset point are copies of the base run's: their spans and
+    usage are the base run's, and counting them here would count them twice."""
+
+    def traced(event_id: int, activity_id: str) -> HistoryEvent:
+        found = scheduled(event_id, activity_id)
+        parent = f"00-{'ab' * 16}-{int(activity_id):016x}-01"
+        payload = json_plain.to_payload({"traceparent": parent})
+        assert payload is not None
+        found.activity_task_scheduled_event_attributes.header.fields["_tracer-data"].CopyFrom(
+            payload
+        )
+        return found
+
+    base = [started(), traced(5, "1"), completed(7, 5), traced(9, "2"), completed(11, 9)]
+    assert sorted(links.model_calls(links.history_links(base))) == ["1", "2"]
+    reset = [*base[:3], reset_marker(10, "run-1"), traced(14, "2"), completed(16, 14)]
+    found = links.history_links(reset)
+    assert [(link.activity_id, link.span_id) for link in found] == [("2", f"{2:016x}")]
+    assert sorted(links.model_calls(found)) == ["2"]
