@@ -21,10 +21,13 @@ Two measures:
   posts ``--batches`` batches; the report gives each stage's best round, so
   a round slowed by another process's cache traffic does not count;
 - ``--callgrind``: instructions executed (valgrind's callgrind), which do
-  not depend on the machine's load at all. Each stage runs inside a C
-  function of its own (a tiny shared library built with ``cc``), and
-  callgrind's inclusive cost of that function is the stage's. Slow (~2 min):
-  the default is 4 batches after 2 warm-up ones.
+  not depend on the machine's load at all. The total is the whole program's
+  count less that of the same program without the measured batches. Each
+  stage also runs inside a C function of its own (a tiny shared library
+  built with ``cc``) so callgrind can report it; valgrind 3.19 (Debian 12)
+  does not attribute the ctypes-called functions, and the stages then show
+  as ``-``. Slow (two runs of 2-7 min on a loaded machine): the default is
+  4 batches after 2 warm-up ones.
 
     .venv/bin/python bench/ingest_cpu.py [--rounds 5] [--batches 10] [--asgi]
     .venv/bin/python bench/ingest_cpu.py --callgrind [--batches 4]
@@ -80,6 +83,7 @@ STORE = "store (rest)"
 REQUEST = "request (rest)"
 ORDER = ["decode", *[s[0] for s in STAGES], STORE, "publish", "response", REQUEST]
 GC = "(gc, in the above)"
+WHOLE = "(whole program)"
 WARM_UP = 2
 
 # One C function per stage, so callgrind can tell them apart: each calls the
@@ -422,11 +426,14 @@ def run_callgrind(
     spans = args.batches * SPANS_PER_BATCH
     counts, total = _callgrind_child(args, tmp, env, args.batches)
     per_span = {label: count / spans for label, count in counts.items()}
+    # The whole program's count less that of a run without the measured
+    # batches: every thread's work for them, whether or not the stages'
+    # C functions show in callgrind's report (on some valgrind builds the
+    # ctypes-called functions do not).
+    _, baseline = _callgrind_child(args, tmp, env, 0)
+    per_span[WHOLE] = (total - baseline) / spans
     if args.asgi:
-        # The request's threads are not inside one C function: the whole
-        # program's count less that of a run without the measured batches.
-        _, baseline = _callgrind_child(args, tmp, env, 0)
-        per_span[REQUEST] = (total - baseline) / spans
+        per_span[REQUEST] = per_span[WHOLE]
     return per_span
 
 
@@ -487,7 +494,8 @@ def report_callgrind(args: argparse.Namespace, inclusive: dict[str, float]) -> N
     if REQUEST in exclusive:
         inner = [k for k in inclusive if k not in (REQUEST, *store_callees)]
         exclusive[REQUEST] -= sum(inclusive[k] for k in inner)
-    total = inclusive[REQUEST] if REQUEST in inclusive else sum(exclusive.values())
+    total = inclusive[WHOLE]
+    exclusive.pop(WHOLE)
     print(
         f"{args.root}: callgrind, {args.batches} x {SPANS_PER_BATCH} spans after {WARM_UP} "
         f"warm-up batches, SQLite{', whole ASGI app' if args.asgi else ''}"
@@ -496,7 +504,8 @@ def report_callgrind(args: argparse.Namespace, inclusive: dict[str, float]) -> N
     for label in ORDER:
         value = exclusive.get(label)
         print(f"{label:<18} {'-' if value is None else f'{value:,.0f}':>10}")
-    print(f"{'total':<18} {total:>10,.0f}")
+    print(f"{'total':<18} {total:>10,.0f}   (the measured batches' share of the program)")
+    print(f"= {total * 10_000 / 1e9:.1f} G instructions per 10k spans")
 
 
 if __name__ == "__main__":
