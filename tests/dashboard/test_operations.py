@@ -14,7 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.test import Client
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus
 
 from tests.conftest import TEMPORAL_BIN, TemporalServer, WorkerProcess, connect_client
 from worker.inputs import (
@@ -433,6 +434,36 @@ def test_reset_of_an_open_run_replays_the_signals_after_its_reset_point(
     assert handlers and all(not s.get("inherited_from") for s in handlers)
     assert story["family"]["reset_from"]["run_id"] == first
     assert api_run(ops, workflow_id, first)["family"]["reset_to"] == [second]
+
+
+def test_a_run_that_timed_out_is_not_blamed_for_the_spans_it_never_ended(
+    ops: Client, traced_worker: WorkerProcess, on_temporal: str
+) -> None:
+    """A conversation answers its first message, then times out waiting for the next:
+    Temporal's interceptor never ends its RunWorkflow span, so that span is never sent."""
+    workflow_id = f"ops-timeout-{uuid.uuid4().hex[:8]}"
+
+    async def go() -> str:
+        client = await connect_client(on_temporal)
+        handle = await client.start_workflow(
+            "conversation", ConversationInput(prompt="Best time to visit Madeira?"),
+            id=workflow_id, task_queue=traced_worker.task_queue,
+            execution_timeout=timedelta(seconds=4),
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while (await handle.describe()).status != WorkflowExecutionStatus.TIMED_OUT:
+            assert time.monotonic() < deadline, "the run never timed out"
+            await asyncio.sleep(0.3)
+        return str(handle.first_execution_run_id)
+
+    run_id = run(go)
+    story = assert_agree(ops, workflow_id, run_id, root=False)
+    assert story["status"] == "TIMED_OUT" and story["totals"]["model_calls"] == 1
+    assert story["model_calls"][0]["matched"]
+    assert not any(s["name"].startswith("RunWorkflow:") for s in story["spans"])
+    assert story["health"]["ok"], story["health"]
+    assert story["health"]["under_unended_parents"] == 2  # the turn, its StartActivity
+    assert list_row(ops, workflow_id, run_id)["health_problems"] == 0
 
 
 # -- continue-as-new -------------------------------------------------------------------
