@@ -84,7 +84,13 @@ def _check_every_page(chromium: Browser, live_dashboard: LiveDashboard, results_
     expect(page.locator("#span-panel [data-span-detail]")).to_be_visible()
     page.screenshot(path=str(results_dir / "csp-run-page.png"), full_page=True)
 
-    for path in ("/overview/", "/exports/", "/audit/", "/tokens/", "/runs/new/", "/admin/"):
+    pages = ("/overview/", "/exports/", "/audit/", "/tokens/", "/runs/new/", "/admin/")
+    # The run's conversation, its full history and a search's marks (trace.js).
+    run_views = (
+        "/runs/wf-csp/run-csp/conversation/",
+        "/runs/wf-csp/run-csp/?history=full&q=csp",
+    )
+    for path in (*pages, *run_views):
         page.goto(f"{live_dashboard.url}{path}")
         page.wait_for_load_state("networkidle")
     page.goto(f"{live_dashboard.url}/tokens/")
