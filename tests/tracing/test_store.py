@@ -131,6 +131,22 @@ def test_the_scope_version_and_attributes_are_stored_on_every_backend() -> None:
         assert span.data["scope_attributes"] == {"team": "support"}
 
 
+def test_stored_run_less_spans_take_the_run_a_later_batch_brings() -> None:
+    """A client's spans know the workflow but not its run: stored first, they
+    take the run id from the first span of their trace and workflow that has one."""
+    rows = _rows(record(agent_run))
+    carriers = [r for r in rows if r["workflow_id"]]
+    early = [dict(r, run_id="") for r in carriers[:2]]
+    store.ingest(early)
+    assert Span.objects.filter(run_id="").count() == 2
+    store.ingest([r for r in rows if r["span_id"] not in {e["span_id"] for e in early}])
+    assert Span.objects.filter(run_id="").count() == 0
+    assert {s.run_id for s in Span.objects.filter(span_id__in=[e["span_id"] for e in early])} == {
+        "run-1"
+    }
+    assert RunSummary.objects.get().span_count == len(rows)
+
+
 def test_spans_for_run_walks_the_tree_at_query_time() -> None:
     rows = _rows(record(agent_run))
     store.ingest(rows)
