@@ -129,6 +129,33 @@ def test_redaction_covers_attributes_events_and_status_and_drops_tooling_queries
     assert chat.events[0].name == "retry"
 
 
+def test_worker_processor_correlates_and_redacts_once_at_the_end() -> None:
+    """The worker's one processor: what the two above do, on a copy made at the end."""
+    memory = InMemorySpanExporter()
+    provider = tracer_with(otel.WorkerSpanProcessor(SimpleSpanProcessor(memory)))
+    tracer = provider.get_tracer("t")
+    span = tracer.start_span(
+        "RunWorkflow:triage",
+        attributes={"temporalWorkflowID": "wf-1", "temporalRunID": "run-1"},
+    )
+    span.set_attribute("input.value", f"key {SECRET}")  # set while the span lives
+    span.add_event("retry", {"error": f"401 for {SECRET}"})
+    span.set_status(Status(StatusCode.ERROR, f"bad key {SECRET}"))
+    span.end()
+    tracer.start_span("RunActivity:lookup", attributes={"temporalActivityID": "3"}).end()
+    tracer.start_span(f"{vocab.TOOLING_QUERY_PREFIX}stack_trace").end()
+    run, activity = memory.get_finished_spans()
+    attributes = dict(run.attributes or {})
+    assert attributes[vocab.WORKFLOW_ID] == "wf-1" and attributes[vocab.RUN_ID] == "run-1"
+    assert attributes[vocab.WORKFLOW_TYPE] == "triage"
+    assert attributes["temporalWorkflowID"] == "wf-1"  # Temporal's own spelling kept
+    assert attributes["input.value"] == "key [REDACTED]"
+    dumped = str(attributes) + str([e.attributes for e in run.events]) + str(run.status)
+    assert SECRET not in dumped and run.status.status_code is StatusCode.ERROR
+    assert dict(activity.attributes or {})[vocab.ACTIVITY_ID] == "3"
+    assert vocab.WORKFLOW_TYPE not in dict(activity.attributes or {})
+
+
 # -- Environment variables -------------------------------------------------------
 
 
