@@ -252,6 +252,8 @@ class RunRow:
     # so a column's sum over the list counts each model call once).
     children: int = 0
     children_figures: Any = None
+    # Found by a search in what the agents said: (before, the word, after).
+    match: tuple[str, str, str] | None = None
 
     @property
     def key(self) -> RunKey:
@@ -639,7 +641,18 @@ async def list_page(
         next_key = horizon
     await sync_to_async(_add_costs)(rows)
     await _add_family(rows)
+    await _add_snippets(rows, filters)
     return Page(rows, encode_cursor(next_key) if next_key else None, temporal_error)
+
+
+async def _add_snippets(rows: list[RunRow], filters: Filters) -> None:
+    """Where a search found each run's words, for the rows it found that way."""
+    keys = {r.key for r in rows} & filters.text_runs
+    if not keys:
+        return
+    found = await sync_to_async(search.snippets)(filters.text, keys)
+    for row in rows:
+        row.match = found.get(row.key)
 
 
 async def rows_for(keys: set[RunKey], filters: Filters) -> list[RunRow]:

@@ -159,6 +159,63 @@ def matching_spans(text: str, workflow_id: str, run_id: str) -> set[str]:
     )
 
 
+# Characters of a span's JSON text that say nothing in a snippet.
+_JSON_PUNCTUATION = re.compile(r'[\[\]{}"\\]+')
+_JSON_KEYS = re.compile(
+    r"\b(?:role|content|type|text|name|arguments|tool_calls|parts|output|input|id)\s*:\s*"
+    r"(?:(?:user|assistant|system|tool|output_text|input_text|message|function_call)\b)?"
+    r"\s*,?\s*"
+)
+SNIPPET_BEFORE = 16
+SNIPPET_AFTER = 90
+
+
+def _snippet(body: str, text: str) -> tuple[str, str, str] | None:
+    """(before, the word found, after) around the first word of ``text`` in ``body``."""
+    flat = _JSON_KEYS.sub(" ", _JSON_PUNCTUATION.sub(" ", body))
+    flat = " ".join(flat.replace(" , ", " ").split())
+    for word in words(text):
+        found = re.search(rf"\b{re.escape(word)}\w*", flat, re.IGNORECASE | re.UNICODE)
+        if found:
+            start, end = found.span()
+            before = flat[max(0, start - SNIPPET_BEFORE) : start].lstrip()
+            after = flat[end : end + SNIPPET_AFTER].rstrip()
+            return (
+                ("…" if start > SNIPPET_BEFORE else "") + before,
+                found.group(0),
+                after + ("…" if end + SNIPPET_AFTER < len(flat) else ""),
+            )
+    return None
+
+
+def snippets(text: str, keys: set[RunKey]) -> dict[RunKey, tuple[str, str, str]]:
+    """Where the words were found, one snippet per run (SQLite's index only)."""
+    if not words(text) or not keys or not _fts():
+        return {}
+    index_pending()
+    run_ids = sorted({r for _, r in keys})
+    marks = ", ".join(["%s"] * len(run_ids))
+    sql = (
+        "SELECT s.workflow_id, s.run_id, t.body FROM tracing_spantext AS t "
+        "JOIN tracing_span AS s ON s.id = t.rowid "
+        f"WHERE tracing_spantext MATCH %s AND s.run_id IN ({marks}) "
+        "ORDER BY s.start_ns LIMIT %s"
+    )
+    found: dict[RunKey, tuple[str, str, str]] = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [fts_query(text), *run_ids, 50 * len(keys)])
+            for workflow_id, run_id, body in cursor.fetchall():
+                key = (workflow_id, run_id)
+                if key in keys and key not in found:
+                    piece = _snippet(body or "", text)
+                    if piece is not None:
+                        found[key] = piece
+    except DatabaseError:
+        return {}
+    return found
+
+
 def _scan(text: str) -> QuerySet[Span]:
     """Spans whose text holds every word (case-insensitive), without an index."""
     spans = Span.objects.all()

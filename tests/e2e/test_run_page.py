@@ -388,6 +388,14 @@ def test_searching_a_word_from_a_prompt_finds_the_run_and_marks_its_spans(
             # Its spans may still be on their way to the store.
             assert time.monotonic() < deadline, "the search never found the run"
     expect(rows.filter(has_text=f"e2e-other-{tag}")).to_have_count(0)
+    # The row says where: the words around the match, the match marked.
+    snippet = rows.filter(has_text=f"e2e-search-{tag}").locator("[data-match]")
+    expect(snippet.locator("mark")).to_have_text(re.compile("^kumquat$", re.IGNORECASE))
+    # Close enough to the start of the narrow cell to be seen, not cut by its ellipsis.
+    assert snippet.locator("mark").evaluate(
+        "m => m.getBoundingClientRect().right <= m.parentElement.getBoundingClientRect().right"
+    )
+    expect(snippet).to_contain_text("delivery was charged twice")
     page.screenshot(path=str(results_dir / "runs-search.png"), full_page=True)
     rows.filter(has_text=f"e2e-search-{tag}").get_by_role("link").first.click()
     expect(page).to_have_url(re.compile(rf"/runs/e2e-search-{tag}/{runs[f'e2e-search-{tag}']}/"))

@@ -92,6 +92,10 @@ def test_the_runs_list_finds_a_run_by_a_word_of_its_prompt(
     monkeypatch.setattr(temporal, "check_connection", unreachable)
     body = admin_client.get("/", {"q": "stuck"}).content.decode()
     assert f"/runs/{run[0]}/{run[1]}/?q=stuck" in body
+    if connection.vendor == "sqlite":
+        # Where the word was found, marked, under the workflow id.
+        snippet = body.split('data-match title="')[1].split("</div>")[0]
+        assert "sync is <mark>stuck</mark> and the app" in snippet
     body = admin_client.get("/", {"q": "zanzibar"}).content.decode()
     assert f"/runs/{run[0]}/{run[1]}/" not in body
 
@@ -119,3 +123,19 @@ def test_indexing_goes_in_batches_and_stops_at_its_limit(
     assert search.index_pending(limit=10) == 10
     assert search.index_pending() == total - 10
     assert search.matching_runs("dashboard sync") == {run}
+
+
+def test_snippets_show_where_the_words_were_found_without_the_json_around_them(
+    run: tuple[str, str],
+) -> None:
+    if connection.vendor != "sqlite":
+        pytest.skip("snippets come from the FTS5 index")
+    found = search.snippets("eu-west-1 latency", {run})
+    before, word, after = found[run]
+    assert word.lower() == "eu" and "west" in after and '"' not in before + after
+    assert search.snippets("zanzibar", {run}) == {}
+    assert search.snippets("", {run}) == {}
+    text = '[{"role":"user","content":"My <b>kumquat</b> order"}] ' + "x " * 200
+    before, word, after = search._snippet(text, "kumquat") or ("", "", "")
+    assert (before, word) == ("My <b>", "kumquat") and after.startswith("</b> order")
+    assert after.endswith("…")
