@@ -91,4 +91,5 @@ def test_overview_draws_every_chart_and_links_to_the_runs_list(
     expect(page.locator("#id_failure")).to_have_value(bar["message"])
     expect(page.locator("#filter-errors")).to_have_count(0)
     assert page.locator("#runs-rows tr.run-row").count() >= 1
+    page.screenshot(path=f"{results_dir}/overview-failure-runs-1440.png")
     assert not [p for p in problems if "WebSocket" not in p], problems
