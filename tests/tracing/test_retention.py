@@ -150,8 +150,10 @@ def test_ingest_goes_on_while_a_large_prune_runs(
     # Ingest kept going while the prune ran, batch after batch, and lost nothing.
     assert len(ingests) >= 5, f"only {len(ingests)} ingests during {result.batches} batches"
     assert RunSummary.objects.filter(workflow_id__startswith="fresh-").count() == n
-    # No batch held the database for long (a few ms on a quiet machine).
-    assert result.longest_batch < 0.5, result.longest_batch
+    # The prune went in many small batches, none holding the database for long (a
+    # few ms on a quiet machine; the bound leaves room for a loaded CI machine).
+    assert result.batches >= 5, result.batches
+    assert result.longest_batch < 1.5, result.longest_batch
     assert max(ingests) < 2.0
 
 
