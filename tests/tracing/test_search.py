@@ -139,3 +139,12 @@ def test_snippets_show_where_the_words_were_found_without_the_json_around_them(
     before, word, after = search._snippet(text, "kumquat") or ("", "", "")
     assert (before, word) == ("My <b>", "kumquat") and after.startswith("</b> order")
     assert after.endswith("…")
+
+
+def test_the_migration_trigger_indexes_what_the_receiver_path_indexes() -> None:
+    """Migration 0010 keeps a frozen copy of the indexed-text SQL (migrations never
+    import app code); while no later migration replaces its trigger, the two agree."""
+    import importlib
+
+    migration = importlib.import_module("tracing.migrations.0010_span_text_search")
+    assert " ".join(migration.BODY_SQL.split()) == " ".join(search.BODY_SQL.split())
