@@ -92,7 +92,7 @@ class RunConsumer(AsyncWebsocketConsumer):
             return is_open
         loaded = await run_page.load(self.workflow_id, self.run_id)
         ctx = await run_page.build_kept(
-            self.workflow_id, self.run_id, loaded, trace_view=self.trace_view
+            self.workflow_id, self.run_id, loaded, trace_view=self.trace_view, lazy_history=True
         )
         self.seen = ctx["live_sig"]
         ctx.update({"oob": True, "history_mode": "compact"})

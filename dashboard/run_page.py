@@ -256,6 +256,11 @@ class HistoryRow:
     def time(self) -> datetime | None:
         return ns_to_datetime(self.ns)
 
+    @property
+    def clock(self) -> str:
+        """The event's time of day in UTC, to the microsecond (``H:i:s.u``)."""
+        return clock(self.ns)
+
     @cached_property
     def attributes(self) -> Any:
         attrs = _attributes(self.event)
@@ -272,6 +277,17 @@ class HistoryRow:
         return history_lines.summary(
             self.event_type, attrs if isinstance(attrs, dict) else {}, self.activity
         )
+
+
+def clock(ns: int | None) -> str:
+    """``HH:MM:SS.ffffff`` in UTC: what the history table shows, without Django's
+    date filter (thousands of rows)."""
+    if ns is None:
+        return ""
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    minutes, second = divmod(seconds % 86400, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}"
 
 
 @dataclass
@@ -855,11 +871,17 @@ async def build_kept(
     *,
     trace_view: str = "agent",
     marked: frozenset[str] = frozenset(),
+    lazy_history: bool = False,
 ) -> dict[str, Any]:
     """``build``, then keep what the page learned about the run's trace health, so the
     runs list flags the run as its page does (dashboard.run_health)."""
     ctx = await sync_to_async(build)(
-        workflow_id, run_id, loaded, trace_view=trace_view, marked=marked
+        workflow_id,
+        run_id,
+        loaded,
+        trace_view=trace_view,
+        marked=marked,
+        lazy_history=lazy_history,
     )
     await sync_to_async(run_health_panel.keep)(workflow_id, run_id, ctx["health"])
     return ctx
@@ -982,6 +1004,7 @@ def build(
     *,
     trace_view: str = "agent",
     marked: frozenset[str] = frozenset(),
+    lazy_history: bool = False,
 ) -> dict[str, Any]:
     """Everything the run template renders, from history and spans.
 
@@ -989,13 +1012,16 @@ def build(
     (most of the time after correlate) for callers that want the run's story
     but not its page: the compare page builds two runs. ``trace_view`` is the
     trace shown ("agent" or "raw"), ``marked`` the span ids a search matched
-    (highlighted in the trace).
+    (highlighted in the trace). ``lazy_history``: a history longer than
+    HISTORY_INLINE_EVENTS is left for the page to load when it scrolls into
+    view (``history_part``), not built and rendered with the page.
     """
     events = loaded.events
     spans = loaded.spans
     family = loaded.family
     story = story_of(loaded)
-    history = full_history(events) if page else []
+    lazy = page and lazy_history and len(events) > HISTORY_INLINE_EVENTS
+    history = full_history(events) if page and not lazy else []
     header, t0, t1 = frame(loaded)
     every = every_span(loaded)
     totals = story_totals(story, len(every))
@@ -1065,6 +1091,8 @@ def build(
         "truncated": loaded.truncated,
         "history": history,
         "compact": compact_history(history),
+        "history_events": len(events),
+        "history_lazy": lazy,
         "family": family,
         "health": run_health,
         "inherited_calls": [c for c in calls if c.inherited_from],
@@ -1079,6 +1107,35 @@ def build(
             f"/workflows/{_q(workflow_id)}/{_q(run_id)}/history"
         ),
         "openai_trace_links": openai_trace_links(spans),
+    }
+
+
+# A history longer than this is not part of the run page's first response: its
+# section (far below the fold) loads when it scrolls into view (history_part).
+HISTORY_INLINE_EVENTS = 400
+
+
+async def history_part(workflow_id: str, run_id: str, mode: str) -> dict[str, Any]:
+    """What the run page's history section renders, from the history alone: no spans
+    are read and nothing is correlated (the section a long history loads lazily)."""
+    history: History | None = None
+    error: str | None = None
+    try:
+        history, _ = await load_history_from(workflow_id, run_id)
+    except temporal.TemporalUnavailable as exc:
+        error = exc.reason
+    events = history.events if history is not None else ()
+    rows = await sync_to_async(full_history)(events)
+    return {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "has_history": history is not None,
+        "temporal_error": error,
+        "history": rows,
+        "compact": compact_history(rows) if mode != "full" else [],
+        "history_events": len(events),
+        "history_lazy": False,
+        "history_mode": mode,
     }
 
 

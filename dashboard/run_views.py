@@ -51,6 +51,12 @@ def _not_found(
 
 @require_GET
 async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
+    history_mode = "full" if request.GET.get("history") == "full" else "compact"
+    if request.htmx and request.GET.get("part") == "run-history":
+        # The history section alone (switching views, or a long history loading
+        # lazily): from the history, without the spans.
+        ctx = await run_page.history_part(workflow_id, run_id, history_mode)
+        return render(request, "dashboard/run.html#run-history", ctx)
     loaded = await run_page.load(workflow_id, run_id)
     if loaded.history is None and not loaded.spans:
         # Unknown to the store, and Temporal does not know it or cannot say.
@@ -62,14 +68,20 @@ async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpRe
     text = request.GET.get("q", "")[:200]
     matched = await sync_to_async(search.matching_spans)(text, workflow_id, run_id)
     ctx = await run_page.build_kept(
-        workflow_id, run_id, loaded, trace_view=view, marked=frozenset(matched)
+        workflow_id,
+        run_id,
+        loaded,
+        trace_view=view,
+        marked=frozenset(matched),
+        # A history the page does not ask for by name loads when it is scrolled to.
+        lazy_history="history" not in request.GET,
     )
     ctx["search_text"] = text if search.words(text) else ""
     ctx["search_matches"] = len(matched)
     del loaded
-    ctx["history_mode"] = "full" if request.GET.get("history") == "full" else "compact"
+    ctx["history_mode"] = history_mode
     template = "dashboard/run.html"
-    if request.htmx and request.GET.get("part") in ("run-header", "run-history", "run-trace"):
+    if request.htmx and request.GET.get("part") in ("run-header", "run-trace"):
         template = f"dashboard/run.html#{request.GET['part']}"
     response = render(request, template, ctx)
     if chosen in run_page.TRACE_VIEWS:

@@ -236,6 +236,41 @@ def test_history_compact_groups_activities_and_full_lists_every_event(
     assert "eyJ" not in full  # no base64 payloads left
 
 
+def test_a_long_history_loads_when_scrolled_to_from_the_history_alone(
+    logged_in_client: Client,
+    run: dict[str, Any],
+    history_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dashboard import run_page
+    from tracing import store
+
+    store_spans(run)
+    monkeypatch.setattr(run_page, "HISTORY_INLINE_EVENTS", 10)
+    page = logged_in_client.get(url(run)).content.decode()
+    # The page leaves the history out, says how long it is and where it loads from.
+    assert "data-history-lazy" in page
+    assert "started (attempt 3)" not in page
+    assert f"Full ({len(run['history'])} events)" in page
+    assert 'hx-get="?part=run-history&amp;history=compact" hx-trigger="revealed"' in page
+    # Asked for by name (no JavaScript), it is part of the page.
+    named = logged_in_client.get(url(run) + "?history=compact").content.decode()
+    assert "data-history-lazy" not in named and "started (attempt 3)" in named
+
+    def no_spans(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the history section read the spans")
+
+    monkeypatch.setattr(store, "run_skeleton", no_spans)
+    monkeypatch.setattr(store, "spans_for_run", no_spans)
+    part = logged_in_client.get(
+        url(run) + "?part=run-history&history=compact", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert part.lstrip().startswith('<section id="run-history"')
+    assert "started (attempt 3)" in part and "previous attempt failed" in part
+    assert "data-history-lazy" not in part
+    assert len(history_calls) == 1  # closed: cached after the first read
+
+
 def test_api_returns_story_for_session_and_bearer_token(
     client: Client, user: User, run: dict[str, Any], history_calls: list[str]
 ) -> None:
