@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from dashboard.templatetags.runs_format import duration_ns
 from tests.conftest import TemporalServer, WorkerProcess, connect_client
@@ -98,6 +98,17 @@ def _approval_waits_from_the_start(long_approval: dict[str, Any]) -> None:
     """Every test of the module starts the long approval (once) before it runs."""
 
 
+def connected(locator: Locator, script: str) -> Any:
+    """``script(element)`` on an element still in the page (retried while a swap detaches it)."""
+    deadline = time.monotonic() + 10
+    while True:
+        value = locator.evaluate(f"e => e.isConnected ? [({script})(e)] : null")
+        if value is not None:
+            return value[0]
+        assert time.monotonic() < deadline, "the element kept being replaced"
+        time.sleep(0.1)
+
+
 def test_runs_list_fits_1440_px_with_ellipsis_and_exact_tokens(
     story_stack: LiveDashboard,
     story_worker: WorkerProcess,
@@ -141,13 +152,22 @@ def test_runs_list_fits_1440_px_with_ellipsis_and_exact_tokens(
     # The long error ends in an ellipsis; the whole text is in its title and shows on focus.
     full = error.get_attribute("title") or ""
     assert len(full) > 40 and full.startswith(error.inner_text().rstrip("…")[:20])
-    assert error.evaluate("e => getComputedStyle(e).textOverflow") == "ellipsis"
-    assert error.evaluate("e => e.scrollWidth > e.clientWidth")
-    error.focus()
-    assert error.evaluate("e => getComputedStyle(e).whiteSpace") == "normal"
-    assert error.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    # One script per measurement: the live list may swap the row between a locator's
+    # lookup and its evaluation, and a detached element has no computed style.
+    cut = connected(
+        error,
+        """e => ({overflow: getComputedStyle(e).textOverflow,
+                  clipped: e.scrollWidth > e.clientWidth})""",
+    )
+    assert cut == {"overflow": "ellipsis", "clipped": True}
+    focused = connected(
+        error,
+        """e => { e.focus(); return {space: getComputedStyle(e).whiteSpace,
+                                     fits: e.scrollWidth <= e.clientWidth + 1}; }""",
+    )
+    assert focused == {"space": "normal", "fits": True}
     wf = row.locator(".wf-id .trunc")
-    assert wf.evaluate("e => e.scrollWidth > e.clientWidth")
+    assert connected(wf, "e => e.scrollWidth > e.clientWidth")
     assert long_id in (wf.get_attribute("title") or "")
     # Exact token numbers on hover.
     ok_row = page.locator("#runs-rows tr.run-row", has_text=ok_id)
