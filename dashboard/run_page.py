@@ -887,6 +887,25 @@ async def build_kept(
     return ctx
 
 
+async def refresh_health(workflow_id: str, run_id: str) -> None:
+    """Check a closed run's trace health against its history, as its page would, and
+    keep it for the runs list: what only the history shows (model attempts no span
+    covers, a run stopped under spans it never ended) flags the run without anyone
+    opening it. The archive sweep calls this for each run it archives."""
+    loaded = await load(workflow_id, run_id)
+    if loaded.history is None:
+        return
+    events = list(loaded.history.events)
+    run_health = run_health_panel.build(
+        every_span(loaded),
+        story_of(loaded),
+        events,
+        loaded.health,
+        header_from_history(events).close_ns,
+    )
+    await sync_to_async(run_health_panel.keep)(workflow_id, run_id, run_health)
+
+
 def story_of(loaded: Loaded) -> RunStory:
     # A reset run's calls before its reset point were made (and traced) by its base run.
     return correlate(loaded.events, [*loaded.spans, *loaded.family.inherited])
