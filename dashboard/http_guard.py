@@ -41,6 +41,9 @@ OTLP_PATH = b"/v1/traces"
 # google.rpc.Code values, as the receiver's own error bodies use them.
 _RESOURCE_EXHAUSTED = 8
 _DEADLINE_EXCEEDED = 4
+# Daphne hands a body to the application in one message (bench/ingest_cpu.py
+# reads this to post as daphne does).
+BODY_IN_ONE_MESSAGE = True
 
 
 def body_limit(path: bytes) -> int:
