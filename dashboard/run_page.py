@@ -51,7 +51,7 @@ from dashboard import run_health as run_health_panel
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
-from tracing import archive, pricing, store
+from tracing import archive, pricing, search, store
 from tracing.correlation import (
     Attempt,
     ModelCall,
@@ -848,6 +848,15 @@ def story_spans(skeleton: store.Skeleton) -> tuple[list[dict[str, Any]], int]:
     return ordered, truncated
 
 
+async def search_of(text: str, workflow_id: str, run_id: str) -> tuple[str, frozenset[str]]:
+    """A search from the runs list (``?q=``) on this run: its text ("" when it has no
+    words) and the ids of the run's spans that hold its words."""
+    text = text[:200]
+    if not search.words(text):
+        return "", frozenset()
+    return text, frozenset(await sync_to_async(search.matching_spans)(text, workflow_id, run_id))
+
+
 async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
     """The run's signature (as Loaded.signature) and whether it is open, from cheap
     inputs: the history's length (one describe call, no events) and the run's
@@ -872,6 +881,7 @@ async def build_kept(
     trace_view: str = "agent",
     marked: frozenset[str] = frozenset(),
     lazy_history: bool = False,
+    search: str = "",
 ) -> dict[str, Any]:
     """``build``, then keep what the page learned about the run's trace health, so the
     runs list flags the run as its page does (dashboard.run_health)."""
@@ -882,6 +892,7 @@ async def build_kept(
         trace_view=trace_view,
         marked=marked,
         lazy_history=lazy_history,
+        search=search,
     )
     await sync_to_async(run_health_panel.keep)(workflow_id, run_id, ctx["health"])
     return ctx
@@ -954,16 +965,36 @@ def frame(loaded: Loaded) -> tuple[Header, int, int]:
 
 
 def trace_source(
-    workflow_id: str, run_id: str, loaded: Loaded, view: str
-) -> tuple[TraceSource, int, int]:
-    """One trace view of a run, and its time frame: what a lazy node's rows come from."""
+    workflow_id: str,
+    run_id: str,
+    loaded: Loaded,
+    view: str,
+    marked: frozenset[str] = frozenset(),
+    search: str = "",
+) -> tuple[TraceSource, int, int, frozenset[str]]:
+    """One trace view of a run, its time frame and the rows a search marks (``marked``:
+    the span ids it matched; ``search``: its text, which the rows' links carry on):
+    what a lazy node's rows come from."""
     header, t0, t1 = frame(loaded)
-    urls = TraceUrls.for_run(workflow_id, run_id, view)
+    urls = TraceUrls.for_run(workflow_id, run_id, view, search)
     if view == "agent":
         story = story_of(loaded)
         workflow_span = _workflow_span(loaded.spans)
-        return agent_trace(story, header.workflow_type, t0, t1, urls, workflow_span), t0, t1
-    return raw_trace(loaded, loaded.spans, header.workflow_type, urls), t0, t1
+        source = agent_trace(story, header.workflow_type, t0, t1, urls, workflow_span)
+        return source, t0, t1, search_marks(marked, story.model_calls, view)
+    return raw_trace(loaded, loaded.spans, header.workflow_type, urls), t0, t1, marked
+
+
+def search_marks(marked: frozenset[str], calls: Sequence[ModelCall], view: str) -> frozenset[str]:
+    """The rows a search marks: its spans, and in the agent view each model call any of
+    whose spans it matched (the call's row stands for all of them)."""
+    if not marked or view != "agent":
+        return marked
+    return marked | {
+        call.model_span_id or next(iter(call.span_ids), "")
+        for call in calls
+        if marked.intersection(call.span_ids)
+    }
 
 
 def call_detail_ctx(
@@ -1024,6 +1055,7 @@ def build(
     trace_view: str = "agent",
     marked: frozenset[str] = frozenset(),
     lazy_history: bool = False,
+    search: str = "",
 ) -> dict[str, Any]:
     """Everything the run template renders, from history and spans.
 
@@ -1031,7 +1063,8 @@ def build(
     (most of the time after correlate) for callers that want the run's story
     but not its page: the compare page builds two runs. ``trace_view`` is the
     trace shown ("agent" or "raw"), ``marked`` the span ids a search matched
-    (highlighted in the trace). ``lazy_history``: a history longer than
+    (highlighted in the trace) and ``search`` its text (which the rows that load
+    later carry, to be marked too). ``lazy_history``: a history longer than
     HISTORY_INLINE_EVENTS is left for the page to load when it scrolls into
     view (``history_part``), not built and rendered with the page.
     """
@@ -1058,16 +1091,10 @@ def build(
     namespace = temporal.target()[1]
     tree = span_tree(spans, t0, t1) if page and loaded.skeleton is None else []
     view = trace_view if trace_view in TRACE_VIEWS else "agent"
-    if marked and view == "agent":
-        # A model call's row stands for all its spans: it is marked when any of them is.
-        marked = marked | {
-            call.model_span_id or next(iter(call.span_ids), "")
-            for call in calls
-            if marked.intersection(call.span_ids)
-        }
+    marked = search_marks(marked, calls, view)
     source: TraceSource | None = None
     if page:
-        urls = TraceUrls.for_run(workflow_id, run_id, view)
+        urls = TraceUrls.for_run(workflow_id, run_id, view, search if marked else "")
         source = (
             agent_trace(story, header.workflow_type, t0, t1, urls, _workflow_span(spans))
             if view == "agent"
@@ -1090,7 +1117,9 @@ def build(
         "header": header,
         "waiting": waits,
         "waiting_output_url": output_url,
-        "conversation": turns if transcript.is_conversation(turns) else [],
+        # The run's last turns (its transcript page has them all, a page at a time).
+        "conversation": turns[-RUN_PAGE_TURNS:] if transcript.is_conversation(turns) else [],
+        "conversation_turns": len(turns),
         "call_urls": call_urls,
         "start": ns_to_datetime(header.start_ns),
         "close": ns_to_datetime(header.close_ns),
@@ -1129,6 +1158,8 @@ def build(
     }
 
 
+# The turns of a conversation the run page shows: its last ones.
+RUN_PAGE_TURNS = 20
 # A history longer than this is not part of the run page's first response: its
 # section (far below the fold) loads when it scrolls into view (history_part).
 HISTORY_INLINE_EVENTS = 400
@@ -1248,9 +1279,12 @@ class TraceUrls:
     call_base: str
     trace: str
     view: str
+    # A search whose matches the rows mark: rows loaded later ("Show more", a lazy
+    # node) are marked too.
+    search: str = ""
 
     @classmethod
-    def for_run(cls, workflow_id: str, run_id: str, view: str) -> TraceUrls:
+    def for_run(cls, workflow_id: str, run_id: str, view: str, search: str = "") -> TraceUrls:
         args = [workflow_id, run_id]
         try:
             return cls(
@@ -1258,9 +1292,10 @@ class TraceUrls:
                 reverse("dash-run-call", args=[*args, "x"]).removesuffix("x/"),
                 reverse("dash-run-trace", args=args),
                 view,
+                search,
             )
         except NoReverseMatch:  # e.g. a workflow id with a slash: no run page to link
-            return cls("", "", "", view)
+            return cls("", "", "", view, search)
 
     def span(self, span_id: str) -> str:
         return f"{self.span_base}{_path_part(span_id)}/"
@@ -1270,8 +1305,12 @@ class TraceUrls:
         return f"{url}?attempt={attempt}" if attempt is not None else url
 
     def children(self, key: str, offset: int, depth: int) -> str:
-        query = urlencode({"view": self.view, "node": key, "offset": offset, "depth": depth})
-        return f"{self.trace}?{query}"
+        params: dict[str, str | int] = {
+            "view": self.view, "node": key, "offset": offset, "depth": depth,
+        }  # fmt: skip
+        if self.search:
+            params["q"] = self.search
+        return f"{self.trace}?{urlencode(params)}"
 
 
 @dataclass
