@@ -26,15 +26,24 @@ workflows in a worker instrumented only with stock parts (Temporal's
 batch processor and OTLP/HTTP exporter), to check that Loomview's receiver does
 not slow such a worker down: ``--app stock --compare sink,on``.
 
-Each workflow gets a 60 s workflow task timeout (``--task-timeout``; Temporal's
-default is 10 s). 200 runs started at once queue up in one worker, and on a
-loaded machine some of their first workflow tasks would wait past 10 s: the
-server times them out and the worker replays those runs from the start (a fresh
-sandbox, every module imported again, about 100 ms of CPU each). How many that
-hits depends on the machine's load far more than on tracing, and a handful of
-them swings a batch's CPU per workflow by tens of percent. Every batch prints
-its workflow tasks that timed out or failed (each one a replay); a comparison
-is only fair between batches that had none, or as many.
+Each workflow gets a 120 s workflow task timeout (``--task-timeout``; Temporal's
+default is 10 s; 60 s was not enough for two workers at once). 200 runs started
+at once queue up in one worker, and on a loaded machine some of their first
+workflow tasks would wait past 10 s: the server times them out and the worker
+replays those runs from the start (a fresh sandbox, every module imported again,
+about 100 ms of CPU each). How many that hits depends on the machine's load far
+more than on tracing, and a handful of them swings a batch's CPU per workflow by
+tens of percent. Every batch prints its workflow tasks that timed out or failed
+(each one a replay); a comparison is only fair between batches that had none, or
+as many.
+
+``--together`` runs the two batches of a pair at the same time, each on its own
+worker (and task queue): the machine's load, whatever it is, falls on both
+alike, so a pair's CPU difference is the modes' own; on this shared machine
+that made pairs agree within a few percent where alternating batches swung by
+±15 %. Each worker then has about half of what the machine gives, so the
+workflows/s of a together-pair are each worker's share, compared with each
+other, not with an alternating run's.
 
 ``--profile DIR`` records the worker of every batch with py-spy (if installed)
 into DIR/<batch>-<mode>.txt (collapsed stacks; CPU of the worker's own
@@ -352,31 +361,71 @@ async def one_batch(
     index: int,
     mode: str,
 ) -> Batch:
-    task_queue = f"bench-{uuid.uuid4().hex[:8]}"
-    prefix = f"{task_queue}-{mode}"
-    log = stack.tmp / f"worker-{index}-{mode}.log"
-    process = start_worker(worker_env(stack, args.app, mode, task_queue, sink), args.app, log)
-    profiler = None
+    return (await batches_together(client, stack, sink, args, index, [mode]))[0]
+
+
+async def batches_together(
+    client: Any,
+    stack: Stack,
+    sink: Sink,
+    args: argparse.Namespace,
+    index: int,
+    modes: list[str],
+) -> list[Batch]:
+    """One batch of each mode, run at the same time, each on a worker of its own.
+
+    With one mode this is one batch alone. With two (``--together``) both workers
+    see the same machine at the same time: whatever the other engineers' load does
+    to CPU time, it does to both, so the pair's difference is the modes'.
+    """
+    started = []
+    for offset, mode in enumerate(modes):
+        task_queue = f"bench-{uuid.uuid4().hex[:8]}"
+        log = stack.tmp / f"worker-{index + offset}-{mode}.log"
+        env = worker_env(stack, args.app, mode, task_queue, sink)
+        started.append((mode, task_queue, start_worker(env, args.app, log)))
+    profilers: list[subprocess.Popen[bytes] | None] = []
     try:
-        await run_workflows(client, task_queue, f"{prefix}-warm", args.warmup, args.task_timeout)
-        settled(process)
+        await asyncio.gather(
+            *(
+                run_workflows(client, queue, f"{queue}-warm-{mode}", args.warmup, args.task_timeout)
+                for mode, queue, _ in started
+            )
+        )
+        for _, _, process in started:
+            settled(process)
         if args.profile:
-            profiler = start_profiler(process.pid, Path(args.profile) / f"{index:02d}-{mode}.txt")
+            profilers = [
+                start_profiler(process.pid, Path(args.profile) / f"{index + n:02d}-{mode}.txt")
+                for n, (mode, _, process) in enumerate(started)
+            ]
         load = os.getloadavg()[0]
-        cpu0 = cpu_seconds(process.pid)
-        start = time.monotonic()
-        handles = await run_workflows(client, task_queue, prefix, args.runs, args.task_timeout)
-        seconds = time.monotonic() - start
-        cpu1 = await asyncio.to_thread(settled, process)
+
+        async def measured(mode: str, queue: str, process: Any) -> tuple[float, float, list[Any]]:
+            cpu0 = cpu_seconds(process.pid)
+            start = time.monotonic()
+            handles = await run_workflows(
+                client, queue, f"{queue}-{mode}", args.runs, args.task_timeout
+            )
+            seconds = time.monotonic() - start
+            cpu1 = await asyncio.to_thread(settled, process)
+            return seconds, cpu1 - cpu0, handles
+
+        results = await asyncio.gather(*(measured(*item) for item in started))
     finally:
-        stop(process)
-        if profiler is not None:
-            profiler.wait(timeout=60)
-    spans = 0
-    if mode == "on":
-        spans = stored_spans(stack.db, prefix)
-    timeouts = await task_timeouts(handles)
-    return Batch(index, mode, args.runs, seconds, cpu1 - cpu0, spans, load, timeouts)
+        for _, _, process in started:
+            stop(process)
+        for profiler in profilers:
+            if profiler is not None:
+                profiler.wait(timeout=60)
+    batches = []
+    for n, ((mode, queue, _), (seconds, cpu, handles)) in enumerate(
+        zip(started, results, strict=True)
+    ):
+        spans = stored_spans(stack.db, f"{queue}-{mode}") if mode == "on" else 0
+        timeouts = await task_timeouts(handles)
+        batches.append(Batch(index + n, mode, args.runs, seconds, cpu, spans, load, timeouts))
+    return batches
 
 
 def start_profiler(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -496,16 +545,25 @@ async def bench(args: argparse.Namespace) -> int:
             )
             print(
                 f"app={args.app} compare {base} vs {test}: {args.pairs} pairs of "
-                f"{args.runs} concurrent triage runs (+{args.warmup} warm-up), demo model 0 ms"
+                f"{args.runs} concurrent triage runs (+{args.warmup} warm-up), demo model 0 ms, "
+                f"{'each pair together' if args.together else 'batches alternating'}"
             )
             batches: list[Batch] = []
             for pair in range(args.pairs):
                 order = (base, test) if pair % 2 == 0 else (test, base)
-                for mode in order:
-                    batch = await one_batch(client, stack, sink, args, len(batches) + 1, mode)
+                if args.together:
+                    pair_batches = await batches_together(
+                        client, stack, sink, args, len(batches) + 1, list(order)
+                    )
+                else:
+                    pair_batches = [
+                        await one_batch(client, stack, sink, args, len(batches) + 1, mode)
+                        for mode in order
+                    ]
+                for batch in pair_batches:
                     batches.append(batch)
                     print(
-                        f"  batch {batch.index:>2} {mode:<4} {batch.throughput:6.2f} wf/s "
+                        f"  batch {batch.index:>2} {batch.mode:<4} {batch.throughput:6.2f} wf/s "
                         f"{batch.cpu_ms:6.1f} ms CPU/wf  load {batch.load:.2f}  "
                         f"task timeouts {batch.timeouts}",
                         flush=True,
@@ -577,8 +635,13 @@ def main() -> int:
     parser.add_argument(
         "--task-timeout",
         type=float,
-        default=60.0,
+        default=120.0,
         help="workflow task timeout, seconds (0: Temporal's 10 s; see the module doc)",
+    )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="run each pair's two batches at the same time, on two workers (see the module doc)",
     )
     parser.add_argument("--profile", default=None, help="py-spy each batch's worker into DIR")
     parser.add_argument("--stock-worker", action="store_true", help=argparse.SUPPRESS)

@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +54,7 @@ from temporalio import activity, workflow
 
 from telemetry import vocab
 from telemetry.redact import redact_text, secret_changes
-from telemetry.run_ids import current_scope, remote_parent_scope
+from telemetry.run_ids import remote_parents
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,21 @@ def trace_id_for(agents_trace_id: str, scope: str = "") -> int:
     return _hex_id(seed, 128)
 
 
-def _scope_of(agents_id: str, own: str) -> str:
+def _remote_or_own(remote: Mapping[str, str] | None, agents_id: str, own: str) -> str:
     """The run scope an Agents id was emitted under: its sender's if it came in a
-    header (a parent workflow's span), else this run's."""
-    remote = remote_parent_scope(agents_id)
-    return own if remote is None else remote
+    header (a parent workflow's span, ``remote``: telemetry.run_ids.remote_parents),
+    else this run's."""
+    if remote:
+        return remote.get(agents_id, own)
+    return own
+
+
+def _in_workflow_scope(scope: str) -> bool:
+    """Only a workflow (which has a scope and may have remote parents) needs the lookup."""
+    return bool(scope) and workflow.in_workflow()
+
+
+_NO_CONTEXT: Mapping[str, Any] = {}
 
 
 def _iso_to_ns(iso: str | None) -> int | None:
@@ -138,24 +148,51 @@ def temporal_context_attributes() -> dict[str, Any]:
 
 def shared_context_attributes() -> dict[str, Any]:
     """:func:`temporal_context_attributes` itself, shared: read it, never change it."""
+    run = run_context()
+    return run.attributes if run is not None else {}
+
+
+class RunContext:
+    """Where spans are made (a workflow run or an activity attempt), worked out once.
+
+    ``attributes``: its ``temporal.*`` correlation attributes; ``redacted``: the same
+    with secrets redacted (a workflow id is the sender's text), for spans that are
+    redacted attribute by attribute; ``scope``: the run its span ids belong to
+    (telemetry.run_ids); ``in_workflow``: made in a workflow (not an activity).
+    """
+
+    __slots__ = ("attributes", "in_workflow", "info", "redacted", "scope")
+
+    def __init__(self, info: Any, in_workflow: bool) -> None:
+        self.info = info
+        self.in_workflow = in_workflow
+        self.attributes = _context_attributes(info)
+        self.redacted = {**self.attributes, **secret_changes(self.attributes)}
+        self.scope = str(info.run_id if in_workflow else info.workflow_run_id or "")
+
+
+def run_context() -> RunContext | None:
+    """The :class:`RunContext` of the workflow run or activity attempt this code is in."""
     if workflow.in_workflow():
         info: Any = workflow.info()
+        in_workflow = True
     elif activity.in_activity():
         info = activity.info()
+        in_workflow = False
     else:
-        return {}
+        return None
     key = id(info)
     cached = _CONTEXT_CACHE.get(key)
-    if cached is None or cached[0] is not info:
+    if cached is None or cached.info is not info:
         if len(_CONTEXT_CACHE) >= 4096:
             _CONTEXT_CACHE.clear()
-        cached = _CONTEXT_CACHE[key] = (info, _context_attributes(info))
-    return cached[1]
+        cached = _CONTEXT_CACHE[key] = RunContext(info, in_workflow)
+    return cached
 
 
-# id(workflow or activity Info) → (that Info, its attributes); the Info is kept,
-# so its id cannot be reused while the entry lives.
-_CONTEXT_CACHE: dict[int, tuple[Any, dict[str, Any]]] = {}
+# id(workflow or activity Info) → its RunContext; the context keeps the Info, so
+# its id cannot be reused while the entry lives.
+_CONTEXT_CACHE: dict[int, RunContext] = {}
 
 
 def _context_attributes(info: Any) -> dict[str, Any]:
@@ -258,126 +295,153 @@ def _usage_attributes(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _agent(data: AgentSpanData, attrs: dict[str, Any]) -> str:
+    attrs[vocab.GEN_AI_AGENT] = data.name
+    attrs[vocab.AGENTS_AGENT] = data.name
+    attrs[vocab.OI_GRAPH_NODE] = data.name
+    attrs[vocab.AGENTS_AGENT_TOOLS] = list(data.tools or [])
+    attrs[vocab.AGENTS_AGENT_HANDOFFS] = list(data.handoffs or [])
+    if data.output_type:
+        attrs[vocab.AGENTS_AGENT_OUTPUT_TYPE] = data.output_type
+    return f"invoke_agent {data.name}"
+
+
+def _generation(data: GenerationSpanData, attrs: dict[str, Any]) -> str:
+    inputs, outputs = _messages(data.input), _messages(data.output)
+    inputs_json, outputs_json = to_json(inputs), to_json(outputs)  # each encoded once
+    model = data.model or "unknown"
+    attrs.update(
+        {
+            vocab.GEN_AI_REQUEST_MODEL: model,
+            vocab.GEN_AI_RESPONSE_MODEL: model,
+            vocab.OI_MODEL: model,
+            vocab.GEN_AI_INPUT_MESSAGES: inputs_json,
+            vocab.GEN_AI_OUTPUT_MESSAGES: outputs_json,
+            vocab.OI_INPUT: inputs_json,
+            vocab.OI_INPUT_MIME: "application/json",
+            vocab.OI_OUTPUT: outputs_json,
+            vocab.OI_OUTPUT_MIME: "application/json",
+            **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
+            **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
+            **_usage_attributes(data.usage),
+        }
+    )
+    if data.model_config:
+        attrs[vocab.OI_INVOCATION_PARAMETERS] = to_json(data.model_config)
+    return f"chat {model}"
+
+
+def _response(data: ResponseSpanData, attrs: dict[str, Any]) -> str:
+    response = data.response
+    model = str(getattr(response, "model", None) or "unknown")
+    usage = getattr(response, "usage", None)
+    outputs = _messages(list(getattr(response, "output", None) or []))
+    inputs = _messages(data.input)
+    inputs_json, outputs_json = to_json(inputs), to_json(outputs)
+    attrs.update(
+        {
+            vocab.GEN_AI_REQUEST_MODEL: model,
+            vocab.GEN_AI_RESPONSE_MODEL: model,
+            vocab.OI_MODEL: model,
+            vocab.GEN_AI_INPUT_MESSAGES: inputs_json,
+            vocab.GEN_AI_OUTPUT_MESSAGES: outputs_json,
+            vocab.OI_INPUT: inputs_json,
+            vocab.OI_OUTPUT: outputs_json,
+            **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
+            **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
+            **_usage_attributes(_jsonable(usage) if usage is not None else data.usage),
+        }
+    )
+    if response is not None:
+        attrs[vocab.GEN_AI_RESPONSE_ID] = str(response.id)
+    return f"chat {model}"
+
+
+def _function(data: FunctionSpanData, attrs: dict[str, Any]) -> str:
+    arguments = to_json(data.input or "")
+    result = to_json(data.output if data.output is not None else "")
+    attrs[vocab.GEN_AI_TOOL_NAME] = data.name
+    attrs[vocab.OI_TOOL_NAME] = data.name
+    attrs[vocab.GEN_AI_TOOL_ARGUMENTS] = arguments
+    attrs[vocab.GEN_AI_TOOL_RESULT] = result
+    attrs[vocab.OI_INPUT] = arguments
+    attrs[vocab.OI_OUTPUT] = result
+    if data.mcp_data:
+        attrs[vocab.AGENTS_FUNCTION_MCP_DATA] = to_json(data.mcp_data)
+    return f"execute_tool {data.name}"
+
+
+def _handoff(data: HandoffSpanData, attrs: dict[str, Any]) -> str:
+    attrs[vocab.AGENTS_HANDOFF_FROM] = data.from_agent or ""
+    attrs[vocab.AGENTS_HANDOFF_TO] = data.to_agent or ""
+    attrs[vocab.GEN_AI_AGENT] = data.from_agent or ""
+    return f"handoff {data.from_agent} → {data.to_agent}"
+
+
+def _guardrail(data: GuardrailSpanData, attrs: dict[str, Any]) -> str:
+    attrs[vocab.AGENTS_GUARDRAIL_NAME] = data.name
+    attrs[vocab.AGENTS_GUARDRAIL_TRIGGERED] = data.triggered
+    return f"guardrail {data.name}"
+
+
+def _mcp_list_tools(data: MCPListToolsSpanData, attrs: dict[str, Any]) -> str:
+    attrs[vocab.AGENTS_MCP_SERVER] = data.server or ""
+    attrs[vocab.AGENTS_MCP_TOOLS] = list(data.result or [])
+    return f"mcp list_tools {data.server}"
+
+
+def _custom(data: CustomSpanData, attrs: dict[str, Any]) -> str:
+    attrs[vocab.AGENTS_CUSTOM_NAME] = data.name
+    attrs[vocab.AGENTS_CUSTOM_DATA] = to_json(data.data or {})
+    for key, value in (data.data or {}).items():
+        kind = type(value)
+        if kind in _SCALARS or (kind not in _CONTAINERS and isinstance(value, _SCALAR_TYPES)):
+            attrs[f"{vocab.AGENTS_CUSTOM_PREFIX}{key}"] = value
+    return data.name or "custom"
+
+
+def _other(data: Any, attrs: dict[str, Any]) -> str:
+    exported = data.export() if hasattr(data, "export") else {}
+    attrs[vocab.AGENTS_DATA] = to_json(exported)
+    return str(exported.get("name") or attrs[vocab.AGENTS_SPAN_TYPE])
+
+
+_SCALARS = frozenset((str, int, float, bool))
+_SCALAR_TYPES = (str, int, float, bool)
+_CONTAINERS = frozenset((dict, list, tuple, type(None)))
+_Namer = Callable[[Any, dict[str, Any]], str]
+# Span data class → what names it and fills its attributes. Looked up by the exact
+# class (in a workflow's sandbox every isinstance() is a Python-level call); a
+# subclass finds its nearest registered base once, and is remembered.
+_NAMERS: dict[type, _Namer] = {
+    AgentSpanData: _agent,
+    GenerationSpanData: _generation,
+    ResponseSpanData: _response,
+    FunctionSpanData: _function,
+    HandoffSpanData: _handoff,
+    GuardrailSpanData: _guardrail,
+    MCPListToolsSpanData: _mcp_list_tools,
+    CustomSpanData: _custom,
+}
+
+
+def _namer(kind: type) -> _Namer:
+    namer = _NAMERS.get(kind)
+    if namer is None:
+        namer = next((_NAMERS[base] for base in kind.__mro__ if base in _NAMERS), _other)
+        if len(_NAMERS) < 256:
+            _NAMERS[kind] = namer
+    return namer
+
+
 def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
     """The OTel name and type-specific attributes of one Agents span's data."""
     kind = getattr(data, "type", "custom")
-    attrs: dict[str, Any] = {vocab.AGENTS_SPAN_TYPE: kind}
     oi_kind, operation = vocab.AGENTS_SPAN_KINDS.get(kind, ("CHAIN", None))
-    attrs[vocab.OI_SPAN_KIND] = oi_kind
+    attrs: dict[str, Any] = {vocab.AGENTS_SPAN_TYPE: kind, vocab.OI_SPAN_KIND: oi_kind}
     if operation:
         attrs[vocab.GEN_AI_OPERATION] = operation
-    if isinstance(data, AgentSpanData):
-        attrs.update(
-            {
-                vocab.GEN_AI_AGENT: data.name,
-                vocab.AGENTS_AGENT: data.name,
-                vocab.OI_GRAPH_NODE: data.name,
-                vocab.AGENTS_AGENT_TOOLS: list(data.tools or []),
-                vocab.AGENTS_AGENT_HANDOFFS: list(data.handoffs or []),
-            }
-        )
-        if data.output_type:
-            attrs[vocab.AGENTS_AGENT_OUTPUT_TYPE] = data.output_type
-        return f"invoke_agent {data.name}", attrs
-    if isinstance(data, GenerationSpanData):
-        inputs, outputs = _messages(data.input), _messages(data.output)
-        inputs_json, outputs_json = to_json(inputs), to_json(outputs)  # each encoded once
-        model = data.model or "unknown"
-        attrs.update(
-            {
-                vocab.GEN_AI_REQUEST_MODEL: model,
-                vocab.GEN_AI_RESPONSE_MODEL: model,
-                vocab.OI_MODEL: model,
-                vocab.GEN_AI_INPUT_MESSAGES: inputs_json,
-                vocab.GEN_AI_OUTPUT_MESSAGES: outputs_json,
-                vocab.OI_INPUT: inputs_json,
-                vocab.OI_INPUT_MIME: "application/json",
-                vocab.OI_OUTPUT: outputs_json,
-                vocab.OI_OUTPUT_MIME: "application/json",
-                **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
-                **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
-                **_usage_attributes(data.usage),
-            }
-        )
-        if data.model_config:
-            attrs[vocab.OI_INVOCATION_PARAMETERS] = to_json(data.model_config)
-        return f"chat {model}", attrs
-    if isinstance(data, ResponseSpanData):
-        response = data.response
-        model = str(getattr(response, "model", None) or "unknown")
-        usage = getattr(response, "usage", None)
-        outputs = _messages(list(getattr(response, "output", None) or []))
-        inputs = _messages(data.input)
-        inputs_json, outputs_json = to_json(inputs), to_json(outputs)
-        attrs.update(
-            {
-                vocab.GEN_AI_REQUEST_MODEL: model,
-                vocab.GEN_AI_RESPONSE_MODEL: model,
-                vocab.OI_MODEL: model,
-                vocab.GEN_AI_INPUT_MESSAGES: inputs_json,
-                vocab.GEN_AI_OUTPUT_MESSAGES: outputs_json,
-                vocab.OI_INPUT: inputs_json,
-                vocab.OI_OUTPUT: outputs_json,
-                **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
-                **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
-                **_usage_attributes(_jsonable(usage) if usage is not None else data.usage),
-            }
-        )
-        if response is not None:
-            attrs[vocab.GEN_AI_RESPONSE_ID] = str(response.id)
-        return f"chat {model}", attrs
-    if isinstance(data, FunctionSpanData):
-        arguments = to_json(data.input or "")
-        result = to_json(data.output if data.output is not None else "")
-        attrs.update(
-            {
-                vocab.GEN_AI_TOOL_NAME: data.name,
-                vocab.OI_TOOL_NAME: data.name,
-                vocab.GEN_AI_TOOL_ARGUMENTS: arguments,
-                vocab.GEN_AI_TOOL_RESULT: result,
-                vocab.OI_INPUT: arguments,
-                vocab.OI_OUTPUT: result,
-            }
-        )
-        if data.mcp_data:
-            attrs[vocab.AGENTS_FUNCTION_MCP_DATA] = to_json(data.mcp_data)
-        return f"execute_tool {data.name}", attrs
-    if isinstance(data, HandoffSpanData):
-        attrs.update(
-            {
-                vocab.AGENTS_HANDOFF_FROM: data.from_agent or "",
-                vocab.AGENTS_HANDOFF_TO: data.to_agent or "",
-                vocab.GEN_AI_AGENT: data.from_agent or "",
-            }
-        )
-        return f"handoff {data.from_agent} → {data.to_agent}", attrs
-    if isinstance(data, GuardrailSpanData):
-        attrs.update(
-            {
-                vocab.AGENTS_GUARDRAIL_NAME: data.name,
-                vocab.AGENTS_GUARDRAIL_TRIGGERED: data.triggered,
-            }
-        )
-        return f"guardrail {data.name}", attrs
-    if isinstance(data, MCPListToolsSpanData):
-        attrs.update(
-            {
-                vocab.AGENTS_MCP_SERVER: data.server or "",
-                vocab.AGENTS_MCP_TOOLS: list(data.result or []),
-            }
-        )
-        return f"mcp list_tools {data.server}", attrs
-    if isinstance(data, CustomSpanData):
-        attrs[vocab.AGENTS_CUSTOM_NAME] = data.name
-        attrs[vocab.AGENTS_CUSTOM_DATA] = to_json(data.data or {})
-        for key, value in (data.data or {}).items():
-            if isinstance(value, str | int | float | bool):
-                attrs[f"{vocab.AGENTS_CUSTOM_PREFIX}{key}"] = value
-        return data.name or "custom", attrs
-    exported = data.export() if hasattr(data, "export") else {}
-    name = str(exported.get("name") or kind)
-    attrs[vocab.AGENTS_DATA] = to_json(exported)
-    return name, attrs
+    return _namer(type(data))(data, attrs), attrs
 
 
 class OtelBridgeProcessor(TracingProcessor):
@@ -401,11 +465,15 @@ class OtelBridgeProcessor(TracingProcessor):
         self._first_span_start: dict[str, int] = {}
 
     # -- ids and context -------------------------------------------------------
-    def _otel_trace_id(self, agents_trace_id: str, scope: str) -> int:
+    def _otel_trace_id(
+        self, agents_trace_id: str, scope: str, remote: Mapping[str, str] | None = None
+    ) -> int:
         current = otel_trace.get_current_span().get_span_context()
         if current.is_valid:
             return current.trace_id
-        return trace_id_for(agents_trace_id, _scope_of(agents_trace_id, scope))
+        if remote is None and _in_workflow_scope(scope):
+            remote = remote_parents()
+        return trace_id_for(agents_trace_id, _remote_or_own(remote, agents_trace_id, scope))
 
     def _context(self, trace_id: int, span_id: int) -> SpanContext:
         return SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
@@ -420,10 +488,12 @@ class OtelBridgeProcessor(TracingProcessor):
         start: int,
         end: int,
         attributes: dict[str, Any],
+        context: Mapping[str, Any],
         error: Mapping[str, Any] | None,
     ) -> None:
+        """Hand the span to the exporters: ``attributes`` its own (redacted here, in
+        place), ``context`` the run's correlation attributes, already redacted."""
         status = _UNSET
-        events = ()
         if error:
             message = str(error.get("message") or "error")
             detail = (
@@ -441,16 +511,21 @@ class OtelBridgeProcessor(TracingProcessor):
                 attributes[vocab.AGENTS_ERROR_DATA] = to_json(error["data"])
         if self._openai_traces:
             attributes[vocab.AGENTS_OPENAI_TRACES] = True
-        attributes = {key: value for key, value in attributes.items() if value is not None}
-        # Redacted here, once, on the span's only copy: the spans go straight to the exporters.
-        attributes.update(secret_changes(attributes))
+        if None in attributes.values():
+            attributes = {key: value for key, value in attributes.items() if value is not None}
+        # Redacted here, once, on the span's only copy: the spans go straight to the
+        # exporters. The run's attributes were redacted once for all its spans.
+        changes = secret_changes(attributes)
+        if changes:
+            attributes.update(changes)
+        attributes.update(context)
         span = ReadableSpan(
             name=redact_text(name),
             context=self._context(trace_id, span_id),
             parent=parent,
             resource=self._resource,
             attributes=attributes,
-            events=events,
+            events=(),
             kind=SpanKind.INTERNAL,
             status=status,
             start_time=start,
@@ -479,7 +554,6 @@ class OtelBridgeProcessor(TracingProcessor):
         exported = trace.export() or {}
         current = otel_trace.get_current_span().get_span_context()
         attributes: dict[str, Any] = {
-            **shared_context_attributes(),
             vocab.AGENTS_SPAN_TYPE: "trace",
             vocab.OI_SPAN_KIND: "CHAIN",
             vocab.AGENTS_TRACE_ID: trace.trace_id,
@@ -490,7 +564,8 @@ class OtelBridgeProcessor(TracingProcessor):
             attributes[vocab.OI_SESSION] = str(exported["group_id"])
         if exported.get("metadata"):
             attributes[vocab.AGENTS_TRACE_METADATA] = to_json(exported["metadata"])
-        scope = current_scope()
+        run = run_context()
+        scope = run.scope if run is not None else ""
         self._emit(
             name=trace.name,
             trace_id=self._otel_trace_id(trace.trace_id, scope),
@@ -499,6 +574,7 @@ class OtelBridgeProcessor(TracingProcessor):
             start=start,
             end=end,
             attributes=attributes,
+            context=run.redacted if run is not None else {},
             error=None,
         )
 
@@ -507,7 +583,7 @@ class OtelBridgeProcessor(TracingProcessor):
 
     def on_span_end(self, span: Span[Any]) -> None:
         data = span.span_data
-        if isinstance(data, CustomSpanData) and not data.name:
+        if type(data) is CustomSpanData and not data.name:
             return  # a placeholder the Temporal plugin makes for a propagated parent
         try:
             name, attributes = span_name_and_attributes(data)
@@ -518,31 +594,36 @@ class OtelBridgeProcessor(TracingProcessor):
             return
         end = _iso_to_ns(span.ended_at) or _now_ns()
         start = _iso_to_ns(span.started_at) or end
+        trace_id_agents = span.trace_id
         with self._lock:
-            first = self._first_span_start.get(span.trace_id)
+            first = self._first_span_start.get(trace_id_agents)
             if first is None or start < first:
-                self._first_span_start[span.trace_id] = start
-        scope = current_scope()
-        trace_id = self._otel_trace_id(span.trace_id, scope)
-        parent_agents_id = span.parent_id or span.trace_id
-        attributes.update(shared_context_attributes())
-        attributes.update(
-            {
-                vocab.AGENTS_TRACE_ID: span.trace_id,
-                vocab.AGENTS_SPAN_ID: span.span_id,
-                vocab.AGENTS_PARENT_ID: span.parent_id or "",
-            }
-        )
+                self._first_span_start[trace_id_agents] = start
+        # Where the span was made, worked out once per run (or attempt).
+        run = run_context()
+        if run is None:
+            scope, remote, context = "", None, _NO_CONTEXT
+        else:
+            scope, context = run.scope, run.redacted
+            remote = remote_parents() if run.in_workflow else None
+        trace_id = self._otel_trace_id(trace_id_agents, scope, remote)
+        parent_id = span.parent_id
+        parent_agents_id = parent_id or trace_id_agents
+        attributes[vocab.AGENTS_TRACE_ID] = trace_id_agents
+        attributes[vocab.AGENTS_SPAN_ID] = span.span_id
+        attributes[vocab.AGENTS_PARENT_ID] = parent_id or ""
         self._emit(
             name=name,
             trace_id=trace_id,
             span_id=span_id_for(span.span_id, scope),
             parent=self._context(
-                trace_id, span_id_for(parent_agents_id, _scope_of(parent_agents_id, scope))
+                trace_id,
+                span_id_for(parent_agents_id, _remote_or_own(remote, parent_agents_id, scope)),
             ),
             start=start,
             end=end,
             attributes=attributes,
+            context=context,
             error=span.error,
         )
 

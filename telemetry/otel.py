@@ -37,7 +37,7 @@ from opentelemetry.trace import Status
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
 from telemetry import vocab
-from telemetry.agents_bridge import OtelBridgeProcessor, shared_context_attributes
+from telemetry.agents_bridge import OtelBridgeProcessor, run_context, shared_context_attributes
 from telemetry.otlp_http import WireSpanExporter
 from telemetry.redact import (
     PATTERNS_ENV,
@@ -62,6 +62,8 @@ DEFAULT_SCHEDULE_DELAY_MS = 200
 DEFAULT_OPENAI_TRACES_ENDPOINT = "https://api.openai.com/v1/traces/ingest"
 # "RunWorkflow:triage": the span names that end in the workflow type.
 _WORKFLOW_SPAN_NAME_PREFIXES = tuple(f"{prefix}:" for prefix in vocab.WORKFLOW_SPAN_PREFIXES)
+# Our attribute → Temporal's spelling of it.
+_THEIRS = {ours: theirs for theirs, ours in vocab.TEMPORAL_ALIASES.items()}
 
 
 def correlation_attributes(attributes: Mapping[str, Any], name: str) -> dict[str, Any]:
@@ -140,20 +142,45 @@ class WorkerSpanProcessor(RedactingSpanProcessor):
         if name.startswith(vocab.TOOLING_QUERY_PREFIX):
             return
         attributes = _plain(span.attributes)
-        extra = correlation_attributes(attributes, name)
-        if extra:
-            attributes.update(extra)
-        self._next.on_end(redact_span(span, attributes))
+        # What correlation_attributes adds, redacted as redact_span would: the
+        # span's own attributes (and ours for Temporal's spellings) here, the
+        # run's once per run (telemetry.agents_bridge.RunContext).
+        aliased = [
+            ours
+            for theirs, ours in vocab.TEMPORAL_ALIASES.items()
+            if theirs in attributes and ours not in attributes
+        ]
+        for ours in aliased:
+            attributes[ours] = attributes[_THEIRS[ours]]
+        changes = secret_changes(attributes)
+        if changes:
+            attributes.update(changes)
+        run = run_context()
+        if run is not None:
+            for key, value in run.redacted.items():
+                if key not in attributes or key in aliased:
+                    attributes[key] = value
+        if vocab.WORKFLOW_TYPE not in attributes and name.startswith(_WORKFLOW_SPAN_NAME_PREFIXES):
+            attributes[vocab.WORKFLOW_TYPE] = redact_text(name.split(":", 1)[1])
+        self._next.on_end(redact_span(span, attributes, attributes_redacted=True))
 
 
-def redact_span(span: ReadableSpan, attributes: dict[str, Any] | None = None) -> ReadableSpan:
+def redact_span(
+    span: ReadableSpan,
+    attributes: dict[str, Any] | None = None,
+    attributes_redacted: bool = False,
+) -> ReadableSpan:
     """The span with secrets redacted: the span itself when it has none (most have none).
 
     ``attributes``: the span's attributes to use instead of its own (a copy the
     caller made, changed in place); the span is then always rebuilt with them.
+    ``attributes_redacted``: the caller redacted them already.
     """
     own = attributes is None
-    changes = secret_changes(span.attributes if attributes is None else attributes)
+    if attributes_redacted and attributes is not None:
+        changes: dict[str, Any] = {}
+    else:
+        changes = secret_changes(span.attributes if attributes is None else attributes)
     name = redact_text(span.name)
     status = span.status
     if status.description:

@@ -127,10 +127,17 @@ def run_scoped_tracer_provider(resource: Resource) -> ReplaySafeTracerProvider:
 def remote_parent_scope(agents_id: str) -> str | None:
     """The scope of an Agents SDK span or trace id that reached this workflow in a
     header (from a parent workflow or a client), or None if it was made here."""
+    remote = remote_parents()
+    return None if remote is None else remote.get(agents_id)
+
+
+def remote_parents() -> dict[str, str] | None:
+    """This workflow's Agents SDK ids that came in a header → the scope of their run
+    (None outside a workflow, or when none came)."""
     if not workflow.in_workflow():
         return None
     remote: dict[str, str] | None = getattr(workflow.instance(), _REMOTE, None)
-    return None if remote is None else remote.get(agents_id)
+    return remote
 
 
 def _record_remote(headers: Mapping[str, Payload], scope: str) -> None:
