@@ -28,6 +28,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
+from django.db import connection
 from django.db.models import BooleanField, Count, Exists, OuterRef, Q, QuerySet, Sum
 from django.db.models.expressions import RawSQL
 from django.urls import NoReverseMatch, reverse
@@ -443,9 +444,9 @@ def _store_filtered(filters: Filters) -> QuerySet[RunSummary]:
     if filters.until_ns is not None:
         qs = qs.filter(first_span_ns__lte=filters.until_ns)
     if filters.text:
-        said = Q()
-        for workflow_id, run_id in filters.text_runs:
-            said |= Q(workflow_id=workflow_id, run_id=run_id)
+        # The runs found in what the agents said, by their summaries' ids: one
+        # lookup on the (workflow id, run id) index, not one OR clause per run.
+        said = Q(id__in=_summary_ids(filters.text_runs)) if filters.text_runs else Q()
         qs = qs.filter(
             Q(workflow_id__icontains=filters.text) | Q(last_error__icontains=filters.text) | said
         )
@@ -467,16 +468,64 @@ def _store_filtered(filters: Filters) -> QuerySet[RunSummary]:
     return qs
 
 
+def _summary_ids(keys: frozenset[RunKey]) -> list[int]:
+    if not keys:
+        return []
+    if connection.vendor == "postgresql":
+        # Two array parameters: psycopg binds on the client, and splitting a
+        # statement of a thousand placeholders costs more than the lookup.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id FROM tracing_runsummary WHERE (workflow_id, run_id) IN "
+                "(SELECT * FROM unnest(%s::text[], %s::text[]))",
+                [[w for w, _ in keys], [r for _, r in keys]],
+            )
+            return [row[0] for row in cursor.fetchall()]
+    found = RunSummary.objects.filter(
+        workflow_id__in={w for w, _ in keys}, run_id__in={r for _, r in keys}
+    ).values_list("id", "workflow_id", "run_id")
+    return [pk for pk, workflow_id, run_id in found if (workflow_id, run_id) in keys]
+
+
+# The list's order, newest first: runsummary_list_order (migration 0002) in full.
+LIST_ORDER = ("-first_span_ns", "-workflow_id", "-run_id")
+# A search first tries the newest summaries in list order (below the cursor): when
+# they hold a page of matches, the page is those, and the substring tests ran on
+# a few thousand rows instead of every summary.
+SEARCH_WINDOW = 5000
+
+
+def _below(qs: QuerySet[RunSummary], cursor: SortKey | None) -> QuerySet[RunSummary]:
+    if cursor is None:
+        return qs
+    ns, workflow_id, run_id = cursor
+    # The bound on the index's first column first: a range both databases walk in
+    # list order (three OR'd branches alone made SQLite merge three index reads
+    # and sort them).
+    return qs.filter(first_span_ns__lte=ns).filter(
+        Q(first_span_ns__lt=ns)
+        | Q(workflow_id__lt=workflow_id)
+        | Q(workflow_id=workflow_id, run_id__lt=run_id)
+    )
+
+
 def _store_page(filters: Filters, cursor: SortKey | None, limit: int) -> list[RunSummary]:
-    qs = _store_filtered(filters)
-    if cursor is not None:
-        ns, workflow_id, run_id = cursor
-        qs = qs.filter(
-            Q(first_span_ns__lt=ns)
-            | Q(first_span_ns=ns, workflow_id__lt=workflow_id)
-            | Q(first_span_ns=ns, workflow_id=workflow_id, run_id__lt=run_id)
+    qs = _below(_store_filtered(filters), cursor)
+    if filters.text:
+        # Every row older than the window's oldest is older than every row in it,
+        # so a window that holds ``limit`` matches holds the first ``limit`` of all.
+        unsearched = dataclasses.replace(filters, text="", text_runs=frozenset())
+        edge = (
+            _below(_store_filtered(unsearched), cursor)
+            .order_by(*LIST_ORDER)
+            .values_list("first_span_ns", flat=True)[SEARCH_WINDOW - 1 : SEARCH_WINDOW]
         )
-    return list(qs.order_by("-first_span_ns", "-workflow_id", "-run_id")[:limit])
+        edge_ns = next(iter(edge), None)
+        if edge_ns is not None:
+            found = list(qs.filter(first_span_ns__gte=edge_ns).order_by(*LIST_ORDER)[:limit])
+            if len(found) == limit:
+                return found
+    return list(qs.order_by(*LIST_ORDER)[:limit])
 
 
 def _store_for(keys: set[RunKey], filters: Filters | None = None) -> list[RunSummary]:

@@ -136,6 +136,14 @@ class RunSummary(models.Model):
         ]
         indexes = [
             models.Index(fields=["-last_span_ns"], name="runsummary_recent"),
+            # The runs list's keyset pages, newest first (dashboard/runs.py).
+            models.Index(
+                fields=["-first_span_ns", "-workflow_id", "-run_id"], name="runsummary_list_order"
+            ),
+            models.Index(
+                fields=["workflow_type", "-first_span_ns", "-workflow_id", "-run_id"],
+                name="runsummary_list_type",
+            ),
             models.Index(
                 fields=["-first_span_ns"],
                 condition=Q(health_problems__gt=0),

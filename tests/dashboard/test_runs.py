@@ -21,6 +21,7 @@ from dashboard import temporal
 from dashboard.models import ApiToken, hash_token
 from tests.dashboard.runs_data import T0, FakeVisibility, model_span, summary, visible
 from tracing import pricing
+from tracing.models import RunSummary
 
 pytestmark = pytest.mark.django_db
 
@@ -331,3 +332,120 @@ async def test_unknown_namespace_is_reported_not_raised(
         await temporal.list_recent_runs()
     assert excinfo.value.address == temporal_server.address
     assert "not found" in excinfo.value.reason.lower()
+
+
+@pytest.mark.parametrize("window", [1, 4, 40, 5000])
+def test_a_search_reads_the_newest_summaries_first_and_pages_the_same(
+    window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 60 runs on 4 start times, two of three with a matching error, plus runs
+    # found only by what their agents said: every window size pages them alike.
+    expected: list[tuple[int, str, str]] = []
+    said: set[tuple[str, str]] = set()
+    for i in range(60):
+        start, run_id = T0 + (i % 4) * 1000, f"r{i % 2}"
+        summary(f"wf-{i:03d}", run_id=run_id, start_ns=start, last_error="x" if i % 3 else "")
+        if i % 3 or i % 9 == 0:
+            expected.append((start, f"wf-{i:03d}", run_id))
+        if i % 9 == 0:
+            said.add((f"wf-{i:03d}", run_id))
+    monkeypatch.setattr(run_list, "SEARCH_WINDOW", window)
+    filters = run_list.Filters(text="X", text_runs=frozenset(said))
+    seen: list[tuple[int, str, str]] = []
+    cursor = None
+    for _ in range(100):
+        page = run_list._store_page(filters, cursor, 5)
+        seen += [(s.first_span_ns or 0, s.workflow_id, s.run_id) for s in page]
+        if len(page) < 5:
+            break
+        cursor = seen[-1]
+    assert seen == sorted(expected, reverse=True)
+
+
+def test_a_search_with_a_common_word_reads_only_the_newest_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for i in range(30):
+        summary(f"wf-{i:03d}", start_ns=T0 + i, last_error="rate limited")
+    monkeypatch.setattr(run_list, "SEARCH_WINDOW", 10)
+    with CaptureQueriesContext(connection) as captured:
+        page = run_list._store_page(run_list.Filters(text="rate"), None, 5)
+    assert [s.workflow_id for s in page] == [f"wf-{i:03d}" for i in range(29, 24, -1)]
+    # The window's edge, then the page within it: the whole table is never searched.
+    assert len(captured.captured_queries) == 2
+    assert 'first_span_ns" >= ' in captured.captured_queries[-1]["sql"]
+
+
+def test_runs_found_by_what_their_agents_said_are_one_lookup() -> None:
+    keys = set()
+    for i in range(300):
+        summary(f"wf-{i:03d}", run_id=f"r{i % 3}")
+        keys.add((f"wf-{i:03d}", f"r{i % 3}"))
+    summary("wf-000", run_id="r1")  # a run of a found workflow, not found itself
+    ids = run_list._summary_ids(frozenset(keys | {("nowhere", "r1")}))
+    found = set(RunSummary.objects.filter(id__in=ids).values_list("workflow_id", "run_id"))
+    assert found == keys
+
+
+def _plans_of_store_page(filters: run_list.Filters, cursor: Any = None) -> list[str]:
+    """The plan of each query _store_page runs (EXPLAIN on PostgreSQL, EXPLAIN QUERY
+    PLAN on SQLite), as text."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        run_list._store_page(filters, cursor, run_list.PAGE_SIZE + 1)
+    plans = []
+    for query in captured.captured_queries:
+        explain = "EXPLAIN " if connection.vendor == "postgresql" else "EXPLAIN QUERY PLAN "
+        with connection.cursor() as cursor_:
+            cursor_.execute(explain + query["sql"])
+            plans.append("\n".join(str(row[-1]) for row in cursor_.fetchall()))
+    return plans
+
+
+def test_runs_list_pages_walk_the_list_indexes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    # A search window a small part of the table, as 5,000 is of a real one.
+    monkeypatch.setattr(run_list, "SEARCH_WINDOW", 200)
+    RunSummary.objects.bulk_create(
+        RunSummary(
+            workflow_id=f"{kind}-{i:05d}",
+            run_id=f"r{i}",
+            workflow_type=kind,
+            first_span_ns=T0 + (i % 997) * 10**9,
+            last_span_ns=T0 + (i % 997) * 10**9,
+            last_error="rate limited" if i % 3 else "",
+            agents=["Triage Agent"],
+            model_attempts={},
+        )
+        for i in range(4000)
+        for kind in ["triage" if i % 2 else "approval"]
+    )
+    with connection.cursor() as db:
+        db.execute("ANALYZE")
+    cursor_key = (T0 + 500 * 10**9, "triage-00500", "r500")
+    key: tuple[int, str, str] | None
+    for filters, key, index in [
+        (run_list.Filters(), None, "runsummary_list_order"),
+        (run_list.Filters(), cursor_key, "runsummary_list_order"),
+        (run_list.Filters(workflow_type="triage"), None, "runsummary_list_type"),
+        (run_list.Filters(workflow_type="triage"), cursor_key, "runsummary_list_type"),
+        (run_list.Filters(text="rate"), None, "runsummary_list_order"),
+    ]:
+        plans = _plans_of_store_page(filters, key)
+        for plan in plans:
+            # Read in list order from the index, never sorted or scanned whole.
+            assert index in plan, (filters, plan)
+            assert "Seq Scan" not in plan and "TEMP B-TREE" not in plan, (filters, plan)
+            if not filters.text:
+                assert "Sort" not in plan, (filters, plan)
+        if filters.text:
+            # The edge of the window, then the matches within it (a bounded range of
+            # the index, whose few matches may be sorted): never the whole table.
+            assert len(plans) == 2
+            assert "first_span_ns>" in plans[1].replace(" ", ""), plans[1]
