@@ -356,8 +356,12 @@ async def asgi_post(application: Any, body: bytes) -> int:
         "server": ("127.0.0.1", 8000),
     }
     sent: list[dict[str, Any]] = []
-    # Daphne hands the app the body in pieces of its request_buffer_size.
-    chunk = int(os.environ.get("LV_CHUNK", "8192"))
+    # Daphne hands the app the body in pieces of its request_buffer_size:
+    # 8 kB, or the whole body where dashboard.http_guard raises it.
+    from dashboard import http_guard
+
+    whole = getattr(http_guard, "BODY_IN_ONE_MESSAGE", False)
+    chunk = int(os.environ.get("LV_CHUNK", str(len(body) if whole else 8192))) or 1
     pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
 
     async def receive() -> dict[str, Any]:

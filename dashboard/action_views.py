@@ -564,6 +564,10 @@ BUNDLED = {
 }
 
 
+# Bundled workflows whose messages come by signal: the one signal-with-start sends.
+START_SIGNALS = {"conversation": "user_message"}
+
+
 class StartRunForm(forms.Form):
     workflow = forms.ChoiceField(choices=list(BUNDLED.items()), widget=forms.RadioSelect)
     prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False)
@@ -573,6 +577,9 @@ class StartRunForm(forms.Form):
     )
     task_queue = forms.CharField(max_length=200)
     workflow_id = forms.CharField(max_length=200, required=False)
+    # Signal-with-start: the prompt is the first message, sent by signal; if the
+    # workflow id has an open run, that run gets it and no run is started.
+    signal_with_start = forms.BooleanField(required=False)
 
     def clean_faults(self) -> list[str]:
         raw = self.cleaned_data.get("faults", "")
@@ -585,14 +592,31 @@ class StartRunForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if data.get("workflow") != "conversation" and not data.get("prompt", "").strip():
+        workflow = data.get("workflow")
+        if data.get("signal_with_start"):
+            if workflow not in START_SIGNALS:
+                self.add_error(
+                    "signal_with_start",
+                    "only the conversation workflow takes its messages by signal",
+                )
+            elif not data.get("prompt", "").strip():
+                self.add_error("prompt", "the first message is the signal's argument: write it")
+        elif workflow != "conversation" and not data.get("prompt", "").strip():
             self.add_error("prompt", "give the agent something to do")
         return data
+
+    @property
+    def start_signal(self) -> str | None:
+        """The signal that carries the prompt, when the run is signalled-with-start."""
+        data = self.cleaned_data
+        return START_SIGNALS.get(data["workflow"]) if data.get("signal_with_start") else None
 
     def workflow_input(self) -> Any:
         data = self.cleaned_data
         faults: list[str] | None = data["faults"] or None
-        return input_for(data["workflow"], data["prompt"], faults)
+        # Signalled-with-start, the prompt arrives as the signal, not in the input.
+        prompt = "" if self.start_signal else data["prompt"]
+        return input_for(data["workflow"], prompt, faults)
 
 
 @require_http_methods(["GET", "POST"])
@@ -626,20 +650,33 @@ async def new_run(request: HtmxHttpRequest) -> HttpResponse:
         "faults": data["faults"],
         "task_queue": data["task_queue"],
     }
+    identity = temporal.identity_for(operator.get_username())
+    signal = form.start_signal
+    started = True
     try:
-        run_id = await temporal.start_run(
-            temporal.identity_for(operator.get_username()),
-            data["workflow"],
-            [form.workflow_input()],
-            workflow_id,
-            data["task_queue"],
-        )
+        if signal:
+            payload["signal_with_start"] = signal
+            run_id, started = await temporal.signal_with_start(
+                identity, data["workflow"], [form.workflow_input()], workflow_id,
+                data["task_queue"], signal, [data["prompt"]],
+            )  # fmt: skip
+        else:
+            run_id = await temporal.start_run(
+                identity, data["workflow"], [form.workflow_input()], workflow_id,
+                data["task_queue"],
+            )  # fmt: skip
     except (temporal.ActionFailed, temporal.TemporalUnavailable) as exc:
         await _audit(
             operator, "start", workflow_id, "", payload, AuditEntry.Outcome.ERROR, str(exc)
         )
         ctx["error"] = f"The run was not started: {exc}"
         return render(request, "dashboard/run_new.html", ctx, status=502)
+    if not signal:
+        detail = f"started {workflow_id}"
+    elif started:
+        detail = f"started {workflow_id} with signal {signal}"
+    else:
+        detail = f"signal {signal} sent to the open run of {workflow_id} (signal-with-start)"
     await _audit(
         operator,
         "start",
@@ -647,9 +684,9 @@ async def new_run(request: HtmxHttpRequest) -> HttpResponse:
         run_id,
         payload,
         AuditEntry.Outcome.OK,
-        f"started {workflow_id}",
-        new_workflow_id=workflow_id,
-        new_run_id=run_id,
+        detail,
+        new_workflow_id=workflow_id if started else "",
+        new_run_id=run_id if started else "",
     )
     return redirect(reverse("dash-run", args=[workflow_id, run_id]))
 

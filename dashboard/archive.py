@@ -7,8 +7,11 @@ Two paths, so no run depends on anyone opening its page:
   ``LOOMVIEW_ARCHIVE_INTERVAL_SECONDS`` for runs closed since its watermark
   (kept in the database, minus an overlap for late spans and visibility's
   lag), and archives each one the store knows (it has a run summary, i.e.
-  spans) and has not archived yet. After a restart it catches up from its
-  watermark; the first sweep looks back ``FIRST_LOOKBACK`` (or the retention).
+  spans) and has not archived yet, and checks its trace health against the
+  history once (so the runs list flags a run whose history shows what its
+  spans cannot, e.g. model attempts no span covers, whoever opens its page).
+  After a restart it catches up from its watermark; the first sweep looks back
+  ``FIRST_LOOKBACK`` (or the retention).
 - **The run page**: a closed history fetched for a page is archived on the spot.
 
 The run page, the history views, ``history.json`` and actions read the archive
@@ -24,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from dashboard import temporal
+from dashboard import run_page, temporal
 from tracing import archive
 from tracing.models import RunSummary
 
@@ -79,6 +82,12 @@ async def sweep(watermark_ns: int | None) -> SweepResult:
             continue
         if await sync_to_async(archive.save)(workflow_id, run_id, fetched.history):
             result.archived += 1
+            # Its trace health, checked against the history once, for the runs list;
+            # one run's failure must not stop the sweep (its page still checks it).
+            try:
+                await run_page.refresh_health(workflow_id, run_id)
+            except Exception:
+                logger.exception("trace health of %s/%s", workflow_id, run_id)
     if result.archived:
         logger.info("archived %d closed run histories", result.archived)
     return result

@@ -17,12 +17,14 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from dashboard import http_guard  # noqa: E402
 from dashboard.maintenance import MAINTENANCE_CHANNEL, MaintenanceConsumer  # noqa: E402
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from tracing.asgi import OtlpFastPath  # noqa: E402
 from tracing.forwarder import FORWARDER_CHANNEL, ForwarderConsumer  # noqa: E402
 
 # Bodies over the limit are refused before daphne buffers them.
 http_guard.install()
 
-http_app = (
+# POST /v1/traces is answered without Django's request cycle (tracing.asgi).
+http_app = OtlpFastPath(
     ASGIStaticFilesHandler(django_asgi_app) if settings.LOOMVIEW_SERVE_STATIC else django_asgi_app
 )
 

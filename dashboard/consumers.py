@@ -152,13 +152,15 @@ class RunsConsumer(AsyncWebsocketConsumer):
         # Oldest first, so prepending leaves the newest on top.
         for row in sorted(rows, key=lambda r: r.sort_key):
             html: str
+            # As the page renders it: a search's snippet and the link that carries it.
+            ctx = {"run": row, "search_text": self.filters.text}
             if row.key in self.known:
-                html = render_to_string(ROW_TEMPLATE, {"run": row, "oob": True}).strip()
+                html = render_to_string(ROW_TEMPLATE, {**ctx, "oob": True}).strip()
             elif not self.paged:
                 self.known.add(row.key)
                 html = (
                     '<tbody hx-swap-oob="afterbegin:#runs-rows">'
-                    + render_to_string(ROW_TEMPLATE, {"run": row})
+                    + render_to_string(ROW_TEMPLATE, ctx)
                     + "</tbody>"
                 )
             else:

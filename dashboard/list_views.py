@@ -36,7 +36,8 @@ async def runs(request: HtmxHttpRequest) -> HttpResponse:
     form = RunFilterForm(request.GET)
     # Invalid fields drop out of cleaned_data, so the valid ones still apply.
     valid = form.is_valid()
-    page = await run_list.list_page(form.filters(), form.cleaned_data.get("cursor"))
+    filters = form.filters()
+    page = await run_list.list_page(filters, form.cleaned_data.get("cursor"))
     address, namespace = temporal.target()
     live_params = request.GET.copy()
     live_params["rendered"] = str(time.time_ns())
@@ -51,6 +52,8 @@ async def runs(request: HtmxHttpRequest) -> HttpResponse:
         "temporal_error": page.temporal_error,
         "live_url": f"/ws/runs/?{live_params.urlencode()}",
         "filtered": any(request.GET.get(f) for f in FILTER_FIELDS),
+        # The search the run links carry to the run page, which marks its matches.
+        "search_text": filters.text,
     }
     if request.htmx:
         return render(request, "dashboard/runs.html#runs-panel", ctx, status=200 if valid else 400)

@@ -15,6 +15,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.http import QueryDict
 from django.template.loader import render_to_string
 
 from dashboard import run_page
@@ -33,6 +34,7 @@ class RunConsumer(AsyncWebsocketConsumer):
     group: str
     seen: str
     trace_view: str = "agent"
+    search: str = ""
     poller: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -42,10 +44,10 @@ class RunConsumer(AsyncWebsocketConsumer):
             return
         kwargs = self.scope["url_route"]["kwargs"]
         self.workflow_id, self.run_id = kwargs["workflow_id"], kwargs["run_id"]
-        query = self.scope.get("query_string", b"").decode()
-        self.seen = dict(part.split("=", 1) for part in query.split("&") if "=" in part).get(
-            "v", ""
-        )
+        params = QueryDict(self.scope.get("query_string", b"").decode("latin-1"))
+        self.seen = params.get("v", "")
+        # A search the page marks (``?q=`` from the runs list): every re-render keeps it.
+        self.search = params.get("q", "")[:200]
         # The trace view the page shows, as the run view chose it (dashboard.run_views).
         cookie = (self.scope.get("cookies") or {}).get("loomview_trace", "")
         self.trace_view = cookie if cookie in run_page.TRACE_VIEWS else "agent"
@@ -91,9 +93,17 @@ class RunConsumer(AsyncWebsocketConsumer):
         if current == self.seen:
             return is_open
         loaded = await run_page.load(self.workflow_id, self.run_id)
+        text, matched = await run_page.search_of(self.search, self.workflow_id, self.run_id)
         ctx = await run_page.build_kept(
-            self.workflow_id, self.run_id, loaded, trace_view=self.trace_view
+            self.workflow_id,
+            self.run_id,
+            loaded,
+            trace_view=self.trace_view,
+            marked=matched,
+            lazy_history=True,
+            search=text,
         )
+        ctx.update({"search_text": text, "search_matches": len(matched)})
         self.seen = ctx["live_sig"]
         ctx.update({"oob": True, "history_mode": "compact"})
         html = await sync_to_async(render_to_string)("dashboard/_run_live.html", ctx)

@@ -51,7 +51,7 @@ from dashboard import run_health as run_health_panel
 from dashboard.templatetags.runs_format import duration_ns
 from telemetry import vocab
 from telemetry.vocab import FAILED_OUTCOMES, STATUS_ERROR, run_digest
-from tracing import archive, pricing, store
+from tracing import archive, pricing, search, store
 from tracing.correlation import (
     Attempt,
     ModelCall,
@@ -256,6 +256,11 @@ class HistoryRow:
     def time(self) -> datetime | None:
         return ns_to_datetime(self.ns)
 
+    @property
+    def clock(self) -> str:
+        """The event's time of day in UTC, to the microsecond (``H:i:s.u``)."""
+        return clock(self.ns)
+
     @cached_property
     def attributes(self) -> Any:
         attrs = _attributes(self.event)
@@ -272,6 +277,17 @@ class HistoryRow:
         return history_lines.summary(
             self.event_type, attrs if isinstance(attrs, dict) else {}, self.activity
         )
+
+
+def clock(ns: int | None) -> str:
+    """``HH:MM:SS.ffffff`` in UTC: what the history table shows, without Django's
+    date filter (thousands of rows)."""
+    if ns is None:
+        return ""
+    seconds, micros = divmod(ns // 1000, 1_000_000)
+    minutes, second = divmod(seconds % 86400, 60)
+    hour, minute = divmod(minutes, 60)
+    return f"{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}"
 
 
 @dataclass
@@ -832,6 +848,15 @@ def story_spans(skeleton: store.Skeleton) -> tuple[list[dict[str, Any]], int]:
     return ordered, truncated
 
 
+async def search_of(text: str, workflow_id: str, run_id: str) -> tuple[str, frozenset[str]]:
+    """A search from the runs list (``?q=``) on this run: its text ("" when it has no
+    words) and the ids of the run's spans that hold its words."""
+    text = text[:200]
+    if not search.words(text):
+        return "", frozenset()
+    return text, frozenset(await sync_to_async(search.matching_spans)(text, workflow_id, run_id))
+
+
 async def live_signature(workflow_id: str, run_id: str) -> tuple[str, bool]:
     """The run's signature (as Loaded.signature) and whether it is open, from cheap
     inputs: the history's length (one describe call, no events) and the run's
@@ -855,14 +880,41 @@ async def build_kept(
     *,
     trace_view: str = "agent",
     marked: frozenset[str] = frozenset(),
+    lazy_history: bool = False,
+    search: str = "",
 ) -> dict[str, Any]:
     """``build``, then keep what the page learned about the run's trace health, so the
     runs list flags the run as its page does (dashboard.run_health)."""
     ctx = await sync_to_async(build)(
-        workflow_id, run_id, loaded, trace_view=trace_view, marked=marked
+        workflow_id,
+        run_id,
+        loaded,
+        trace_view=trace_view,
+        marked=marked,
+        lazy_history=lazy_history,
+        search=search,
     )
     await sync_to_async(run_health_panel.keep)(workflow_id, run_id, ctx["health"])
     return ctx
+
+
+async def refresh_health(workflow_id: str, run_id: str) -> None:
+    """Check a closed run's trace health against its history, as its page would, and
+    keep it for the runs list: what only the history shows (model attempts no span
+    covers, a run stopped under spans it never ended) flags the run without anyone
+    opening it. The archive sweep calls this for each run it archives."""
+    loaded = await load(workflow_id, run_id)
+    if loaded.history is None:
+        return
+    events = list(loaded.history.events)
+    run_health = run_health_panel.build(
+        every_span(loaded),
+        story_of(loaded),
+        events,
+        loaded.health,
+        header_from_history(events).close_ns,
+    )
+    await sync_to_async(run_health_panel.keep)(workflow_id, run_id, run_health)
 
 
 def story_of(loaded: Loaded) -> RunStory:
@@ -913,16 +965,36 @@ def frame(loaded: Loaded) -> tuple[Header, int, int]:
 
 
 def trace_source(
-    workflow_id: str, run_id: str, loaded: Loaded, view: str
-) -> tuple[TraceSource, int, int]:
-    """One trace view of a run, and its time frame: what a lazy node's rows come from."""
+    workflow_id: str,
+    run_id: str,
+    loaded: Loaded,
+    view: str,
+    marked: frozenset[str] = frozenset(),
+    search: str = "",
+) -> tuple[TraceSource, int, int, frozenset[str]]:
+    """One trace view of a run, its time frame and the rows a search marks (``marked``:
+    the span ids it matched; ``search``: its text, which the rows' links carry on):
+    what a lazy node's rows come from."""
     header, t0, t1 = frame(loaded)
-    urls = TraceUrls.for_run(workflow_id, run_id, view)
+    urls = TraceUrls.for_run(workflow_id, run_id, view, search)
     if view == "agent":
         story = story_of(loaded)
         workflow_span = _workflow_span(loaded.spans)
-        return agent_trace(story, header.workflow_type, t0, t1, urls, workflow_span), t0, t1
-    return raw_trace(loaded, loaded.spans, header.workflow_type, urls), t0, t1
+        source = agent_trace(story, header.workflow_type, t0, t1, urls, workflow_span)
+        return source, t0, t1, search_marks(marked, story.model_calls, view)
+    return raw_trace(loaded, loaded.spans, header.workflow_type, urls), t0, t1, marked
+
+
+def search_marks(marked: frozenset[str], calls: Sequence[ModelCall], view: str) -> frozenset[str]:
+    """The rows a search marks: its spans, and in the agent view each model call any of
+    whose spans it matched (the call's row stands for all of them)."""
+    if not marked or view != "agent":
+        return marked
+    return marked | {
+        call.model_span_id or next(iter(call.span_ids), "")
+        for call in calls
+        if marked.intersection(call.span_ids)
+    }
 
 
 def call_detail_ctx(
@@ -982,6 +1054,8 @@ def build(
     *,
     trace_view: str = "agent",
     marked: frozenset[str] = frozenset(),
+    lazy_history: bool = False,
+    search: str = "",
 ) -> dict[str, Any]:
     """Everything the run template renders, from history and spans.
 
@@ -989,13 +1063,17 @@ def build(
     (most of the time after correlate) for callers that want the run's story
     but not its page: the compare page builds two runs. ``trace_view`` is the
     trace shown ("agent" or "raw"), ``marked`` the span ids a search matched
-    (highlighted in the trace).
+    (highlighted in the trace) and ``search`` its text (which the rows that load
+    later carry, to be marked too). ``lazy_history``: a history longer than
+    HISTORY_INLINE_EVENTS is left for the page to load when it scrolls into
+    view (``history_part``), not built and rendered with the page.
     """
     events = loaded.events
     spans = loaded.spans
     family = loaded.family
     story = story_of(loaded)
-    history = full_history(events) if page else []
+    lazy = page and lazy_history and len(events) > HISTORY_INLINE_EVENTS
+    history = full_history(events) if page and not lazy else []
     header, t0, t1 = frame(loaded)
     every = every_span(loaded)
     totals = story_totals(story, len(every))
@@ -1013,16 +1091,10 @@ def build(
     namespace = temporal.target()[1]
     tree = span_tree(spans, t0, t1) if page and loaded.skeleton is None else []
     view = trace_view if trace_view in TRACE_VIEWS else "agent"
-    if marked and view == "agent":
-        # A model call's row stands for all its spans: it is marked when any of them is.
-        marked = marked | {
-            call.model_span_id or next(iter(call.span_ids), "")
-            for call in calls
-            if marked.intersection(call.span_ids)
-        }
+    marked = search_marks(marked, calls, view)
     source: TraceSource | None = None
     if page:
-        urls = TraceUrls.for_run(workflow_id, run_id, view)
+        urls = TraceUrls.for_run(workflow_id, run_id, view, search if marked else "")
         source = (
             agent_trace(story, header.workflow_type, t0, t1, urls, _workflow_span(spans))
             if view == "agent"
@@ -1045,7 +1117,9 @@ def build(
         "header": header,
         "waiting": waits,
         "waiting_output_url": output_url,
-        "conversation": turns if transcript.is_conversation(turns) else [],
+        # The run's last turns (its transcript page has them all, a page at a time).
+        "conversation": turns[-RUN_PAGE_TURNS:] if transcript.is_conversation(turns) else [],
+        "conversation_turns": len(turns),
         "call_urls": call_urls,
         "start": ns_to_datetime(header.start_ns),
         "close": ns_to_datetime(header.close_ns),
@@ -1065,6 +1139,8 @@ def build(
         "truncated": loaded.truncated,
         "history": history,
         "compact": compact_history(history),
+        "history_events": len(events),
+        "history_lazy": lazy,
         "family": family,
         "health": run_health,
         "inherited_calls": [c for c in calls if c.inherited_from],
@@ -1079,6 +1155,37 @@ def build(
             f"/workflows/{_q(workflow_id)}/{_q(run_id)}/history"
         ),
         "openai_trace_links": openai_trace_links(spans),
+    }
+
+
+# The turns of a conversation the run page shows: its last ones.
+RUN_PAGE_TURNS = 20
+# A history longer than this is not part of the run page's first response: its
+# section (far below the fold) loads when it scrolls into view (history_part).
+HISTORY_INLINE_EVENTS = 400
+
+
+async def history_part(workflow_id: str, run_id: str, mode: str) -> dict[str, Any]:
+    """What the run page's history section renders, from the history alone: no spans
+    are read and nothing is correlated (the section a long history loads lazily)."""
+    history: History | None = None
+    error: str | None = None
+    try:
+        history, _ = await load_history_from(workflow_id, run_id)
+    except temporal.TemporalUnavailable as exc:
+        error = exc.reason
+    events = history.events if history is not None else ()
+    rows = await sync_to_async(full_history)(events)
+    return {
+        "workflow_id": workflow_id,
+        "run_id": run_id,
+        "has_history": history is not None,
+        "temporal_error": error,
+        "history": rows,
+        "compact": compact_history(rows) if mode != "full" else [],
+        "history_events": len(events),
+        "history_lazy": False,
+        "history_mode": mode,
     }
 
 
@@ -1172,9 +1279,12 @@ class TraceUrls:
     call_base: str
     trace: str
     view: str
+    # A search whose matches the rows mark: rows loaded later ("Show more", a lazy
+    # node) are marked too.
+    search: str = ""
 
     @classmethod
-    def for_run(cls, workflow_id: str, run_id: str, view: str) -> TraceUrls:
+    def for_run(cls, workflow_id: str, run_id: str, view: str, search: str = "") -> TraceUrls:
         args = [workflow_id, run_id]
         try:
             return cls(
@@ -1182,9 +1292,10 @@ class TraceUrls:
                 reverse("dash-run-call", args=[*args, "x"]).removesuffix("x/"),
                 reverse("dash-run-trace", args=args),
                 view,
+                search,
             )
         except NoReverseMatch:  # e.g. a workflow id with a slash: no run page to link
-            return cls("", "", "", view)
+            return cls("", "", "", view, search)
 
     def span(self, span_id: str) -> str:
         return f"{self.span_base}{_path_part(span_id)}/"
@@ -1194,8 +1305,12 @@ class TraceUrls:
         return f"{url}?attempt={attempt}" if attempt is not None else url
 
     def children(self, key: str, offset: int, depth: int) -> str:
-        query = urlencode({"view": self.view, "node": key, "offset": offset, "depth": depth})
-        return f"{self.trace}?{query}"
+        params: dict[str, str | int] = {
+            "view": self.view, "node": key, "offset": offset, "depth": depth,
+        }  # fmt: skip
+        if self.search:
+            params["q"] = self.search
+        return f"{self.trace}?{urlencode(params)}"
 
 
 @dataclass

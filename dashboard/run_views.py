@@ -18,12 +18,14 @@ from django.views.decorators.http import require_GET
 from dashboard import auth, run_page, temporal
 from dashboard.htmx import HtmxHttpRequest
 from dashboard.run_page import Loaded
-from tracing import search, store
+from tracing import store
 from tracing.models import Span
 
 logger = logging.getLogger(__name__)
 
 
+# Turns one page of a conversation's transcript shows; "Show earlier turns" pages back.
+TRANSCRIPT_PAGE = 100
 # Which trace view the run page shows ("agent" or "raw"), remembered per browser.
 TRACE_COOKIE = "loomview_trace"
 TRACE_COOKIE_AGE = 365 * 24 * 3600
@@ -51,6 +53,12 @@ def _not_found(
 
 @require_GET
 async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpResponse:
+    history_mode = "full" if request.GET.get("history") == "full" else "compact"
+    if request.htmx and request.GET.get("part") == "run-history":
+        # The history section alone (switching views, or a long history loading
+        # lazily): from the history, without the spans.
+        ctx = await run_page.history_part(workflow_id, run_id, history_mode)
+        return render(request, "dashboard/run.html#run-history", ctx)
     loaded = await run_page.load(workflow_id, run_id)
     if loaded.history is None and not loaded.spans:
         # Unknown to the store, and Temporal does not know it or cannot say.
@@ -59,17 +67,23 @@ async def run(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> HttpRe
     view = trace_view(request)
     big = run_page.is_big(loaded)
     # A search from the runs list: the spans that hold its words are marked.
-    text = request.GET.get("q", "")[:200]
-    matched = await sync_to_async(search.matching_spans)(text, workflow_id, run_id)
+    text, matched = await run_page.search_of(request.GET.get("q", ""), workflow_id, run_id)
     ctx = await run_page.build_kept(
-        workflow_id, run_id, loaded, trace_view=view, marked=frozenset(matched)
+        workflow_id,
+        run_id,
+        loaded,
+        trace_view=view,
+        marked=matched,
+        # A history the page does not ask for by name loads when it is scrolled to.
+        lazy_history="history" not in request.GET,
+        search=text,
     )
-    ctx["search_text"] = text if search.words(text) else ""
+    ctx["search_text"] = text
     ctx["search_matches"] = len(matched)
     del loaded
-    ctx["history_mode"] = "full" if request.GET.get("history") == "full" else "compact"
+    ctx["history_mode"] = history_mode
     template = "dashboard/run.html"
-    if request.htmx and request.GET.get("part") in ("run-header", "run-history", "run-trace"):
+    if request.htmx and request.GET.get("part") in ("run-header", "run-trace"):
         template = f"dashboard/run.html#{request.GET['part']}"
     response = render(request, template, ctx)
     if chosen in run_page.TRACE_VIEWS:
@@ -108,12 +122,16 @@ async def run_trace(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> 
         loaded = await _run_or_404(workflow_id, run_id)
     except Http404:
         return _not_found(request, workflow_id, run_id)
+    # The page's search: the rows loaded now are marked as the page's are.
+    text, matched = await run_page.search_of(request.GET.get("q", ""), workflow_id, run_id)
 
     def rows() -> str:
-        source, t0, t1 = run_page.trace_source(workflow_id, run_id, loaded, view)
+        source, t0, t1, marked = run_page.trace_source(
+            workflow_id, run_id, loaded, view, matched, text
+        )
         if key and not source.children(key):
             raise Http404("no such node")
-        return str(run_page.trace_children(source, key, offset, depth, t0, t1))
+        return str(run_page.trace_children(source, key, offset, depth, t0, t1, marked))
 
     big = run_page.is_big(loaded)
     response = HttpResponse(await sync_to_async(rows)())
@@ -151,10 +169,21 @@ async def conversation(request: HttpRequest, workflow_id: str, run_id: str) -> H
     if found is None:
         return _not_found(request, workflow_id, run_id)
     turns, runs = found
+    # A bounded page: the latest turns, or those before ``?before=<turn number>``.
+    before = request.GET.get("before", "")
+    end = len(turns)
+    if before.isdigit() and len(before) < 10:
+        end = min(max(int(before) - 1, 0), len(turns))
+    start = max(0, end - TRANSCRIPT_PAGE)
+    shown = turns[start:end]
     ctx = {
         "workflow_id": workflow_id,
         "run_id": run_id,
-        "turns": turns,
+        "turns": shown,
+        "turn_count": len(turns),
+        "earlier": start,
+        "later": len(turns) - end,
+        "later_before": min(end + TRANSCRIPT_PAGE, len(turns)) + 1,
         "runs": runs,
         "run_ids": sorted({(t.workflow_id, t.run_id) for t in turns}),
         "tokens_in": sum(t.tokens_in for t in turns),

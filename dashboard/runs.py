@@ -721,6 +721,8 @@ async def rows_for(keys: set[RunKey], filters: Filters) -> list[RunRow]:
     rows.sort(key=lambda r: r.sort_key, reverse=True)
     await sync_to_async(_add_costs)(rows)
     await _add_family(rows)
+    # A live row keeps the search's snippet the page showed.
+    await _add_snippets(rows, filters)
     return rows
 
 

@@ -485,6 +485,39 @@ async def start_run(
     return handle.first_execution_run_id or handle.result_run_id or ""
 
 
+async def signal_with_start(
+    identity: str,
+    workflow_type: str,
+    args: list[Any],
+    workflow_id: str,
+    task_queue: str,
+    signal: str,
+    signal_args: list[Any],
+) -> tuple[str, bool]:
+    """Signal the open run of ``workflow_id``, or start one with this signal first.
+
+    Returns (run id, whether a new run was started): Temporal answers with the
+    run that got the signal, an open one when there is one.
+    """
+    client = await get_client_as(identity)
+    try:
+        handle = await client.start_workflow(
+            workflow_type,
+            args=args,
+            id=workflow_id,
+            task_queue=task_queue,
+            start_signal=signal,
+            start_signal_args=signal_args,
+            rpc_timeout=ACTION_TIMEOUT,
+        )
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+    # The SDK keeps the service's answer, which says whether a run was started.
+    response = getattr(handle, "_start_workflow_response", None)
+    started = bool(getattr(response, "started", True))
+    return handle.result_run_id or handle.first_execution_run_id or "", started
+
+
 @dataclass(frozen=True)
 class PendingActivity:
     activity_id: str

@@ -68,6 +68,7 @@ BACKEND_MODULES = frozenset(
     {
         "tests/tracing/test_store.py",  # ingest SQL, summaries, adoption
         "tests/tracing/test_receiver.py",  # /v1/traces into the store, live groups
+        "tests/tracing/test_receiver_asgi.py",  # the receiver's store thread and its connection
         "tests/tracing/test_forwarder.py",  # cursors, leases, per-run exports
         "tests/tracing/test_backends.py",  # concurrency on the real servers
         "tests/tracing/test_retention.py",  # batched deletes beside ingest

@@ -9,6 +9,7 @@ OTLP sends them, so nothing is lost to datetime rounding.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -87,6 +88,29 @@ class Span(models.Model):
     @property
     def end(self) -> datetime | None:
         return ns_to_datetime(self.end_ns)
+
+
+class TsVectorField(models.Field):
+    """PostgreSQL's ``tsvector`` (text elsewhere, where nothing fills it)."""
+
+    def db_type(self, connection: Any) -> str:
+        return "tsvector" if connection.vendor == "postgresql" else "text"
+
+
+class SpanWords(models.Model):
+    """A span's words for search on PostgreSQL (tracing/search.py; GIN index and
+    ON DELETE CASCADE from migration 0011). SQLite has its FTS5 table instead."""
+
+    span = models.OneToOneField(
+        Span, primary_key=True, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    words = TsVectorField()
+
+    class Meta:
+        db_table = "tracing_spanwords"
+
+    def __str__(self) -> str:
+        return f"words of span {self.span_id}"
 
 
 class RunSummary(models.Model):

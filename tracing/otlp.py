@@ -252,8 +252,10 @@ def _judge_key(key: str) -> tuple[str, bool]:
 
 def attributes(key_values: Any) -> dict[str, Any]:
     """Attributes as a dict, redacted (telemetry.redact) and bounded, in one pass."""
-    # Hot path (every attribute of every span): locals, and no call for the
-    # common case of a clean key with a short value.
+    # Hot path (every attribute of every span): each protobuf field read
+    # costs a Python object, so a string value (nearly all of them) is read
+    # once and its oneof is asked only when it is empty; no call for a clean
+    # key with text that cannot hold a secret.
     result: dict[str, Any] = {}
     clean = _CLEAN_KEYS
     shortest = redact.shortest_secret()
@@ -261,14 +263,13 @@ def attributes(key_values: Any) -> dict[str, Any]:
     for kv in key_values:
         key = kv.key
         kv_value: AnyValue = kv.value
-        which = kv_value.WhichOneof("value")
         if key not in clean:
             key, secret = _judge_key(key)
-            if secret and which is not None:
+            if secret and kv_value.WhichOneof("value") is not None:
                 result[key] = REDACTED
                 continue
-        if which == "string_value":
-            text = kv_value.string_value
+        text = kv_value.string_value
+        if text:
             size = len(text)
             if size >= shortest:
                 # redact_text, without a call of its own
@@ -276,31 +277,19 @@ def attributes(key_values: Any) -> dict[str, Any]:
                 if len(text) > MAX_VALUE_CHARS:
                     text = truncate(text, MAX_VALUE_CHARS)
             result[key] = text
-        elif which is None:
+            continue
+        which = kv_value.WhichOneof("value")
+        if which is None:
             result[key] = None
-        elif which == "int_value" or which == "bool_value":
-            result[key] = getattr(kv_value, which)
+        elif which == "int_value":
+            result[key] = kv_value.int_value
+        elif which == "bool_value":
+            result[key] = kv_value.bool_value
+        elif which == "string_value":
+            result[key] = ""
         else:
             result[key] = any_value(kv_value)
     return result
-
-
-def _invalid(span: ProtoSpan, horizon_ns: int) -> str | None:
-    if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
-        return "trace_id must be 16 non-zero bytes"
-    if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
-        return "span_id must be 8 non-zero bytes"
-    if span.parent_span_id and len(span.parent_span_id) != 8:
-        return "parent_span_id must be empty or 8 bytes"
-    if span.end_time_unix_nano < span.start_time_unix_nano:
-        return "end_time_unix_nano is before start_time_unix_nano"
-    if span.end_time_unix_nano > horizon_ns:
-        return "end_time_unix_nano is more than 24 hours ahead of the receiver's clock"
-    if not 0 <= span.kind <= MAX_SPAN_KIND:
-        return f"kind {span.kind} is not an OTLP SpanKind"
-    if not 0 <= span.status.code <= MAX_STATUS_CODE:
-        return f"status.code {span.status.code} is not an OTLP StatusCode"
-    return None
 
 
 def rows_from_request(
@@ -320,44 +309,73 @@ def rows_from_request(
             scope_version = truncate(scope_spans.scope.version, MAX_LABEL_CHARS)
             scope_attrs = attributes(scope_spans.scope.attributes)
             for span in scope_spans.spans:
-                problem = _invalid(span, horizon)
-                if problem is None:
-                    try:
-                        row = _row(span, resource, service_name, scope)
-                        if scope_version:
-                            row["scope_version"] = scope_version
-                        if scope_attrs:
-                            row["scope_attributes"] = scope_attrs
-                        rows.append(row)
-                        continue
-                    except InvalidSpan as exc:
-                        problem = str(exc)
-                result.rejected += 1
-                result.errors.append(f"span {binascii.hexlify(span.span_id).decode()}: {problem}")
+                try:
+                    row = _row(span, resource, service_name, scope, horizon)
+                except InvalidSpan as exc:
+                    result.rejected += 1
+                    span_id = binascii.hexlify(span.span_id).decode()
+                    result.errors.append(f"span {span_id}: {exc}")
+                    continue
+                if scope_version:
+                    row["scope_version"] = scope_version
+                if scope_attrs:
+                    row["scope_attributes"] = scope_attrs
+                rows.append(row)
     return result
 
 
-def _row(span: ProtoSpan, resource: dict[str, Any], service: str, scope: str) -> dict[str, Any]:
-    attrs = attributes(span.attributes)
+def _row(
+    span: ProtoSpan, resource: dict[str, Any], service: str, scope: str, horizon_ns: int
+) -> dict[str, Any]:
+    """The span's row; raises InvalidSpan for a span that breaks the OTLP data model
+    or that the store cannot hold."""
+    # Every protobuf field is read once: each read builds a Python object.
+    trace_id = span.trace_id
+    span_id = span.span_id
     parent = span.parent_span_id
     start = span.start_time_unix_nano
     end = span.end_time_unix_nano
+    kind = span.kind
     status = span.status
-    name = redact_text(span.name)
-    message = redact_text(status.message) if status.message else ""
+    code = status.code
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
+        raise InvalidSpan("trace_id must be 16 non-zero bytes")
+    if len(span_id) != 8 or span_id == _ZERO_SPAN:
+        raise InvalidSpan("span_id must be 8 non-zero bytes")
+    if parent and len(parent) != 8:
+        raise InvalidSpan("parent_span_id must be empty or 8 bytes")
+    if end < start:
+        raise InvalidSpan("end_time_unix_nano is before start_time_unix_nano")
+    if end > horizon_ns:
+        raise InvalidSpan("end_time_unix_nano is more than 24 hours ahead of the receiver's clock")
+    if not 0 <= kind <= MAX_SPAN_KIND:
+        raise InvalidSpan(f"kind {kind} is not an OTLP SpanKind")
+    if not 0 <= code <= MAX_STATUS_CODE:
+        raise InvalidSpan(f"status.code {code} is not an OTLP StatusCode")
+    attrs = attributes(span.attributes)
+    name = span.name
+    if len(name) >= redact.shortest_secret():
+        name = redact_text(name)
+        if len(name) > MAX_NAME_CHARS:
+            name = truncate(name, MAX_NAME_CHARS)
+    message = status.message
+    if message:
+        message = redact_text(message)
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = truncate(message, MAX_MESSAGE_CHARS)
+    events = span.events
+    links = span.links
     row: dict[str, Any] = {
-        "trace_id": span.trace_id.hex(),
-        "span_id": span.span_id.hex(),
+        "trace_id": trace_id.hex(),
+        "span_id": span_id.hex(),
         "parent_span_id": "" if not parent or parent == _ZERO_SPAN else parent.hex(),
-        "name": name if len(name) <= MAX_NAME_CHARS else truncate(name, MAX_NAME_CHARS),
-        "span_kind": span.kind,
+        "name": name,
+        "span_kind": kind,
         "start_ns": start,
         "end_ns": end,
         "duration_ns": end - start,
-        "status_code": status.code,
-        "status_message": message
-        if len(message) <= MAX_MESSAGE_CHARS
-        else truncate(message, MAX_MESSAGE_CHARS),
+        "status_code": code,
+        "status_message": message,
         "service_name": service,
         "scope": scope,
         "attributes": attrs,
@@ -367,9 +385,9 @@ def _row(span: ProtoSpan, resource: dict[str, Any], service: str, scope: str) ->
                 "time_ns": e.time_unix_nano,
                 "attributes": attributes(e.attributes),
             }
-            for e in span.events
+            for e in events
         ]
-        if span.events
+        if events
         else [],
         "links": [
             {
@@ -377,13 +395,13 @@ def _row(span: ProtoSpan, resource: dict[str, Any], service: str, scope: str) ->
                 "span_id": link.span_id.hex(),
                 "attributes": attributes(link.attributes),
             }
-            for link in span.links
+            for link in links
         ]
-        if span.links
+        if links
         else [],
         "resource": resource,
     }
-    row.update(correlation_keys(attrs, name))
+    _put_correlation_keys(row, attrs, name)
     return row
 
 
@@ -502,7 +520,29 @@ def _first_of(get: Any, keys: tuple[str, ...]) -> Any:
 
 def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
     """The indexed columns of a span; raises InvalidSpan for values the store cannot hold."""
-    # Hot path (every span): plain dict lookups, no helper calls per key.
+    columns: dict[str, Any] = {}
+    _put_correlation_keys(columns, attrs, name)
+    return columns
+
+
+_WORKFLOW_ID, _RUN_ID, _ACTIVITY_ID = (
+    vocab.WORKFLOW_ID_KEYS[0],
+    vocab.RUN_ID_KEYS[0],
+    vocab.ACTIVITY_ID_KEYS[0],
+)
+_MAX_WORKFLOW_ID = MAX_ID_CHARS["workflow_id"]
+_MAX_RUN_ID = MAX_ID_CHARS["run_id"]
+_MAX_ACTIVITY_ID = MAX_ID_CHARS["activity_id"]
+
+
+def _label_of(value: Any) -> str:
+    return value if value.__class__ is str and len(value) <= MAX_LABEL_CHARS else _label(value)
+
+
+def _put_correlation_keys(row: dict[str, Any], attrs: dict[str, Any], name: str) -> None:
+    """correlation_keys into row. Hot path (every span): plain dict lookups, and
+    the helpers (_first_of, _id, _label, _count) only where a value is not the
+    plain text or integer nearly every span carries."""
     get = attrs.get
     kind = normalize_kind(attrs, name)
     # An agent span names its agent, a model span the agent that called it;
@@ -517,23 +557,52 @@ def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
             agent = None
     else:
         agent = get(vocab.AGENTS_AGENT)
-    tokens_in = _first_of(get, vocab.INPUT_TOKEN_KEYS)
-    tokens_out = _first_of(get, vocab.OUTPUT_TOKEN_KEYS)
-    attempt = get(vocab.ACTIVITY_ATTEMPT)
-    return {
-        "workflow_id": _id(_first_of(get, vocab.WORKFLOW_ID_KEYS), "workflow_id"),
-        "run_id": _id(_first_of(get, vocab.RUN_ID_KEYS), "run_id"),
-        "activity_id": _id(_first_of(get, vocab.ACTIVITY_ID_KEYS), "activity_id"),
-        "attempt": None if attempt is None else _count(attempt, "attempt", MAX_ATTEMPT),
-        "kind": kind,
-        "model": _label(_first_of(get, vocab.MODEL_KEYS)),
-        "agent": _label(agent),
-        "tool": _label(_first_of(get, vocab.TOOL_KEYS)),
-        "tokens_in": None if tokens_in is None else _count(tokens_in, "tokens_in", MAX_TOKENS),
-        "tokens_out": None if tokens_out is None else _count(tokens_out, "tokens_out", MAX_TOKENS),
-        "workflow_type": workflow_type(attrs, name),
-        "inherited": False,
-    }
+
+    value = get(_WORKFLOW_ID)
+    if value is None or value == "":
+        value = _first_of(get, vocab.WORKFLOW_ID_KEYS)
+    if value is None:
+        value = ""
+    elif value.__class__ is not str or len(value) > _MAX_WORKFLOW_ID:
+        value = _id(value, "workflow_id")
+    row["workflow_id"] = value
+    value = get(_RUN_ID)
+    if value is None or value == "":
+        value = _first_of(get, vocab.RUN_ID_KEYS)
+    if value is None:
+        value = ""
+    elif value.__class__ is not str or len(value) > _MAX_RUN_ID:
+        value = _id(value, "run_id")
+    row["run_id"] = value
+    value = get(_ACTIVITY_ID)
+    if value is None or value == "":
+        value = _first_of(get, vocab.ACTIVITY_ID_KEYS)
+    if value is None:
+        value = ""
+    elif value.__class__ is not str or len(value) > _MAX_ACTIVITY_ID:
+        value = _id(value, "activity_id")
+    row["activity_id"] = value
+
+    value = get(vocab.ACTIVITY_ATTEMPT)
+    if value is not None and (value.__class__ is not int or not 0 <= value <= MAX_ATTEMPT):
+        value = _count(value, "attempt", MAX_ATTEMPT)
+    row["attempt"] = value
+    row["kind"] = kind
+    value = _first_of(get, vocab.MODEL_KEYS)
+    row["model"] = "" if value is None else _label_of(value)
+    row["agent"] = "" if agent is None else _label_of(agent)
+    value = _first_of(get, vocab.TOOL_KEYS)
+    row["tool"] = "" if value is None else _label_of(value)
+    value = _first_of(get, vocab.INPUT_TOKEN_KEYS)
+    if value is not None and (value.__class__ is not int or not 0 <= value <= MAX_TOKENS):
+        value = _count(value, "tokens_in", MAX_TOKENS)
+    row["tokens_in"] = value
+    value = _first_of(get, vocab.OUTPUT_TOKEN_KEYS)
+    if value is not None and (value.__class__ is not int or not 0 <= value <= MAX_TOKENS):
+        value = _count(value, "tokens_out", MAX_TOKENS)
+    row["tokens_out"] = value
+    row["workflow_type"] = workflow_type(attrs, name)
+    row["inherited"] = False
 
 
 def encode_response(rejected: int, message: str, content_type: str) -> bytes:

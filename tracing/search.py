@@ -1,15 +1,17 @@
 """Search over what the agents said: prompts, outputs, tool arguments and errors.
 
-On SQLite an FTS5 index answers (migration 0010). It is filled behind the
-receiver, so ingest does not pay for it: ``index_pending`` indexes the spans
-stored since the last one indexed, every few seconds in the forwarder's
-maintenance loop (``serve``) and before each search. A span's name, status
-message and events (errors) are indexed, and every text value of its
-attributes (prompts, outputs, tool arguments), except for the spans of
-Temporal's own instrumentation, whose attributes are ids. On other databases
-the span rows are searched directly: a scan, so it reads only the newest
-SCAN_SPANS spans. A search is words, each matched as a word prefix, all of them
-in the same span; the text is never passed to the database as query syntax.
+An index answers: FTS5 on SQLite (migration 0010), a GIN-indexed tsvector per
+span on PostgreSQL (migration 0011). It is filled behind the receiver, so ingest
+does not pay for it: ``index_pending`` indexes the spans stored since the last
+one indexed, every few seconds in the forwarder's maintenance loop (``serve``)
+and before each search. A span's name, status message and events (errors) are
+indexed, and every text value of its attributes (prompts, outputs, tool
+arguments), except for the spans of Temporal's own instrumentation, whose
+attributes are ids. Without an index (another database, or one migrated
+elsewhere) the span rows are searched directly: a scan, so it reads only the
+newest SCAN_SPANS spans. A search is words, each matched as a word prefix, all
+of them in the same span; the text is never passed to the database as query
+syntax (words are runs of word characters, quoted as terms).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connection, transaction
@@ -68,6 +71,43 @@ def _fts() -> bool:
     return connection.vendor == "sqlite"
 
 
+def _pg() -> bool:
+    return connection.vendor == "postgresql"
+
+
+# PostgreSQL: the same text as SQLite's BODY_SQL, over the row ``s`` (also migration
+# 0011's trigger), capped so one huge span cannot exceed tsvector's 1 MB.
+BODY_PG = """
+    left(
+      coalesce(s.name, '') || ' ' || coalesce(s.status_message, '') || ' ' ||
+      CASE WHEN s.kind = 'temporal' THEN '' ELSE
+        coalesce((SELECT string_agg(v #>> '{}', ' ')
+                  FROM jsonb_path_query(s.data -> 'attributes', 'strict $.**') AS v
+                  WHERE jsonb_typeof(v) = 'string'), '') END || ' ' ||
+      coalesce((SELECT string_agg(v #>> '{}', ' ')
+                FROM jsonb_path_query(s.data -> 'events', 'strict $.**') AS v
+                WHERE jsonb_typeof(v) = 'string'), ''),
+      100000)
+"""
+# Span ids are taken when a row is inserted, not when it commits: with several
+# receivers a lower id can commit after a higher one was indexed. Each round looks
+# again this far below the highest id indexed, for spans without a row.
+PG_LOOKBACK = 50_000
+_PG_INDEX_SQL = f"""
+    INSERT INTO tracing_spanwords (span_id, words)
+    SELECT s.id, to_tsvector('simple', {BODY_PG}) FROM tracing_span AS s
+    WHERE s.id > (SELECT coalesce(max(span_id), 0) FROM tracing_spanwords) - {PG_LOOKBACK}
+      AND NOT EXISTS (SELECT 1 FROM tracing_spanwords AS w WHERE w.span_id = s.id)
+    ORDER BY s.id LIMIT %s
+    ON CONFLICT (span_id) DO NOTHING
+"""
+
+
+def pg_query(text: str) -> str:
+    """The tsquery for these words: each a quoted prefix lexeme, all required."""
+    return " & ".join(f"'{word}':*" for word in words(text))
+
+
 # Every span gets a row (an empty one when it holds no text), so the highest row
 # id indexed is where the next round starts: ids only grow (AUTOINCREMENT).
 _INDEX_SQL = f"""
@@ -80,13 +120,14 @@ _INDEX_SQL = f"""
 
 def index_pending(limit: int = SEARCH_CATCH_UP) -> int:
     """Index the spans stored since the last one indexed, up to ``limit``; how many."""
-    if not _fts():
+    if not (_fts() or _pg()):
         return 0
+    sql = _INDEX_SQL if _fts() else _PG_INDEX_SQL
     done = 0
     while done < limit:
         try:
             with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(_INDEX_SQL, [min(INDEX_BATCH, limit - done)])
+                cursor.execute(sql, [min(INDEX_BATCH, limit - done)])
                 added = cursor.rowcount
         except DatabaseError:
             logger.warning("indexing spans for search failed", exc_info=True)
@@ -126,6 +167,17 @@ def matching_runs(text: str, limit: int = MAX_RUNS) -> set[RunKey]:
         except DatabaseError:
             # No index (a database migrated elsewhere): search the rows instead.
             pass
+    elif _pg():
+        index_pending()
+        sql = (
+            "SELECT s.workflow_id, s.run_id FROM tracing_spanwords AS w "
+            "JOIN tracing_span AS s ON s.id = w.span_id "
+            "WHERE w.words @@ to_tsquery('simple', %s) AND s.run_id <> '' "
+            "GROUP BY s.workflow_id, s.run_id ORDER BY max(s.start_ns) DESC LIMIT %s"
+        )
+        found = _pg_rows(sql, [pg_query(text), limit])
+        if found is not None:
+            return {(w, r) for w, r in found}
     return set(
         _scan(text)
         .exclude(run_id="")
@@ -152,6 +204,17 @@ def matching_spans(text: str, workflow_id: str, run_id: str) -> set[str]:
                 return {row[0] for row in cursor.fetchall()}
         except DatabaseError:
             pass
+    elif _pg():
+        index_pending()
+        sql = (
+            "SELECT s.span_id FROM tracing_spanwords AS w "
+            "JOIN tracing_span AS s ON s.id = w.span_id "
+            "WHERE w.words @@ to_tsquery('simple', %s) AND s.workflow_id = %s "
+            "AND s.run_id = %s LIMIT %s"
+        )
+        found = _pg_rows(sql, [pg_query(text), workflow_id, run_id, MAX_SPANS])
+        if found is not None:
+            return {row[0] for row in found}
     return set(
         _scan(text)
         .filter(workflow_id=workflow_id, run_id=run_id)
@@ -189,22 +252,33 @@ def _snippet(body: str, text: str) -> tuple[str, str, str] | None:
 
 
 def snippets(text: str, keys: set[RunKey]) -> dict[RunKey, tuple[str, str, str]]:
-    """Where the words were found, one snippet per run (SQLite's index only)."""
-    if not words(text) or not keys or not _fts():
+    """Where the words were found, one snippet per run (from the index's database)."""
+    if not words(text) or not keys or not (_fts() or _pg()):
         return {}
     index_pending()
     run_ids = sorted({r for _, r in keys})
     marks = ", ".join(["%s"] * len(run_ids))
-    sql = (
-        "SELECT s.workflow_id, s.run_id, t.body FROM tracing_spantext AS t "
-        "JOIN tracing_span AS s ON s.id = t.rowid "
-        f"WHERE tracing_spantext MATCH %s AND s.run_id IN ({marks}) "
-        "ORDER BY s.start_ns LIMIT %s"
-    )
+    if _fts():
+        query = fts_query(text)
+        sql = (
+            "SELECT s.workflow_id, s.run_id, t.body FROM tracing_spantext AS t "
+            "JOIN tracing_span AS s ON s.id = t.rowid "
+            f"WHERE tracing_spantext MATCH %s AND s.run_id IN ({marks}) "
+            "ORDER BY s.start_ns LIMIT %s"
+        )
+    else:
+        # The text is not kept twice: it is made again for the few spans shown.
+        query = pg_query(text)
+        sql = (
+            f"SELECT s.workflow_id, s.run_id, {BODY_PG} FROM tracing_spanwords AS w "
+            "JOIN tracing_span AS s ON s.id = w.span_id "
+            f"WHERE w.words @@ to_tsquery('simple', %s) AND s.run_id IN ({marks}) "
+            "ORDER BY s.start_ns LIMIT %s"
+        )
     found: dict[RunKey, tuple[str, str, str]] = {}
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, [fts_query(text), *run_ids, 50 * len(keys)])
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, [query, *run_ids, 50 * len(keys)])
             for workflow_id, run_id, body in cursor.fetchall():
                 key = (workflow_id, run_id)
                 if key in keys and key not in found:
@@ -214,6 +288,18 @@ def snippets(text: str, keys: set[RunKey]) -> dict[RunKey, tuple[str, str, str]]
     except DatabaseError:
         return {}
     return found
+
+
+def _pg_rows(sql: str, params: list[str | int]) -> list[tuple[Any, ...]] | None:
+    """The rows of a search on PostgreSQL's index, or None without it (then scan)."""
+    try:
+        # A savepoint: a failed statement must not break the caller's transaction.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+    except DatabaseError:
+        logger.warning("search index unavailable; scanning the newest spans", exc_info=True)
+        return None
 
 
 def _scan(text: str) -> QuerySet[Span]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -34,16 +37,8 @@ UNAUTHENTICATED = 16
 RETRY_AFTER_SECONDS = 2
 
 
-def _status(http_status: int, code: int, message: str, content_type: str) -> HttpResponse:
-    return HttpResponse(
-        otlp.encode_status(code, message, content_type),
-        status=http_status,
-        content_type=content_type,
-    )
-
-
-def _authorized(request: HttpRequest, token: str) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+def _authorized(authorization: str, token: str) -> bool:
+    scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.strip().encode(), token.encode())
@@ -79,59 +74,85 @@ async def _publish(result: store.IngestResult) -> None:
         logger.warning("could not publish trace updates to the channel layer", exc_info=True)
 
 
-@csrf_exempt
-@login_not_required
-@require_POST
-async def receive_traces(request: HttpRequest) -> HttpResponse:
-    content_type = request.content_type.lower() if request.content_type else ""
-    reply_type = content_type if content_type in otlp.CONTENT_TYPES else otlp.JSON
+@dataclass(frozen=True)
+class Answer:
+    """What the receiver answers, whichever front (Django view or tracing.asgi) asked."""
 
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _refusal(http_status: int, code: int, message: str, reply_type: str) -> Answer:
+    return Answer(http_status, otlp.encode_status(code, message, reply_type), reply_type)
+
+
+def media_type(header: str) -> str:
+    """The media type of a Content-Type header, lowercased, without parameters."""
+    return header.partition(";")[0].strip().lower()
+
+
+def check_request(
+    content_type: str, encoding: str, authorization: str, declared: int | None
+) -> Answer | None:
+    """The refusals decided from the headers alone, before the body is read."""
+    reply_type = content_type if content_type in otlp.CONTENT_TYPES else otlp.JSON
     token = settings.LOOMVIEW_OTLP_TOKEN
-    if token and not _authorized(request, token):
-        response = _status(401, UNAUTHENTICATED, "missing or wrong bearer token", reply_type)
-        response["WWW-Authenticate"] = "Bearer"
-        return response
+    if token and not _authorized(authorization, token):
+        answer = _refusal(401, UNAUTHENTICATED, "missing or wrong bearer token", reply_type)
+        challenge = (("WWW-Authenticate", "Bearer"),)
+        return Answer(answer.status, answer.body, answer.content_type, challenge)
     if content_type not in otlp.CONTENT_TYPES:
         message = f"unsupported content type {content_type!r}; send {otlp.PROTOBUF} or {otlp.JSON}"
-        return _status(415, INVALID_ARGUMENT, message, reply_type)
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+        return _refusal(415, INVALID_ARGUMENT, message, reply_type)
     if encoding not in ("", "identity", "gzip"):
         message = f"unsupported Content-Encoding {encoding!r}; send gzip or none"
-        return _status(415, INVALID_ARGUMENT, message, reply_type)
-
+        return _refusal(415, INVALID_ARGUMENT, message, reply_type)
     limit = settings.LOOMVIEW_OTLP_MAX_BODY_BYTES
-    too_large = f"body exceeds {limit} bytes"
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        return _status(413, RESOURCE_EXHAUSTED, too_large, reply_type)
-    # Read the stream, not request.body: that would apply Django's form-upload
-    # limit (DATA_UPLOAD_MAX_MEMORY_SIZE) instead of ours.
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        return _status(413, RESOURCE_EXHAUSTED, too_large, reply_type)
+    if declared is not None and declared > limit:
+        return too_large(content_type)
+    return None
 
+
+def too_large(content_type: str) -> Answer:
+    limit = settings.LOOMVIEW_OTLP_MAX_BODY_BYTES
+    return _refusal(413, RESOURCE_EXHAUSTED, f"body exceeds {limit} bytes", content_type)
+
+
+def decode_body(body: bytes, content_type: str, encoding: str) -> otlp.DecodeResult:
+    """Decompress (bounded by the body limit) and decode; raises otlp's errors."""
+    if encoding == "gzip":
+        body = otlp.gunzip(body, settings.LOOMVIEW_OTLP_MAX_BODY_BYTES)
+    return otlp.decode(body, content_type)
+
+
+# Runs a blocking function off the event loop: sync_to_async for the Django
+# view (the test client's thread rules), an executor for tracing.asgi.
+Offload = Callable[..., Awaitable[Any]]
+
+
+async def export(
+    body: bytes, content_type: str, encoding: str, decode_in: Offload, store_in: Offload
+) -> Answer:
+    """Decode and store one export request's body (its headers passed check_request)."""
     try:
-        if encoding == "gzip":
-            body = otlp.gunzip(body, limit)
-        decoded = await sync_to_async(otlp.decode, thread_sensitive=False)(body, content_type)
+        decoded: otlp.DecodeResult = await decode_in(decode_body, body, content_type, encoding)
     except otlp.BodyTooLarge as exc:
-        return _status(413, RESOURCE_EXHAUSTED, str(exc), reply_type)
+        return _refusal(413, RESOURCE_EXHAUSTED, str(exc), content_type)
     except otlp.DecodeError as exc:
-        return _status(400, INVALID_ARGUMENT, str(exc), reply_type)
+        return _refusal(400, INVALID_ARGUMENT, str(exc), content_type)
 
     began = time.perf_counter()
     try:
-        result = await sync_to_async(store.ingest)(decoded.rows)
+        result: store.IngestResult = await store_in(store.ingest, decoded.rows)
     except DatabaseError:
         # Not the sender's fault (the database is locked, down or full):
         # exporters retry a 503, and the batch is stored whole or not at all.
         logger.exception("storing %d spans failed", len(decoded.rows))
-        response = _status(503, UNAVAILABLE, "span store unavailable, retry later", reply_type)
-        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        answer = _refusal(503, UNAVAILABLE, "span store unavailable, retry later", content_type)
+        retry = (("Retry-After", str(RETRY_AFTER_SECONDS)),)
+        return Answer(answer.status, answer.body, answer.content_type, retry)
     # Spans the database refused are reported like those the decoder refused.
     decoded.errors += result.rejected
     rejected = decoded.rejected + len(result.rejected)
@@ -146,7 +167,47 @@ async def receive_traces(request: HttpRequest) -> HttpResponse:
     if decoded.rejected:
         logger.info("OTLP export: %s", decoded.error_message())
     await _publish(result)
-    return HttpResponse(
-        otlp.encode_response(decoded.rejected, decoded.error_message(), content_type),
-        content_type=content_type,
+    response = otlp.encode_response(decoded.rejected, decoded.error_message(), content_type)
+    return Answer(200, response, content_type)
+
+
+async def _django_decode(function: Callable[..., Any], *args: Any) -> Any:
+    return await sync_to_async(function, thread_sensitive=False)(*args)
+
+
+async def _django_store(function: Callable[..., Any], *args: Any) -> Any:
+    return await sync_to_async(function)(*args)
+
+
+@csrf_exempt
+@login_not_required
+@require_POST
+async def receive_traces(request: HttpRequest) -> HttpResponse:
+    """The receiver behind Django's URLconf: the test client, and servers
+    other than dashboard.asgi's application (which answers POST /v1/traces
+    itself, tracing.asgi, without the middleware this path runs through)."""
+    content_type = media_type(request.META.get("CONTENT_TYPE", ""))
+    try:
+        declared: int | None = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = None
+    answer = check_request(
+        content_type,
+        request.headers.get("Content-Encoding", "").strip().lower(),
+        request.headers.get("Authorization", ""),
+        declared,
     )
+    if answer is None:
+        # Read the stream, not request.body: that would apply Django's form-upload
+        # limit (DATA_UPLOAD_MAX_MEMORY_SIZE) instead of ours.
+        limit = settings.LOOMVIEW_OTLP_MAX_BODY_BYTES
+        body = request.read(limit + 1)
+        if len(body) > limit:
+            answer = too_large(content_type)
+        else:
+            encoding = request.headers.get("Content-Encoding", "").strip().lower()
+            answer = await export(body, content_type, encoding, _django_decode, _django_store)
+    response = HttpResponse(answer.body, status=answer.status, content_type=answer.content_type)
+    for name, value in answer.headers:
+        response[name] = value
+    return response

@@ -1,4 +1,5 @@
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -115,5 +116,30 @@ async def test_run_started_in_temporal_without_spans_is_pushed(
         await handle.terminate("test over")
         update = str(await comm.receive_from(timeout=5))
         assert 'hx-swap-oob="true"' in update and "Terminated" in update
+    finally:
+        await comm.disconnect()
+
+
+async def test_a_searched_row_keeps_its_snippet_and_link_when_it_changes(
+    ada: User, closed_temporal_address: str
+) -> None:
+    from tests.dashboard.run_fixtures import recorded, store_spans
+
+    run = recorded()
+    await sync_to_async(store_spans)(run)
+    key = (run["workflow_id"], run["run_id"])
+    await sync_to_async(summary)(*key)
+    comm = await communicator(ada, "q=Dashboard+sync")
+    connected, _ = await comm.connect()
+    assert connected
+    assert await comm.receive_nothing(timeout=0.3)
+    try:
+        await changed(key)
+        html = str(await comm.receive_from(timeout=3))
+        assert html.startswith(f'<tr id="{run_list.dom_id(*key)}"')
+        # As the page showed it: the words around the match, marked, and the run's
+        # link carrying the search to its page.
+        assert re.search(r"data-match[^>]*>[^<]*<mark>dashboard</mark>", html, re.IGNORECASE)
+        assert f'{run["run_id"]}/?q=Dashboard%20sync"' in html
     finally:
         await comm.disconnect()

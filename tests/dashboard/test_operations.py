@@ -690,3 +690,66 @@ def test_signal_with_start_delivers_the_first_message(
     html = get(ops, f"/runs/{workflow_id}/{run_id}/").content.decode()
     assert "signal user_message" in html
     assert story["health"]["ok"], story["health"]
+
+
+def test_signal_with_start_from_the_start_page_starts_once_then_signals_the_open_run(
+    ops: Client, traced_worker: WorkerProcess, on_temporal: str
+) -> None:
+    from dashboard.models import AuditEntry
+
+    workflow_id = f"ops-sws-ui-{uuid.uuid4().hex[:8]}"
+    form = {
+        "workflow": "conversation",
+        "task_queue": traced_worker.task_queue,
+        "workflow_id": workflow_id,
+        "signal_with_start": "on",
+    }
+    first = ops.post("/runs/new/", {**form, "prompt": "Which neighbourhood in Lisbon?"})
+    assert first.status_code == 302, first.content[:500]
+    run_id = first["Location"].rstrip("/").split("/")[-1]
+    # The same id again: the open run gets the message, no second run starts.
+    second = ops.post("/runs/new/", {**form, "prompt": "And for food?"})
+    assert second.status_code == 302 and second["Location"] == first["Location"]
+
+    async def finish() -> ConversationResult:
+        client = await connect_client(on_temporal)
+        handle = client.get_workflow_handle(workflow_id, result_type=ConversationResult)
+        assert (await handle.describe()).run_id == run_id
+        await handle.signal("end")  # it answers the messages it has before it ends
+        return await handle.result()
+
+    result = run(finish)
+    assert [m.content for m in result.history if m.role == "user"] == [
+        "Which neighbourhood in Lisbon?",
+        "And for food?",
+    ]
+    entries = list(AuditEntry.objects.filter(action="start", workflow_id=workflow_id))
+    assert [e.outcome for e in entries] == ["ok", "ok"]
+    messages = sorted(e.message for e in entries)
+    assert messages[0].startswith("signal user_message sent to the open run")
+    assert messages[1] == f"started {workflow_id} with signal user_message"
+    assert all(e.payload["signal_with_start"] == "user_message" for e in entries)
+    story = settled(ops, workflow_id, run_id)
+    handlers = [s["name"] for s in story["spans"] if s["name"].startswith("HandleSignal:")]
+    assert handlers.count("HandleSignal:user_message") == 2
+    assert story["totals"]["model_calls"] == result.turns == 2
+
+
+def test_signal_with_start_is_a_form_error_for_a_workflow_without_messages(
+    ops: Client, on_temporal: str
+) -> None:
+    from dashboard.models import AuditEntry
+
+    page = ops.post(
+        "/runs/new/",
+        {"workflow": "triage", "prompt": "Refund", "task_queue": "q", "signal_with_start": "on"},
+    )
+    assert page.status_code == 400
+    assert "only the conversation workflow takes its messages by signal" in page.content.decode()
+    empty = ops.post(
+        "/runs/new/",
+        {"workflow": "conversation", "prompt": " ", "task_queue": "q", "signal_with_start": "on"},
+    )
+    assert empty.status_code == 400
+    assert "the first message is the signal&#x27;s argument" in empty.content.decode()
+    assert AuditEntry.objects.filter(action="start", outcome="error").count() == 2

@@ -1,3 +1,4 @@
+import re
 from typing import Any
 
 import pytest
@@ -78,5 +79,22 @@ async def test_new_spans_and_events_push_oob_partials(open_run: dict[str, Any]) 
         open_run["live_events"] = history_proto(open_run).events
         html = await comm.receive_from(timeout=5)
         assert 'data-status="COMPLETED"' in html
+    finally:
+        await comm.disconnect()
+
+
+async def test_a_live_page_keeps_the_search_it_was_opened_with(open_run: dict[str, Any]) -> None:
+    user = await User.objects.acreate(username="grace")
+    await sync_to_async(store_spans)(open_run)
+    path = f"/ws/runs/{open_run['workflow_id']}/{open_run['run_id']}/?v=stale&q=Dashboard%20sync"
+    comm = WebsocketCommunicator(URLRouter(websocket_urlpatterns), path)
+    comm.scope["user"] = user  # type: ignore[typeddict-unknown-key]
+    connected, _ = await comm.connect()
+    assert connected
+    try:
+        html = str(await comm.receive_from(timeout=5))
+        # The re-rendered trace says what was searched and marks the spans holding it.
+        assert 'data-search-text="Dashboard sync"' in html
+        assert re.search(r'class="span-row[^"]*\bis-match\b[^"]*\bcall-row\b', html)
     finally:
         await comm.disconnect()

@@ -261,6 +261,51 @@ def test_the_page_keeps_what_the_history_showed_for_the_runs_list(
     assert summary.closed_ns is not None  # from the history's close event
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_archive_sweep_flags_what_the_history_shows_without_a_page_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A closed run nobody opens: the background sweep that archives its history
+    also checks its health against it, so the runs list flags the run."""
+    from datetime import UTC, datetime
+
+    from asgiref.sync import async_to_sync
+
+    from dashboard import maintenance
+    from tracing.models import ArchivedHistory
+
+    cache.clear()
+    run = recorded()
+    run["spans"] = [s for s in run["spans"] if not (s["activity_id"] == "1" and s["attempt"] == 2)]
+    store_spans(run)
+    key = (run["workflow_id"], run["run_id"])
+    RunSummary.objects.update_or_create(
+        workflow_id=key[0], run_id=key[1], defaults={"first_span_ns": 1, "last_span_ns": 2}
+    )
+    assert RunSummary.objects.get(workflow_id=key[0], run_id=key[1]).history_health is None
+    now = datetime.now(tz=UTC)
+
+    async def all_runs(query: str, page_size: int = 1000) -> list[temporal.VisibilityRun]:
+        return [temporal.VisibilityRun(*key, "triage", "COMPLETED", now, now)]
+
+    async def fetch(workflow_id: str, run_id: str) -> temporal.RunHistory:
+        return temporal.RunHistory(workflow_id, run_id, History(events=history_proto(run).events))
+
+    monkeypatch.setattr(temporal, "all_runs", all_runs)
+    monkeypatch.setattr(temporal, "fetch_history", fetch)
+    swept = async_to_sync(maintenance.run_archive)(force=True)
+    assert swept is not None and swept.archived == 1
+    assert ArchivedHistory.objects.filter(workflow_id=key[0], run_id=key[1]).exists()
+    summary = RunSummary.objects.get(workflow_id=key[0], run_id=key[1])
+    assert summary.history_health == {
+        "attempts_without_span": 1,
+        "spans_without_event": 0,
+        "waiting": 0,
+    }
+    assert summary.health_problems >= 1 and summary.closed_ns is not None
+    assert health.flagged({key}) == {key: summary.health_problems}
+
+
 @pytest.mark.django_db
 def test_the_page_never_says_no_spans_when_the_workflow_has_spans_elsewhere(
     logged_in_client: Client, monkeypatch: pytest.MonkeyPatch

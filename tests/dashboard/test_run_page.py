@@ -1,4 +1,5 @@
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -234,6 +235,152 @@ def test_history_compact_groups_activities_and_full_lists_every_event(
     assert full.count("<tr>") == len(run["history"]) + 1
     assert "WorkflowTaskScheduled" in full
     assert "eyJ" not in full  # no base64 payloads left
+
+
+def test_a_long_history_loads_when_scrolled_to_from_the_history_alone(
+    logged_in_client: Client,
+    run: dict[str, Any],
+    history_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dashboard import run_page
+    from tracing import store
+
+    store_spans(run)
+    monkeypatch.setattr(run_page, "HISTORY_INLINE_EVENTS", 10)
+    page = logged_in_client.get(url(run)).content.decode()
+    # The page leaves the history out, says how long it is and where it loads from.
+    assert "data-history-lazy" in page
+    assert "started (attempt 3)" not in page
+    assert f"Full ({len(run['history'])} events)" in page
+    assert 'hx-get="?part=run-history&amp;history=compact" hx-trigger="revealed"' in page
+    # Asked for by name (no JavaScript), it is part of the page.
+    named = logged_in_client.get(url(run) + "?history=compact").content.decode()
+    assert "data-history-lazy" not in named and "started (attempt 3)" in named
+
+    def no_spans(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the history section read the spans")
+
+    monkeypatch.setattr(store, "run_skeleton", no_spans)
+    monkeypatch.setattr(store, "spans_for_run", no_spans)
+    part = logged_in_client.get(
+        url(run) + "?part=run-history&history=compact", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert part.lstrip().startswith('<section id="run-history"')
+    assert "started (attempt 3)" in part and "previous attempt failed" in part
+    assert "data-history-lazy" not in part
+    assert len(history_calls) == 1  # closed: cached after the first read
+
+
+def long_chat(turns: int) -> tuple[str, str]:
+    """A chat run of ``turns`` model calls, each asked a message of its own (its spans
+    as the bundled worker sends them: the activity's, and the generation under it)."""
+    workflow_id, run_id = "long-chat", "long-chat-run"
+    ms = 1_000_000
+    t0 = 1_750_000_000_000_000_000
+    base = {"temporal.workflow.id": workflow_id, "temporal.run.id": run_id}
+    common = {"trace_id": "c" * 32, "workflow_id": workflow_id, "run_id": run_id}
+    end = t0 + (turns + 1) * 10 * ms
+    rows = [
+        Span(span_id="root", parent_span_id="", name="RunWorkflow:conversation",
+             kind="temporal", start_ns=t0, end_ns=end, duration_ns=end - t0,
+             data={"attributes": {**base, "temporal.workflow.type": "conversation"}}, **common)
+    ]  # fmt: skip
+    for n in range(1, turns + 1):
+        start = t0 + n * 10 * ms
+        ids = {**base, "temporal.activity.id": str(n), "temporal.activity.attempt": 1,
+               "temporal.activity.type": "invoke_model_activity"}  # fmt: skip
+        rows.append(
+            Span(span_id=f"a{n:07d}", parent_span_id="root",
+                 name="RunActivity:invoke_model_activity", kind="temporal", start_ns=start,
+                 end_ns=start + 5 * ms, duration_ns=5 * ms, activity_id=str(n), attempt=1,
+                 data={"attributes": ids}, **common)
+        )  # fmt: skip
+        said = [{"role": "user", "content": f"message number {n}"}]
+        answer = [{"role": "assistant", "content": f"answer number {n}"}]
+        rows.append(
+            Span(span_id=f"g{n:07d}", parent_span_id=f"a{n:07d}", name="chat demo",
+                 kind="generation", start_ns=start, end_ns=start + 4 * ms, duration_ns=4 * ms,
+                 activity_id=str(n), attempt=1, model="loomview-demo-1", tokens_in=10,
+                 tokens_out=5, agent="Concierge",
+                 data={"attributes": {**ids, "gen_ai.input.messages": json.dumps(said),
+                                      "gen_ai.output.messages": json.dumps(answer)}}, **common)
+        )  # fmt: skip
+    Span.objects.bulk_create(rows)
+    return workflow_id, run_id
+
+
+def test_a_long_conversation_reads_a_bounded_page_at_a_time(
+    logged_in_client: Client, closed_temporal_address: str
+) -> None:
+    from dashboard import run_views
+
+    cache.clear()
+    workflow_id, run_id = long_chat(250)
+    page_size = run_views.TRANSCRIPT_PAGE
+    base = f"/runs/{workflow_id}/{run_id}/conversation/"
+    latest = logged_in_client.get(base).content.decode()
+    assert "250 turns across 1 run" in latest
+    # The latest turns only, in order, with the way back to the earlier ones.
+    numbers = [int(n) for n in re.findall(r'data-turn="(\d+)"', latest)]
+    assert numbers == list(range(251 - page_size, 251))
+    assert "data-answer>answer number 250<" in latest
+    assert "message number 1<" not in latest
+    earlier = re.findall(r'href="([^"]+)" data-earlier', latest)
+    assert earlier == [f"?before={251 - page_size}"]
+    assert "data-later" not in latest
+    back = logged_in_client.get(base + earlier[0]).content.decode()
+    numbers = [int(n) for n in re.findall(r'data-turn="(\d+)"', back)]
+    assert numbers == list(range(251 - 2 * page_size, 251 - page_size))
+    # The first page ends the way back; later turns are a click away.
+    first = logged_in_client.get(base + "?before=1").content.decode()
+    assert re.findall(r'data-turn="(\d+)"', first) == []
+    first = logged_in_client.get(base + f"?before={page_size + 1}").content.decode()
+    numbers = [int(n) for n in re.findall(r'data-turn="(\d+)"', first)]
+    assert numbers == list(range(1, page_size + 1))
+    assert "data-earlier" not in first
+    later = re.findall(r'href="([^"]+)" data-later', first)
+    assert later == [f"?before={2 * page_size + 1}"]
+    for nonsense in ("?before=-4", "?before=x", "?before=99999999999999", "?before=0"):
+        response = logged_in_client.get(base + nonsense)
+        assert response.status_code == 200
+        assert len(re.findall(r'data-turn="', response.content.decode())) <= page_size
+
+
+def test_the_run_page_shows_the_last_turns_of_a_long_conversation(
+    logged_in_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.api.history.v1 import History, HistoryEvent
+    from temporalio.converter import default
+
+    from dashboard import run_page
+
+    cache.clear()
+    workflow_id, run_id = long_chat(60)
+    events = []
+    for n in range(1, 61):
+        event = HistoryEvent(
+            event_id=n, event_type=EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+        )
+        event.event_time.FromNanoseconds(1_750_000_000_000_000_000 + n * 10_000_000)
+        event.workflow_execution_signaled_event_attributes.signal_name = "user_message"
+        event.workflow_execution_signaled_event_attributes.input.payloads.extend(
+            default().payload_converter.to_payloads([f"message number {n}"])
+        )
+        events.append(event)
+
+    async def fake(wf: str, run: str) -> temporal.RunHistory:
+        return temporal.RunHistory(wf, run, History(events=events))
+
+    monkeypatch.setattr(temporal, "fetch_history", fake)
+    page = logged_in_client.get(f"/runs/{workflow_id}/{run_id}/").content.decode()
+    section = page[page.index('<section id="run-conversation"') :]
+    section = section[: section.index("</section>")]
+    numbers = [int(n) for n in re.findall(r'data-turn="(\d+)"', section)]
+    assert numbers == list(range(61 - run_page.RUN_PAGE_TURNS, 61))
+    assert f"60 turns in this run: the last {run_page.RUN_PAGE_TURNS} below" in section
+    assert "data-conversation-link" in section
 
 
 def test_api_returns_story_for_session_and_bearer_token(

@@ -200,6 +200,15 @@ def test_history_rows_decode_their_attributes_on_demand(history: History) -> Non
     assert started.attributes["input"]["prompt"].startswith("Our dashboard")
     assert json.loads(started.details) == started.attributes
     assert started.time is not None and started.time.tzinfo is not None
+    assert started.clock == started.time.strftime("%H:%M:%S.%f")
+
+
+def test_history_clock_reads_utc_to_the_microsecond() -> None:
+    assert run_page.clock(None) == ""
+    assert run_page.clock(0) == "00:00:00.000000"
+    # 2026-12-01T23:59:59.123456789Z: truncated, never rounded into the next second.
+    assert run_page.clock(1_796_169_599_123_456_789) == "23:59:59.123456"
+    assert run_page.clock(1_750_000_000_000_001_000) == "15:06:40.000001"
 
 
 # -- spans -------------------------------------------------------------------------------

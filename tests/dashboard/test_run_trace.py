@@ -213,3 +213,35 @@ def test_an_open_run_shows_one_tree_and_parent_cycles_still_show(
         "StartActivity:invoke_model_activity", "task", "cycle x", "cycle y", "self parent",
     }  # fmt: skip
     assert section.count('class="node') - section.count('class="node leaf') == 2
+
+
+def test_rows_loaded_later_keep_a_searchs_marks(
+    logged_in_client: Client, run: dict[str, Any], closed_temporal_address: str
+) -> None:
+    # "Show more" and a lazily opened node: their URLs carry the search; their rows are marked.
+    wf, run_id = make_big_run(children=600, grandchildren=0)
+    Span.objects.filter(span_id="c0000450").update(name="step <450> wombat")
+    body = logged_in_client.get(f"/runs/{wf}/{run_id}/?trace=raw&q=wombat").content.decode()
+    section = trace_section(body)
+    assert 'data-search-matches="1"' in section
+    (more,) = re.findall(r'class="more-row" href="([^"]+)"', section)
+    assert "q=wombat" in html.unescape(more)
+    page = logged_in_client.get(html.unescape(more), headers={"HX-Request": "true"}).content
+    (more,) = re.findall(r'class="more-row" href="([^"]+)"', page.decode())
+    rows = logged_in_client.get(html.unescape(more), headers={"HX-Request": "true"})
+    assert rows_of(rows.content.decode(), "is-match") == ["step <450> wombat"]
+    # Without the search nothing is marked, and the URLs carry none.
+    plain = trace_section(logged_in_client.get(f"/runs/{wf}/{run_id}/?trace=raw").content.decode())
+    assert "q=" not in plain and "is-match" not in plain
+    # In the agent view a model call's row is marked when any of its spans matched.
+    store_spans(run)
+    trace = url(run, "trace/")
+    agent = logged_in_client.get(
+        f"{trace}?view=agent&node=run&offset=0&depth=0&q=dashboard", headers={"HX-Request": "true"}
+    ).content.decode()
+    calls = rows_of(agent, "call-row")
+    assert calls and set(calls) <= set(rows_of(agent, "is-match"))  # each was asked it
+    unmarked = logged_in_client.get(
+        f"{trace}?view=agent&node=run&offset=0&depth=0", headers={"HX-Request": "true"}
+    ).content.decode()
+    assert not rows_of(unmarked, "is-match")

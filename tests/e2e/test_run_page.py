@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, expect
 
 from tests.conftest import TemporalServer, WorkerProcess, connect_client
 from tests.e2e.conftest import LiveDashboard, log_in, running_dashboard, watch_problems
-from tests.e2e.story_stack import module_worker
+from tests.e2e.story_stack import module_worker, wait_until
 from worker.inputs import AgentRunInput, ApprovalInput, ConversationInput, Decision
 
 pytestmark = pytest.mark.timeout(240)
@@ -408,5 +408,94 @@ def test_searching_a_word_from_a_prompt_finds_the_run_and_marks_its_spans(
         re.compile("kumquat", re.IGNORECASE)
     )
     page.screenshot(path=str(results_dir / "run-search-marked.png"), full_page=True)
+    assert problems == []
+    context.close()
+
+
+def test_search_marks_survive_live_updates_on_the_runs_list_and_the_run_page(
+    stack: LiveDashboard,
+    temporal_server: TemporalServer,
+    traced_worker: WorkerProcess,
+    chromium: Browser,
+    results_dir: Path,
+) -> None:
+    """A run that matched a search goes on changing while the list and its page are open:
+    the re-rendered row keeps its snippet and its link with the search, the re-rendered
+    page keeps its note and its marked rows."""
+    tag = uuid.uuid4().hex[:6]
+    workflow_id = f"e2e-chat-search-{tag}"
+    word = f"persimmon{tag}"
+
+    async def start() -> str:
+        client = await connect_client(temporal_server.address)
+        handle = await client.start_workflow(
+            "conversation",
+            ConversationInput(prompt=f"Where can I buy a {word} tree near Porto?"),
+            id=workflow_id,
+            task_queue=traced_worker.task_queue,
+        )
+        await handle.execute_update("send_message", "And in Lisbon?", result_type=str)
+        return str(handle.result_run_id)
+
+    async def say(text: str) -> None:
+        client = await connect_client(temporal_server.address)
+        await client.get_workflow_handle(workflow_id).execute_update(
+            "send_message", text, result_type=str
+        )
+
+    run_id = in_thread(start)
+    context = chromium.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    problems = watch_problems(page)
+    log_in(page, stack)
+    row = page.locator("#runs-rows tr.run-row", has_text=workflow_id)
+    deadline = time.monotonic() + 20
+    while True:
+        page.goto(f"{stack.url}/?q={word}")
+        try:
+            expect(row.locator("[data-match] mark")).to_have_count(1, timeout=3000)
+            break
+        except AssertionError:
+            # The spans may still be on their way to the store.
+            assert time.monotonic() < deadline, "the search never found the run"
+    calls = row.locator("td.num").nth(1)  # model calls
+    before = int(calls.inner_text())
+    # The run answers another message: its row is re-rendered live, still marked.
+    in_thread(lambda: say("Thank you!"))
+    expect(calls).not_to_have_text(str(before), timeout=20_000)
+    expect(row.locator("[data-match] mark")).to_have_text(re.compile(word, re.IGNORECASE))
+    link = row.locator("a.trunc")
+    expect(link).to_have_attribute("href", re.compile(rf"\?q={word}$"))
+    page.screenshot(path=str(results_dir / "runs-search-live.png"), full_page=True)
+
+    link.click()
+    expect(page).to_have_url(re.compile(rf"/runs/{workflow_id}/{run_id}/\?q={word}"))
+    note = page.locator("#run-trace [data-search-matches]")
+    marked = page.locator("#run-trace .span-row.is-match.call-row")
+    turns = page.locator("#run-conversation [data-turn]")
+    call_rows = page.locator("#run-trace .span-row.call-row")
+    expect(turns).to_have_count(3, timeout=20_000)
+    expect(note).to_contain_text(word)
+    # Every call was asked with the first message in its input: every call row is marked.
+    shown = call_rows.count()
+    assert shown >= 3
+    expect(marked).to_have_count(shown)
+    # Another turn while the page is open: the live re-render keeps the search.
+    in_thread(lambda: say("Is it in season now?"))
+    expect(turns).to_have_count(4, timeout=20_000)
+    wait_until(lambda: call_rows.count() > shown, 20, "the new turn's model call")
+    expect(marked).to_have_count(call_rows.count())
+    expect(note).to_contain_text(word)
+    marked.last.click()
+    expect(page.locator("#span-panel mark.search-hit").first).to_have_text(
+        re.compile(word, re.IGNORECASE)
+    )
+    page.screenshot(path=str(results_dir / "run-search-live.png"), full_page=True)
+
+    async def end() -> None:
+        client = await connect_client(temporal_server.address)
+        await client.get_workflow_handle(workflow_id).signal("end")
+
+    in_thread(end)
     assert problems == []
     context.close()

@@ -1,8 +1,9 @@
-"""The run page's timeline and the runs list in Chromium, on real runs: one daphne
-and one traced bundled worker for the whole module."""
+"""The run page's timeline, its agent view and the runs list in Chromium, on real runs:
+one daphne and one traced bundled worker for the whole module."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -13,13 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
+from temporalio.api.enums.v1 import EventType
 
 from dashboard.templatetags.runs_format import duration_ns
+from telemetry.vocab import MODEL_ACTIVITY_TYPE
 from tests.conftest import TemporalServer, WorkerProcess, connect_client
 from tests.e2e.conftest import LiveDashboard, watch_problems
 from tests.e2e.story_stack import in_thread, signed_in, story_stack, story_worker, wait_until
-from worker.inputs import AgentRunInput, ApprovalInput, Decision
+from worker.inputs import (
+    REPLAY_WORKFLOW,
+    AgentRunInput,
+    ApprovalInput,
+    ConversationInput,
+    Decision,
+    ReplayInput,
+)
+from worker.workflows import WORKFLOWS
 
 pytestmark = pytest.mark.timeout(600)
 __all__ = ["story_stack", "story_worker"]
@@ -98,6 +109,17 @@ def _approval_waits_from_the_start(long_approval: dict[str, Any]) -> None:
     """Every test of the module starts the long approval (once) before it runs."""
 
 
+def connected(locator: Locator, script: str) -> Any:
+    """``script(element)`` on an element still in the page (retried while a swap detaches it)."""
+    deadline = time.monotonic() + 10
+    while True:
+        value = locator.evaluate(f"e => e.isConnected ? [({script})(e)] : null")
+        if value is not None:
+            return value[0]
+        assert time.monotonic() < deadline, "the element kept being replaced"
+        time.sleep(0.1)
+
+
 def test_runs_list_fits_1440_px_with_ellipsis_and_exact_tokens(
     story_stack: LiveDashboard,
     story_worker: WorkerProcess,
@@ -141,13 +163,22 @@ def test_runs_list_fits_1440_px_with_ellipsis_and_exact_tokens(
     # The long error ends in an ellipsis; the whole text is in its title and shows on focus.
     full = error.get_attribute("title") or ""
     assert len(full) > 40 and full.startswith(error.inner_text().rstrip("…")[:20])
-    assert error.evaluate("e => getComputedStyle(e).textOverflow") == "ellipsis"
-    assert error.evaluate("e => e.scrollWidth > e.clientWidth")
-    error.focus()
-    assert error.evaluate("e => getComputedStyle(e).whiteSpace") == "normal"
-    assert error.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    # One script per measurement: the live list may swap the row between a locator's
+    # lookup and its evaluation, and a detached element has no computed style.
+    cut = connected(
+        error,
+        """e => ({overflow: getComputedStyle(e).textOverflow,
+                  clipped: e.scrollWidth > e.clientWidth})""",
+    )
+    assert cut == {"overflow": "ellipsis", "clipped": True}
+    focused = connected(
+        error,
+        """e => { e.focus(); return {space: getComputedStyle(e).whiteSpace,
+                                     fits: e.scrollWidth <= e.clientWidth + 1}; }""",
+    )
+    assert focused == {"space": "normal", "fits": True}
     wf = row.locator(".wf-id .trunc")
-    assert wf.evaluate("e => e.scrollWidth > e.clientWidth")
+    assert connected(wf, "e => e.scrollWidth > e.clientWidth")
     assert long_id in (wf.get_attribute("title") or "")
     # Exact token numbers on hover.
     ok_row = page.locator("#runs-rows tr.run-row", has_text=ok_id)
@@ -280,6 +311,118 @@ def test_live_view_refits_as_each_of_ten_runs_grows(
         wait_until(fitted, 20, f"run {number} to be drawn whole")
         state = timeline_state(page)
         assert state["duration"] > 1, state  # not the first sub-millisecond window
+    assert problems == []
+    context.close()
+
+
+def every_bundled_workflow(
+    temporal_server: TemporalServer, worker: WorkerProcess, tag: str
+) -> dict[str, tuple[str, str, list[str]]]:
+    """One run of every workflow `python -m worker` registers, started together and
+    driven to its end (the approval approved, the conversation ended); the replay runs
+    the triage's first model call again. Returns {type: (workflow id, run id, the
+    activity ids of its model calls, from Temporal's own history)}."""
+    assert sorted(getattr(w, "__temporal_workflow_definition").name for w in WORKFLOWS) == sorted(
+        ["triage", "approval", "resilient", "parallel", "conversation", "orchestrator",
+         "specialist", REPLAY_WORKFLOW]
+    )  # fmt: skip
+
+    async def go() -> dict[str, tuple[str, str, list[str]]]:
+        client = await connect_client(temporal_server.address)
+        queue = worker.task_queue
+        ids = {kind: f"e2e-agents-{kind}-{tag}" for kind in ("triage", "approval", "resilient",
+               "parallel", "conversation", "orchestrator", REPLAY_WORKFLOW)}  # fmt: skip
+        prompt = "I was charged twice on invoice INV-2231"
+        plain = {
+            kind: await client.start_workflow(
+                kind, AgentRunInput(prompt), id=ids[kind], task_queue=queue
+            )
+            for kind in ("triage", "resilient", "parallel", "orchestrator")
+        }
+        approval = await client.start_workflow(
+            "approval", ApprovalInput("Rotate the staging database credentials."),
+            id=ids["approval"], task_queue=queue,
+        )  # fmt: skip
+        chat = await client.start_workflow(
+            "conversation", ConversationInput(prompt="Plan three days in Porto."),
+            id=ids["conversation"], task_queue=queue,
+        )  # fmt: skip
+        await chat.execute_update("send_message", "What should I pack?")
+        await chat.signal("end")
+        # Approved while it drafts: the decision waits for the draft.
+        await approval.signal("approve", Decision(comment="ok", by="e2e"))
+        await asyncio.gather(*(h.result() for h in [*plain.values(), approval, chat]))
+        # The replay: the triage's first model call, as the activity took it.
+        triage = await plain["triage"].fetch_history()
+        first = next(
+            e.activity_task_scheduled_event_attributes
+            for e in triage.events
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        )
+        model_input = json.loads(first.input.payloads[0].data)
+        replay = await client.start_workflow(
+            REPLAY_WORKFLOW, ReplayInput(model_input=model_input),
+            id=ids[REPLAY_WORKFLOW], task_queue=queue,
+        )  # fmt: skip
+        await replay.result()
+        runs = {kind: (ids[kind], str(h.result_run_id)) for kind, h in plain.items()}
+        runs["approval"] = (ids["approval"], str(approval.result_run_id))
+        runs["conversation"] = (ids["conversation"], str(chat.result_run_id))
+        runs[REPLAY_WORKFLOW] = (ids[REPLAY_WORKFLOW], str(replay.result_run_id))
+        # The orchestrator's children are the specialist's runs (the technical one's last).
+        child = f"{ids['orchestrator']}-technical"
+        runs["specialist"] = (
+            child,
+            str((await client.get_workflow_handle(child).describe()).run_id),
+        )
+        found: dict[str, tuple[str, str, list[str]]] = {}
+        for kind, (workflow_id, run_id) in runs.items():
+            history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+            calls = [
+                e.activity_task_scheduled_event_attributes.activity_id
+                for e in history.events
+                if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                and e.activity_task_scheduled_event_attributes.activity_type.name
+                == MODEL_ACTIVITY_TYPE
+            ]
+            found[kind] = (workflow_id, run_id, calls)
+        return found
+
+    return in_thread(go)
+
+
+def test_the_agent_view_shows_one_row_per_model_call_for_each_bundled_workflow(
+    story_stack: LiveDashboard,
+    story_worker: WorkerProcess,
+    temporal_server: TemporalServer,
+    chromium: Browser,
+    results_dir: Path,
+) -> None:
+    runs = every_bundled_workflow(temporal_server, story_worker, uuid.uuid4().hex[:6])
+    context, page = signed_in(chromium, story_stack)
+    problems = watch_problems(page)
+    for kind, (workflow_id, run_id, calls) in runs.items():
+        assert calls, f"{kind} made no model call"
+        assert len(set(calls)) == len(calls)
+
+        def settled(workflow_id: str = workflow_id, run_id: str = run_id) -> bool:
+            data = story(page, story_stack, workflow_id, run_id)
+            return data["status"] != "RUNNING" and all(c["matched"] for c in data["model_calls"])
+
+        wait_until(settled, 30, f"the {kind} run's spans")
+        page.goto(f"{story_stack.url}/runs/{workflow_id}/{run_id}/?trace=agent")
+        trace = page.locator("#run-trace")
+        expect(trace).to_have_attribute("data-trace-view", "agent")
+        rows = trace.locator(".span-row.call-row")
+        expect(rows).to_have_count(len(calls))
+        # Each row is one model call, linked to it; no call shows twice.
+        hrefs = [rows.nth(i).get_attribute("href") or "" for i in range(len(calls))]
+        shown = [re.sub(r"^.*/calls/([^/]+)/$", r"\1", href) for href in hrefs]
+        assert sorted(shown) == sorted(calls), (kind, hrefs, calls)
+        labels = rows.locator(".span-name").all_inner_texts()
+        assert all(re.search(r" · call \d+", label) for label in labels), (kind, labels)
+        assert len(set(labels)) == len(labels), (kind, labels)
+        trace.screenshot(path=str(results_dir / f"agent-view-{kind}.png"))
     assert problems == []
     context.close()
 
