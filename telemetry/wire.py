@@ -103,13 +103,28 @@ def _key_value(name: str, value: Any) -> bytes:
     return _key(name) + _field(b"\x12", _any_value(value))
 
 
+# Encoded string attributes of at most _SHORT_STRING characters: ids, names, models,
+# queues, the run's correlation attributes. The same few repeat on every span of a
+# run, so most spans find most of theirs here (a dict lookup instead of an encode).
+_SHORT_STRING = 100
+_SHORT_STRINGS_MAX = 16_384
+_SHORT_STRINGS: dict[tuple[bytes, str, str], bytes] = {}
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated KeyValue fields; strings, the usual case, inlined (this is the hot loop)."""
     if not attributes:
         return b""
     parts = []
+    cache = _SHORT_STRINGS
     for name, value in attributes.items():
         if type(value) is str:
+            short = len(value) <= _SHORT_STRING
+            if short:
+                encoded = cache.get((tag, name, value))
+                if encoded is not None:
+                    parts.append(encoded)
+                    continue
             data = value.encode()
             size = len(data)
             # KeyValue{key, value: AnyValue{string_value}}, lengths worked out up front.
@@ -117,7 +132,12 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             size = len(any_value)
             body = _key(name) + b"\x12" + (_SMALL[size] if size < 128 else _varint(size))
             size += len(body)
-            parts.append(tag + (_SMALL[size] if size < 128 else _varint(size)) + body + any_value)
+            encoded = tag + (_SMALL[size] if size < 128 else _varint(size)) + body + any_value
+            parts.append(encoded)
+            if short:
+                if len(cache) >= _SHORT_STRINGS_MAX:
+                    cache.clear()
+                cache[tag, name, value] = encoded
             continue
         try:
             parts.append(_field(tag, _key_value(name, value)))
