@@ -1,6 +1,7 @@
 """Server time of the run page for a run with 500 model calls.
 
     .venv/bin/python bench/run_page.py [--requests 50] [--calls 500] [--mode spans|history]
+        [--warm] [--profile N]
 
 Builds its own database in a temporary directory: one triage-shaped run with
 ``--calls`` model calls (every 25th call fails once and is retried), each with
@@ -15,6 +16,14 @@ Modes:
 - ``history``: a recorded-shape history (3 activity events + a workflow task
   per call) sits in the history cache as serialized protobuf, as it does for
   a closed run after its first view; Temporal is still never contacted.
+
+Each request is a first view of the run (what the page keeps per run and stored
+state is forgotten before it); ``--warm`` keeps it, as a reload, an opened trace
+node or a model call's detail finds it. Besides wall time it prints the server's
+CPU time per request (the process's, every thread), which says more on a shared
+machine; in ``history`` mode also the time of the history section, which a long
+history loads when it is scrolled to. ``--profile N`` prints cProfile's N
+costliest functions of the timed requests (the request's own thread only).
 
 Target: p95 <= 400 ms.
 """
@@ -280,6 +289,13 @@ def main() -> int:
         metavar="N",
         help="profile the timed requests (cProfile) and print the N costliest functions",
     )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="keep what the page read and correlated between requests (as a reload, a "
+        "trace node or a model call's detail finds it); by default each request is a "
+        "first view",
+    )
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f} (1 min)")
     server = None
@@ -306,6 +322,7 @@ def _measure(args: argparse.Namespace, database_url: str | None) -> int:
         from google.protobuf import json_format
         from temporalio.api.history.v1 import History
 
+        from dashboard import run_page
         from dashboard.run_page import _cache_key
         from tracing.models import Span
 
@@ -332,6 +349,8 @@ def _measure(args: argparse.Namespace, database_url: str | None) -> int:
             profiler = cProfile.Profile()
             profiler.enable()
         for _ in range(args.requests):
+            if not args.warm:
+                run_page.forget_reads()  # each request a first view of the run
             started, cpu_started = time.perf_counter(), time.process_time()
             response = client.get(url)
             cpu.append((time.process_time() - cpu_started) * 1000)
@@ -365,7 +384,8 @@ def _measure(args: argparse.Namespace, database_url: str | None) -> int:
         print(
             f"{'PostgreSQL' if database_url else 'SQLite'}: "
             f"run page, {args.calls} model calls, {len(spans)} spans, "
-            f"{len(events) if args.mode == 'history' else 0} history events, mode={args.mode}: "
+            f"{len(events) if args.mode == 'history' else 0} history events, mode={args.mode}"
+            f"{', warm' if args.warm else ''}: "
             f"{args.requests} requests, p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
             f"max {timings[-1]:.0f} ms, page {size // 1024} KiB; "
             f"server CPU per request p50 {statistics.median(cpu):.0f} ms, p95 {cpu_p95:.0f} ms "

@@ -23,8 +23,9 @@ import gc
 import json
 import logging
 import re
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -672,6 +673,9 @@ class Loaded:
     skeleton: store.Skeleton | None = None
     # Spans the story left out: a run with more than MAX_STORY_SPANS of them.
     truncated: int = 0
+    # What the page read for the run and correlated, shared with the other requests
+    # made of the same stored spans and history (see _READS).
+    read: Read | None = None
 
     @property
     def events(self) -> Sequence[HistoryEvent]:
@@ -688,6 +692,54 @@ class Loaded:
         else:
             events = str(-1 if self.history is None else len(self.history.events))
         return f"{events}-{self.stored}"
+
+
+@dataclass
+class Read:
+    """The spans a page read for a run and, once correlated, its story: kept for the
+    next request made of the same inputs (a reload, a trace node opened, a model
+    call's detail), which would read and correlate the same again."""
+
+    skeleton: store.Skeleton
+    spans: list[dict[str, Any]]
+    truncated: int
+    # (the inherited spans' ids it was correlated with, the story); set once.
+    story: tuple[tuple[str, ...], RunStory] | None = None
+
+
+# Reads by (workflow id, run id, stored state, history length): the stored state
+# changes whenever a span of the run is stored, adopted or pruned, and a run's
+# history only grows. Nothing read from a Read is changed by its readers.
+_READS: OrderedDict[tuple[str, str, str, int], Read] = OrderedDict()
+_READS_LOCK = threading.Lock()
+# Runs whose reads are kept (the last used), and the largest run kept.
+READS_KEPT = 4
+READ_MAX_SPANS = 20_000
+
+
+def _read_spans(workflow_id: str, run_id: str, stored: str, history: History | None) -> Read:
+    key = (workflow_id, run_id, stored, -1 if history is None else len(history.events))
+    with _READS_LOCK:
+        kept = _READS.get(key)
+        if kept is not None:
+            _READS.move_to_end(key)
+            return kept
+    skeleton = store.run_skeleton(workflow_id, run_id)
+    spans, truncated = story_spans(skeleton)
+    read = Read(skeleton, spans, truncated)
+    if stored != "0" and len(skeleton.stubs) <= READ_MAX_SPANS:
+        with _READS_LOCK:
+            _READS[key] = read
+            for old in [k for k in _READS if k[:2] == key[:2] and k != key]:
+                del _READS[old]  # an older state of the same run
+            while len(_READS) > READS_KEPT:
+                _READS.popitem(last=False)
+    return read
+
+
+def forget_reads() -> None:
+    with _READS_LOCK:
+        _READS.clear()
 
 
 def _cache_key(workflow_id: str, run_id: str) -> str:
@@ -759,11 +811,12 @@ async def load(workflow_id: str, run_id: str, *, complete: bool = False) -> Load
         await linker.link_history(workflow_id, run_id, list(history.events))
     skeleton: store.Skeleton | None = None
     truncated = 0
+    read: Read | None = None
     if complete:
         spans = await sync_to_async(store.spans_for_run)(workflow_id, run_id)
     else:
-        skeleton = await sync_to_async(store.run_skeleton)(workflow_id, run_id)
-        spans, truncated = await sync_to_async(story_spans)(skeleton)
+        read = await sync_to_async(_read_spans)(workflow_id, run_id, stored, history)
+        skeleton, spans, truncated = read.skeleton, read.spans, read.truncated
     family = await run_family.load(workflow_id, run_id, history, spans)
     # Trace health counts every span (orphans, cycles): the stubs have what it reads.
     every: Sequence[dict[str, Any]] = (
@@ -772,7 +825,7 @@ async def load(workflow_id: str, run_id: str, *, complete: bool = False) -> Load
     facts = await sync_to_async(run_health_panel.load)(workflow_id, run_id, every)
     return Loaded(
         history, error, spans, stored, archived, family=family, health=facts,
-        skeleton=skeleton, truncated=truncated,
+        skeleton=skeleton, truncated=truncated, read=read,
     )  # fmt: skip
 
 
@@ -918,8 +971,16 @@ async def refresh_health(workflow_id: str, run_id: str) -> None:
 
 
 def story_of(loaded: Loaded) -> RunStory:
+    inherited = loaded.family.inherited
+    key = tuple(str(s.get("span_id", "")) for s in inherited)
+    read = loaded.read
+    if read is not None and read.story is not None and read.story[0] == key:
+        return read.story[1]
     # A reset run's calls before its reset point were made (and traced) by its base run.
-    return correlate(loaded.events, [*loaded.spans, *loaded.family.inherited])
+    story = correlate(loaded.events, [*loaded.spans, *inherited])
+    if read is not None:
+        read.story = (key, story)
+    return story
 
 
 def every_span(loaded: Loaded) -> Sequence[dict[str, Any]]:

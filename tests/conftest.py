@@ -113,6 +113,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_run_page_reads() -> Iterator[None]:
+    """The run page keeps what it read per run and stored state (dashboard.run_page):
+    a test's rolled-back database can hand the next test the same ids for other spans."""
+    yield
+    run_page = sys.modules.get("dashboard.run_page")
+    if run_page is not None:
+        run_page.forget_reads()
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(
     django_db_modify_db_settings_parallel_suffix: None,

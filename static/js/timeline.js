@@ -376,11 +376,20 @@
     const flush = function (g) {
       if (g.n === 1) { attemptBar(data.attempts[g.first], g.x0, g.x1); return; }
       drawn += 1;
+      // Red only when every attempt in it failed: a few failures among many calls
+      // are ticks where they happened, not a lane painted red.
+      const failed = g.fails.length;
       const group = el("rect", {
         x: g.x0, y: laneY(g.l) + 6, width: Math.max(g.x1 - g.x0, MIN_BAR), height: LANE_H - 12,
-        class: "tl-attempt tl-group " + (g.f ? "failed" : "ok"), "data-count": g.n,
+        class: "tl-attempt tl-group " + (failed === g.n ? "failed" : "ok"), "data-count": g.n,
+        "data-failed": failed,
       }, plot);
-      title(group, g.n + " model-call attempts" + (g.f ? ", some failed" : "") + ". Click to zoom in.");
+      if (failed && failed < g.n) {
+        g.fails.forEach(function (x) {
+          el("rect", { x: x, y: laneY(g.l) + 6, width: 2, height: LANE_H - 12, class: "tl-group-fail" }, plot);
+        });
+      }
+      title(group, g.n + " model-call attempts" + (failed ? ", " + failed + " failed" : "") + ". Click to zoom in.");
       group.addEventListener("click", function (event) {
         event.stopPropagation();
         zoomTo(host, data, map.toMs(vs + (g.x0 - LABEL_W) / scale), map.toMs(vs + (g.x1 - LABEL_W) / scale));
@@ -393,11 +402,12 @@
       const prev = groups[a.l];
       if (x1 - x0 < MIN_BAR) {
         if (prev && x0 - prev.x1 < 2) {
-          prev.x1 = Math.max(prev.x1, x1, prev.x0 + MIN_BAR); prev.n += 1; prev.f = prev.f || a.f;
+          prev.x1 = Math.max(prev.x1, x1, prev.x0 + MIN_BAR); prev.n += 1;
+          if (a.f) prev.fails.push(x0);
           return;
         }
         if (prev) flush(prev);
-        groups[a.l] = { x0: x0, x1: Math.max(x1, x0 + MIN_BAR), n: 1, f: a.f, l: a.l, first: index };
+        groups[a.l] = { x0: x0, x1: Math.max(x1, x0 + MIN_BAR), n: 1, fails: a.f ? [x0] : [], l: a.l, first: index };
         return;
       }
       if (prev) { flush(prev); delete groups[a.l]; }

@@ -383,6 +383,50 @@ def test_the_run_page_shows_the_last_turns_of_a_long_conversation(
     assert "data-conversation-link" in section
 
 
+def test_the_run_is_read_and_correlated_once_until_its_spans_or_history_change(
+    logged_in_client: Client,
+    run: dict[str, Any],
+    history_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dashboard import run_page
+    from tracing import store
+
+    reads: list[str] = []
+    correlations: list[int] = []
+    skeleton, correlate = store.run_skeleton, run_page.correlate
+
+    def counted_skeleton(workflow_id: str, run_id: str) -> store.Skeleton:
+        reads.append(run_id)
+        return skeleton(workflow_id, run_id)
+
+    def counted_correlate(*args: Any, **kwargs: Any) -> Any:
+        correlations.append(1)
+        return correlate(*args, **kwargs)
+
+    monkeypatch.setattr(store, "run_skeleton", counted_skeleton)
+    monkeypatch.setattr(run_page, "correlate", counted_correlate)
+    store_spans(run)
+    first = logged_in_client.get(url(run)).content.decode()
+    # The page again, a model call's detail, a trace node: the same spans, correlated once.
+    assert logged_in_client.get(url(run)).content.decode().count("call-row") == first.count(
+        "call-row"
+    )
+    assert logged_in_client.get(url(run, "calls/1/")).status_code == 200
+    trace = logged_in_client.get(url(run, "trace/") + "?view=agent&node=run&offset=0&depth=0")
+    assert trace.status_code == 200
+    assert (len(reads), len(correlations)) == (1, 1)
+    # A span stored since: read and correlated again, and shown.
+    Span.objects.create(
+        trace_id="f" * 32, span_id="late1", parent_span_id="", name="late <span>",
+        kind="custom", workflow_id=run["workflow_id"], run_id=run["run_id"],
+        start_ns=1, end_ns=2, duration_ns=1, data={},
+    )  # fmt: skip
+    raw = logged_in_client.get(url(run) + "?trace=raw").content.decode()
+    assert "late &lt;span&gt;" in raw
+    assert (len(reads), len(correlations)) == (2, 2)
+
+
 def test_api_returns_story_for_session_and_bearer_token(
     client: Client, user: User, run: dict[str, Any], history_calls: list[str]
 ) -> None:
