@@ -712,9 +712,9 @@ class Read:
 # history only grows. Nothing read from a Read is changed by its readers.
 _READS: OrderedDict[tuple[str, str, str, int], Read] = OrderedDict()
 _READS_LOCK = threading.Lock()
-# Runs whose reads are kept (the last used), and the largest run kept.
-READS_KEPT = 4
-READ_MAX_SPANS = 20_000
+# Reads are kept for the runs last used, up to this many spans together (a kept
+# span with its story costs ~3 KB), and not for a run larger than half of that.
+READS_KEPT_SPANS = 20_000
 
 
 def _read_spans(workflow_id: str, run_id: str, stored: str, history: History | None) -> Read:
@@ -727,12 +727,12 @@ def _read_spans(workflow_id: str, run_id: str, stored: str, history: History | N
     skeleton = store.run_skeleton(workflow_id, run_id)
     spans, truncated = story_spans(skeleton)
     read = Read(skeleton, spans, truncated)
-    if stored != "0" and len(skeleton.stubs) <= READ_MAX_SPANS:
+    if stored != "0" and len(skeleton.stubs) <= READS_KEPT_SPANS // 2:
         with _READS_LOCK:
             _READS[key] = read
             for old in [k for k in _READS if k[:2] == key[:2] and k != key]:
                 del _READS[old]  # an older state of the same run
-            while len(_READS) > READS_KEPT:
+            while sum(len(r.skeleton.stubs) for r in _READS.values()) > READS_KEPT_SPANS:
                 _READS.popitem(last=False)
     return read
 
