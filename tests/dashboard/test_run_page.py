@@ -427,6 +427,32 @@ def test_the_run_is_read_and_correlated_once_until_its_spans_or_history_change(
     assert (len(reads), len(correlations)) == (2, 2)
 
 
+def test_a_run_too_large_to_keep_is_read_again(
+    logged_in_client: Client,
+    run: dict[str, Any],
+    history_calls: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dashboard import run_page
+    from tracing import store
+
+    reads: list[str] = []
+    skeleton = store.run_skeleton
+
+    def counted(workflow_id: str, run_id: str) -> store.Skeleton:
+        reads.append(run_id)
+        return skeleton(workflow_id, run_id)
+
+    monkeypatch.setattr(store, "run_skeleton", counted)
+    store_spans(run)
+    # Kept reads are bounded by their spans together; a run over half of that is not kept.
+    monkeypatch.setattr(run_page, "READS_KEPT_SPANS", 2 * len(run["spans"]) - 2)
+    for _ in range(2):
+        assert logged_in_client.get(url(run)).status_code == 200
+    assert len(reads) == 2
+    assert not run_page._READS
+
+
 def test_api_returns_story_for_session_and_bearer_token(
     client: Client, user: User, run: dict[str, Any], history_calls: list[str]
 ) -> None:
