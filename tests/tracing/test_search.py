@@ -184,3 +184,20 @@ def test_spans_that_commit_out_of_id_order_are_indexed_too(run: tuple[str, str])
         return
     assert search.index_pending() == 1
     assert indexed() == Span.objects.count()
+
+
+@pytest.mark.parametrize("window", [1, 3, 10**6])
+def test_a_search_reads_newer_spans_first_and_finds_older_ones_too(
+    run: tuple[str, str], window: int, monkeypatch: pytest.MonkeyPatch, index_only: None
+) -> None:
+    # PostgreSQL reads the index's matches in windows of span ids that grow fourfold.
+    monkeypatch.setattr(search, "PG_FIRST_WINDOW", window)
+    oldest = Span.objects.order_by("id").first()
+    assert oldest is not None
+    oldest.status_message = "wombat sighted"
+    oldest.save()
+    assert search.matching_runs("wombat") == {run}
+    assert search.matching_runs("wombat", limit=1) == {run}
+    assert search.matching_runs("dashboard sync") == {run}
+    assert search.matching_runs("dashboard zanzibar") == set()
+    assert "wombat" in "".join(search.snippets("wombat", {run})[run])
