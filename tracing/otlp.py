@@ -544,7 +544,11 @@ def _put_correlation_keys(row: dict[str, Any], attrs: dict[str, Any], name: str)
     the helpers (_first_of, _id, _label, _count) only where a value is not the
     plain text or integer nearly every span carries."""
     get = attrs.get
-    kind = normalize_kind(attrs, name)
+    kind = get(vocab.AGENTS_SPAN_TYPE)
+    if kind.__class__ is str and kind in vocab.KINDS:
+        pass  # the Agents SDK's own type, as normalize_kind would lower it
+    else:
+        kind = normalize_kind(attrs, name)
     # An agent span names its agent, a model span the agent that called it;
     # instrumentations also stamp a default or the calling agent's name on
     # tool and handoff spans, which is no agent of theirs.
@@ -601,7 +605,8 @@ def _put_correlation_keys(row: dict[str, Any], attrs: dict[str, Any], name: str)
     if value is not None and (value.__class__ is not int or not 0 <= value <= MAX_TOKENS):
         value = _count(value, "tokens_out", MAX_TOKENS)
     row["tokens_out"] = value
-    row["workflow_type"] = workflow_type(attrs, name)
+    value = get(vocab.WORKFLOW_TYPE)
+    row["workflow_type"] = _label_of(value) if value else workflow_type(attrs, name)
     row["inherited"] = False
 
 
