@@ -449,3 +449,44 @@ def test_runs_list_pages_walk_the_list_indexes(monkeypatch: pytest.MonkeyPatch) 
             # the index, whose few matches may be sorted): never the whole table.
             assert len(plans) == 2
             assert "first_span_ns>" in plans[1].replace(" ", ""), plans[1]
+
+
+# Queries of one runs list page with Temporal unreachable: the session and user,
+# the page of summaries, the rows' costs, runs per workflow, two lineage reads; a
+# search adds the index's catch-up, its matches, their summaries' ids, the
+# window's edge and the snippets.
+RUNS_PAGE_MAX_QUERIES = 10
+SEARCH_PAGE_MAX_QUERIES = 16
+
+
+@pytest.mark.parametrize(
+    ("url", "most"),
+    [
+        ("/", RUNS_PAGE_MAX_QUERIES),
+        ("/?type=triage", RUNS_PAGE_MAX_QUERIES),
+        ("/api/runs/", RUNS_PAGE_MAX_QUERIES),
+        ("/?q=wf", SEARCH_PAGE_MAX_QUERIES),
+    ],
+)
+def test_a_runs_list_page_makes_the_same_few_queries_for_3_rows_or_50(
+    logged_in_client: Client, closed_temporal_address: str, url: str, most: int
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert logged_in_client.get(url).status_code == 200
+        # Reads and writes; not the transactions' own statements (BEGIN, SAVEPOINT...).
+        verbs = ("SELECT", "WITH", "INSERT", "UPDATE", "DELETE")
+        return sum(q["sql"].lstrip().upper().startswith(verbs) for q in captured.captured_queries)
+
+    for i in range(3):
+        summary(f"wf-{i:03d}", start_ns=T0 + i)
+        model_span(f"wf-{i:03d}", "r1", "gpt-4o", 100, 10)
+    few = queries()
+    for i in range(3, 60):
+        summary(f"wf-{i:03d}", start_ns=T0 + i)
+        model_span(f"wf-{i:03d}", "r1", "gpt-4o", 100, 10)
+    many = queries()
+    assert many == few <= most, (few, many)
