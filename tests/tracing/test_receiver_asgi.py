@@ -54,6 +54,7 @@ async def post(
     method: str = "POST",
     path: str = "/v1/traces",
     declared: int | None = None,
+    scheme: str = "http",
 ) -> Reply:
     all_headers = {
         "host": "127.0.0.1",
@@ -66,7 +67,7 @@ async def post(
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": method,
-        "scheme": "http",
+        "scheme": scheme,
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
@@ -261,3 +262,22 @@ async def test_live_pages_are_told(spans: list) -> None:
 
 def test_the_fast_path_is_what_dashboard_asgi_serves() -> None:
     assert isinstance(application.application_mapping["http"], receiver_asgi.OtlpFastPath)
+
+
+async def test_a_garbage_content_length_is_read_and_bounded(
+    spans: list, settings: Settings
+) -> None:
+    body = protobuf_body(spans)
+    ok = await post(body, {"content-length": "twelve"}, pieces=3)
+    assert ok.status == 200
+    settings.LOOMVIEW_OTLP_MAX_BODY_BYTES = len(body) - 1
+    over = await post(body, {"content-length": "-5"}, pieces=3)
+    assert over.status == 413
+    assert await Span.objects.acount() == 7
+
+
+async def test_hsts_over_https_as_the_middleware_sends_it(spans: list, settings: Settings) -> None:
+    settings.SECURE_HSTS_SECONDS = 3600
+    reply = await post(protobuf_body(spans), scheme="https")
+    assert reply.headers["strict-transport-security"] == "max-age=3600"
+    assert "strict-transport-security" not in (await post(protobuf_body(spans))).headers
