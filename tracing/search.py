@@ -164,24 +164,9 @@ def matching_runs(text: str, limit: int = MAX_RUNS) -> set[RunKey]:
     """Runs with a span whose text has every word of ``text``."""
     if not words(text):
         return set()
-    if _fts():
+    if _fts() or _pg():
         index_pending()
-        sql = (
-            "SELECT s.workflow_id, s.run_id FROM tracing_spantext AS t "
-            "JOIN tracing_span AS s ON s.id = t.rowid "
-            "WHERE tracing_spantext MATCH %s AND s.run_id != '' "
-            "GROUP BY s.workflow_id, s.run_id ORDER BY max(s.start_ns) DESC LIMIT %s"
-        )
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql, [fts_query(text), limit])
-                return {(w, r) for w, r in cursor.fetchall()}
-        except DatabaseError:
-            # No index (a database migrated elsewhere): search the rows instead.
-            pass
-    elif _pg():
-        index_pending()
-        runs = _pg_matching_runs(pg_query(text), limit)
+        runs = _windowed_runs(text, limit)
         if runs is not None:
             return runs
     return set(
@@ -193,26 +178,40 @@ def matching_runs(text: str, limit: int = MAX_RUNS) -> set[RunKey]:
     )
 
 
-# PostgreSQL reads the index's matches newest first, in windows of span ids that
-# grow fourfold, and stops once it has ``limit`` runs: a common word costs one
-# window of the newest spans, not a join of every span that holds it (13,500
-# spans for "rate limit" in bench/generate.py's million: ~100 ms).
-PG_FIRST_WINDOW = 50_000
+# The index's matches are read newest first, in windows of span ids that grow
+# fourfold, until ``limit`` runs are found: a common word costs one window of the
+# newest spans, not a join of every span that holds it (13,500 spans for "rate
+# limit" in bench/generate.py's million: ~60 ms of SQLite's CPU, ~100 ms of
+# PostgreSQL's, against ~5 ms for a window).
+FIRST_WINDOW = 50_000
 
 
-def _pg_matching_runs(query: str, limit: int) -> set[RunKey] | None:
-    top_rows = _pg_rows("SELECT coalesce(max(span_id), 0) FROM tracing_spanwords", [])
+def _windowed_runs(text: str, limit: int) -> set[RunKey] | None:
+    """The ``limit`` runs with the newest matching spans, or None without an index."""
+    if _fts():
+        top_sql = "SELECT coalesce(max(rowid), 0) FROM tracing_spantext"
+        sql = (
+            "SELECT s.workflow_id, s.run_id, max(s.start_ns) FROM tracing_spantext AS t "
+            "JOIN tracing_span AS s ON s.id = t.rowid "
+            "WHERE tracing_spantext MATCH %s AND t.rowid > %s AND t.rowid <= %s "
+            "AND s.run_id != '' GROUP BY s.workflow_id, s.run_id"
+        )
+        query = fts_query(text)
+    else:
+        top_sql = "SELECT coalesce(max(span_id), 0) FROM tracing_spanwords"
+        sql = (
+            "SELECT s.workflow_id, s.run_id, max(s.start_ns) FROM tracing_spanwords AS w "
+            "JOIN tracing_span AS s ON s.id = w.span_id "
+            "WHERE w.words @@ to_tsquery('simple', %s) AND w.span_id > %s "
+            "AND w.span_id <= %s AND s.run_id <> '' GROUP BY s.workflow_id, s.run_id"
+        )
+        query = pg_query(text)
+    top_rows = _pg_rows(top_sql, [])
     if top_rows is None:
         return None
     top = int(top_rows[0][0])
-    sql = (
-        "SELECT s.workflow_id, s.run_id, max(s.start_ns) FROM tracing_spanwords AS w "
-        "JOIN tracing_span AS s ON s.id = w.span_id "
-        "WHERE w.words @@ to_tsquery('simple', %s) AND w.span_id > %s AND w.span_id <= %s "
-        "AND s.run_id <> '' GROUP BY s.workflow_id, s.run_id"
-    )
     newest: dict[RunKey, int] = {}
-    window = PG_FIRST_WINDOW
+    window = FIRST_WINDOW
     while top > 0 and len(newest) < limit:
         low = max(top - window, 0)
         found = _pg_rows(sql, [query, low, top])
@@ -333,7 +332,8 @@ def snippets(text: str, keys: set[RunKey]) -> dict[RunKey, tuple[str, str, str]]
 
 
 def _pg_rows(sql: str, params: list[str | int]) -> list[tuple[Any, ...]] | None:
-    """The rows of a search on PostgreSQL's index, or None without it (then scan)."""
+    """The rows of a search on the index (either database's), or None without it
+    (then scan)."""
     try:
         # A savepoint: a failed statement must not break the caller's transaction.
         with transaction.atomic(), connection.cursor() as cursor:

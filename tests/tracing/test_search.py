@@ -190,8 +190,8 @@ def test_spans_that_commit_out_of_id_order_are_indexed_too(run: tuple[str, str])
 def test_a_search_reads_newer_spans_first_and_finds_older_ones_too(
     run: tuple[str, str], window: int, monkeypatch: pytest.MonkeyPatch, index_only: None
 ) -> None:
-    # PostgreSQL reads the index's matches in windows of span ids that grow fourfold.
-    monkeypatch.setattr(search, "PG_FIRST_WINDOW", window)
+    # The index's matches are read in windows of span ids that grow fourfold.
+    monkeypatch.setattr(search, "FIRST_WINDOW", window)
     oldest = Span.objects.order_by("id").first()
     assert oldest is not None
     oldest.status_message = "wombat sighted"
