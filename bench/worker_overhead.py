@@ -557,8 +557,8 @@ async def bench(args: argparse.Namespace) -> int:
                     )
                 else:
                     pair_batches = [
-                        await one_batch(client, stack, sink, args, len(batches) + 1, mode)
-                        for mode in order
+                        await one_batch(client, stack, sink, args, len(batches) + 1 + n, mode)
+                        for n, mode in enumerate(order)
                     ]
                 for batch in pair_batches:
                     batches.append(batch)
