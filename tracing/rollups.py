@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,41 +200,63 @@ def _task_queue(row: dict[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
+_MODEL_ACTIVITY_SUFFIX = ":" + vocab.MODEL_ACTIVITY_TYPE
+_START = operator.itemgetter("start_ns")
+_END = operator.itemgetter("end_ns")
+_AGENT_OF = operator.itemgetter("agent")
+
+
 def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
     """Fold spans of one run into its state; any order gives the same state."""
-    # On the ingest path for every span: locals, and the common span (not a
-    # model span, no tokens) leaves early.
+    # On the ingest path for every span: whole-batch min/max/set in C, and the
+    # per-row loop only for model spans.
+    rows = rows if isinstance(rows, list) else list(rows)
+    if not rows:
+        return
+    types = [t for t in map(_workflow_type_of, rows) if t]
+    if types:
+        value = min(types)
+        if not state.workflow_type or value < state.workflow_type:
+            state.workflow_type = value
+    queues = [q for q in map(_task_queue, rows) if q]
+    if queues:
+        value = min(queues)
+        if not state.task_queue or value < state.task_queue:
+            state.task_queue = value
+    agents = state.agents
+    agents.update(map(_AGENT_OF, rows))
+    agents.discard("")
+    start = min(map(_START, rows))
+    if state.start_ns is None or start < state.start_ns:
+        state.start_ns = start
+    end = max(map(_END, rows))
+    if state.end_ns is None or end > state.end_ns:
+        state.end_ns = end
     calls: dict[str, dict[str, list[Any]]] = state.facts["a"]
     loose: dict[str, list[int]] = state.facts["t"]
-    agents = state.agents
-    workflow_type, task_queue = state.workflow_type, state.task_queue
-    start_ns, end_ns = state.start_ns, state.end_ns
     model_kinds = MODEL_KINDS
+    suffix = _MODEL_ACTIVITY_SUFFIX
     for row in rows:
-        value = row.get("workflow_type")
-        if value and (not workflow_type or value < workflow_type):
-            workflow_type = value
-        value = _task_queue(row)
-        if value and (not task_queue or value < task_queue):
-            task_queue = value
-        agent = row["agent"]
-        if agent:
-            agents.add(agent)
-        if start_ns is None or row["start_ns"] < start_ns:
-            start_ns = row["start_ns"]
-        if end_ns is None or row["end_ns"] > end_ns:
-            end_ns = row["end_ns"]
         model_kind = row["kind"] in model_kinds
-        key = None
-        if row["activity_id"] and (model_kind or vocab.is_model_activity_span(row["name"])):
-            key = _attempt_key(row)
+        activity_id = row["activity_id"]
+        if activity_id and (model_kind or row["name"].endswith(suffix)):
+            attempt = row["attempt"]
+            if attempt is not None:
+                key: str | None = str(attempt)
+            elif row["kind"] == "temporal" and row["name"].startswith(vocab.RUN_ACTIVITY_PREFIX):
+                key = f"span:{row['span_id']}"
+            else:
+                key = None
+            per_call = calls.get(activity_id)
+            if per_call is None:
+                # A model span of an activity without an attempt still makes its
+                # calls entry (a call with no attempts counts as a call).
+                per_call = calls[activity_id] = {}
             if key is not None:
-                per_call = calls.get(row["activity_id"])
-                if per_call is None:
-                    per_call = calls[row["activity_id"]] = {}
                 entry = per_call.get(key)
                 if entry is None:
                     entry = per_call[key] = ["", "", 0, 0, 0, 0, 0, "", 0]
+                agent = row["agent"]
                 if agent and agent > entry[_AGENT]:
                     entry[_AGENT] = agent
                 model = row.get("model")
@@ -243,23 +266,25 @@ def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
                 if model_kind:
                     entry[_ATIN] += row["tokens_in"] or 0
                     entry[_ATOUT] += row["tokens_out"] or 0
-                    entry[_MODEL_NS] = max(entry[_MODEL_NS], duration)
-                else:
-                    entry[_ACT_NS] = max(entry[_ACT_NS], duration)
+                    if duration > entry[_MODEL_NS]:
+                        entry[_MODEL_NS] = duration
+                elif duration > entry[_ACT_NS]:
+                    entry[_ACT_NS] = duration
                 if row["status_code"] == STATUS_ERROR:
                     entry[_AFAILED] = 1
                     _note_message(entry, row)
-            else:
-                # A model span of an activity without an attempt: its calls
-                # entry exists (a call with no attempts counts as a call).
-                calls.setdefault(row["activity_id"], {})
-        if key is None and model_kind and (row["tokens_in"] or row["tokens_out"]):
-            name = f"{agent or ''}{_SEP}{row.get('model') or ''}"
-            pair = loose.setdefault(name, [0, 0])
+                continue
+        if model_kind and (row["tokens_in"] or row["tokens_out"]):
+            name = f"{row['agent'] or ''}{_SEP}{row.get('model') or ''}"
+            pair = loose.get(name)
+            if pair is None:
+                pair = loose[name] = [0, 0]
             pair[0] += row["tokens_in"] or 0
             pair[1] += row["tokens_out"] or 0
-    state.workflow_type, state.task_queue = workflow_type, task_queue
-    state.start_ns, state.end_ns = start_ns, end_ns
+
+
+def _workflow_type_of(row: dict[str, Any]) -> str:
+    return row.get("workflow_type") or ""
 
 
 def _note_message(entry: list[Any], row: dict[str, Any]) -> None:
@@ -286,77 +311,137 @@ class Contribution:
 def contribution(state: RunState, bucket_size: int = HOUR_NS) -> Contribution:
     """What one run adds to the rollups."""
     result = Contribution()
+    _contribute(state, result, 1, bucket_size)
+    return result
+
+
+def _base(state: RunState, bucket_size: int = HOUR_NS) -> tuple[int, str, str, str] | None:
+    """What every cell of the run has of the run itself: start bucket, type, task
+    queue, status."""
     if state.start_ns is None:
-        return result
-    base = (
+        return None
+    return (
         state.start_ns // bucket_size * bucket_size,
         state.workflow_type,
         state.task_queue,
         state.status,
     )
-    models: set[str] = set()
+
+
+def _contribute(state: RunState, into: Contribution, sign: int, bucket_size: int = HOUR_NS) -> None:
+    """into += sign x what the run adds to the rollups."""
+    base = _base(state, bucket_size)
+    if base is None:
+        return
     for per_call in state.facts["a"].values():
-        if not per_call:
-            result.vector((*base, "", ""))[_CALLS] += 1
-            continue
-        first = True
-        for attempt in sorted(per_call):
-            entry = per_call[attempt]
-            cell: Cell = (*base, entry[_AGENT], entry[_MODEL])
-            vector = result.vector(cell)
-            if first:
-                vector[_CALLS] += 1
-                first = False
-            vector[_ATTEMPTS] += 1
-            vector[_TIN] += entry[_ATIN]
-            vector[_TOUT] += entry[_ATOUT]
-            if entry[_AFAILED]:
-                vector[_FAILED] += 1
-                vector[_FTIN] += entry[_ATIN]
-                vector[_FTOUT] += entry[_ATOUT]
-                failure = (cell, entry[_MSG])
-                result.failures[failure] = result.failures.get(failure, 0) + 1
-            vector[_HIST0 + latency_bin(entry[_MODEL_NS] or entry[_ACT_NS])] += 1
-            if entry[_MODEL]:
-                models.add(entry[_MODEL])
-    for name, (tokens_in, tokens_out) in state.facts["t"].items():
-        agent, model = name.split(_SEP, 1)
-        vector = result.vector((*base, agent, model))
-        vector[_TIN] += tokens_in
-        vector[_TOUT] += tokens_out
-        if model:
-            models.add(model)
+        _add_call(into, base, per_call, sign)
+    for name, pair in state.facts["t"].items():
+        _add_loose(into, base, name, pair, sign)
+    models = state.model_names()
     for agent in (ANY, *state.agents):
         for model in (ANY, *models):
-            result.vector((*base, agent, model))[_RUNS] += 1
-    return result
+            into.vector((*base, agent, model))[_RUNS] += sign
 
 
-def _subtract(new: Contribution, old: Contribution, into: Contribution) -> None:
-    """into += new - old."""
-    cells = into.cells
-    for cell in new.cells.keys() | old.cells.keys():
-        after, before = new.cells.get(cell), old.cells.get(cell)
-        if after == before:
-            continue
-        change: list[int]
+def _add_call(
+    into: Contribution, base: tuple[int, str, str, str], per_call: dict[str, list[Any]], sign: int
+) -> None:
+    """into += sign x what one model call (its attempts) adds."""
+    if not per_call:
+        into.vector((*base, "", ""))[_CALLS] += sign
+        return
+    first = True
+    failures = into.failures
+    for attempt in sorted(per_call):
+        entry = per_call[attempt]
+        cell: Cell = (*base, entry[_AGENT], entry[_MODEL])
+        vector = into.vector(cell)
+        if first:
+            vector[_CALLS] += sign
+            first = False
+        vector[_ATTEMPTS] += sign
+        vector[_TIN] += sign * entry[_ATIN]
+        vector[_TOUT] += sign * entry[_ATOUT]
+        if entry[_AFAILED]:
+            vector[_FAILED] += sign
+            vector[_FTIN] += sign * entry[_ATIN]
+            vector[_FTOUT] += sign * entry[_ATOUT]
+            failure = (cell, entry[_MSG])
+            failures[failure] = failures.get(failure, 0) + sign
+        vector[_HIST0 + latency_bin(entry[_MODEL_NS] or entry[_ACT_NS])] += sign
+
+
+def _add_loose(
+    into: Contribution, base: tuple[int, str, str, str], name: str, pair: list[int], sign: int
+) -> None:
+    """into += sign x tokens of model spans that belong to no attempt."""
+    agent, model = name.split(_SEP, 1)
+    vector = into.vector((*base, agent, model))
+    vector[_TIN] += sign * pair[0]
+    vector[_TOUT] += sign * pair[1]
+
+
+def _fold(state: RunState, rows: list[dict[str, Any]], into: Contribution) -> None:
+    """Fold rows into a stored run's state and add the change of its contribution.
+
+    A batch usually brings a few spans of a run that has many: while the run's cells
+    stay where they were (start bucket, type, queue, status, agents and models),
+    only the calls the batch touched and the loose tokens can change, so only they
+    are counted again (before -1, after +1), not the whole run twice."""
+    calls = state.facts["a"]
+    suffix = _MODEL_ACTIVITY_SUFFIX
+    touched = {
+        r["activity_id"]
+        for r in rows
+        if r["activity_id"] and (r["kind"] in MODEL_KINDS or r["name"].endswith(suffix))
+    }
+    saved = {
+        aid: ({k: list(e) for k, e in calls[aid].items()} if aid in calls else None)
+        for aid in touched
+    }
+    loose = state.facts["t"]
+    loose_before = {name: list(pair) for name, pair in loose.items()}
+    agents_before = set(state.agents)
+    models_before = state.model_names()
+    type_before, queue_before = state.workflow_type, state.task_queue
+    start_before, end_before = state.start_ns, state.end_ns
+    base = _base(state)
+    apply_rows(state, rows)
+    if (
+        base is not None
+        and _base(state) == base
+        and state.agents == agents_before
+        and state.model_names() == models_before
+    ):
+        for aid, before in saved.items():
+            after = calls.get(aid)
+            if before == after:
+                continue
+            if before is not None:
+                _add_call(into, base, before, -1)
+            if after is not None:
+                _add_call(into, base, after, 1)
+        for name, pair in loose.items():
+            old = loose_before.get(name)
+            if old != pair:
+                if old is not None:
+                    _add_loose(into, base, name, old, -1)
+                _add_loose(into, base, name, pair, 1)
+        return
+    # The run's cells moved: its whole contribution before, and after.
+    old_calls = dict(calls)
+    for aid, before in saved.items():
         if before is None:
-            assert after is not None
-            change = after
-        elif after is None:
-            change = [-v for v in before]
+            del old_calls[aid]
         else:
-            change = [a - b for a, b in zip(after, before, strict=True)]
-        current = cells.get(cell)
-        cells[cell] = (
-            list(change)
-            if current is None
-            else [a + b for a, b in zip(current, change, strict=True)]
-        )
-    for failure in new.failures.keys() | old.failures.keys():
-        change_f = new.failures.get(failure, 0) - old.failures.get(failure, 0)
-        if change_f:
-            into.failures[failure] = into.failures.get(failure, 0) + change_f
+            old_calls[aid] = before
+    previous = RunState(
+        state.workflow_id, state.run_id, type_before, queue_before, state.status,
+        start_before, end_before, state.close_ns, agents_before,
+        {"a": old_calls, "t": loose_before},
+    )  # fmt: skip
+    _contribute(previous, into, -1)
+    _contribute(state, into, 1)
 
 
 # -- storage ------------------------------------------------------------------
@@ -389,15 +474,19 @@ def load_states(keys: Iterable[RunKey]) -> dict[RunKey, RunState]:
     if not wanted:
         return {}
     workflow_ids = sorted({w for w, _ in wanted})
+    run_ids = sorted({r for _, r in wanted})
     quote = connection.ops.quote_name
+    # Both ids (a workflow id may have many runs), as two IN lists: the unique
+    # index serves them on every backend.
     sql = (
         "SELECT workflow_id, run_id, workflow_type, task_queue, status, start_ns, end_ns, "
         f"close_ns, agents, facts FROM {quote(RunRollupState._meta.db_table)} "
-        f"WHERE workflow_id IN ({', '.join([_marker()] * len(workflow_ids))})"
+        f"WHERE workflow_id IN ({', '.join([_marker()] * len(workflow_ids))}) "
+        f"AND run_id IN ({', '.join([_marker()] * len(run_ids))})"
     )
     found: dict[RunKey, RunState] = {}
     with connection.cursor() as cursor:
-        cursor.execute(sql, workflow_ids)
+        cursor.execute(sql, workflow_ids + run_ids)
         for wf, run, wtype, queue, status, start, end, close, agents, facts in cursor.fetchall():
             if (wf, run) in wanted:
                 found[(wf, run)] = RunState(
@@ -573,11 +662,10 @@ def apply(rows: Iterable[dict[str, Any]]) -> None:
         state = states.get(key)
         if state is None:
             state = RunState(*key)
-            before = Contribution()
+            apply_rows(state, group)
+            _contribute(state, delta, 1)
         else:
-            before = contribution(state)
-        apply_rows(state, group)
-        _subtract(contribution(state), before, delta)
+            _fold(state, group, delta)
         changed.append(state)
     _save_states(changed)
     _add(delta)
@@ -598,9 +686,9 @@ def set_status(updates: dict[RunKey, tuple[str, int | None]]) -> int:
             status, close_ns = updates[key]
             if (state.status, state.close_ns) == (status, close_ns):
                 continue
-            before = contribution(state)
+            _contribute(state, delta, -1)
             state.status, state.close_ns = status, close_ns
-            _subtract(contribution(state), before, delta)
+            _contribute(state, delta, 1)
             changed.append(state)
         _save_states(changed)
         _add(delta)
@@ -616,7 +704,7 @@ def forget(keys: Iterable[RunKey]) -> int:
         return 0
     delta = Contribution()
     for state in states.values():
-        _subtract(Contribution(), contribution(state), delta)
+        _contribute(state, delta, -1)
     _add(delta)
     gone = RunRollupState.objects.filter(
         workflow_id__in={w for w, _ in states}, run_id__in={r for _, r in states}

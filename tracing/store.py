@@ -94,6 +94,9 @@ _SUMMARY_INPUT = (
     "tokens_out", "status_code", "status_message", "start_ns", "end_ns", *_IDS,
 )  # fmt: skip
 
+_SPAN_TABLE = Span._meta.db_table
+_SEQUENCE_SQL = f"SELECT seq FROM sqlite_sequence WHERE name = '{_SPAN_TABLE}'"
+
 # SQLite has one writer at a time anyway; queueing writers here instead of in
 # SQLite's busy handler avoids its back-off sleeps under concurrent exports.
 _sqlite_writer = threading.Lock()
@@ -403,7 +406,6 @@ def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if connection.vendor == "postgresql":
         return _insert_copy(batch)
     sqlite = connection.vendor == "sqlite"
-    inserted_keys: set[SpanKey] = set()
     # wrap_database_errors: the plain cursor's sqlite3 errors become Django's,
     # so a refused span (IntegrityError) and a locked database
     # (OperationalError) are told apart as on PostgreSQL.
@@ -412,6 +414,7 @@ def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # every %s of a 12,000-parameter statement into ? on each call.
         cursor = connection.connection.cursor() if sqlite else wrapper
         columns = _COLUMN_VALUES
+        inserted: list[dict[str, Any]] = []
         for start in range(0, len(batch), INSERT_CHUNK):
             chunk = batch[start : start + INSERT_CHUNK]
             params: list[Any] = []
@@ -419,9 +422,28 @@ def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 params += columns(row)
                 data = _data(row)
                 params.append(_compact_json(data) if sqlite else _adapt_json(data))
-            cursor.execute(_insert_sql(len(chunk), "?" if sqlite else "%s"), params)
-            inserted_keys.update((t, s) for t, s in cursor.fetchall())
-    return [r for r in batch if (r["trace_id"], r["span_id"]) in inserted_keys]
+            if not sqlite:
+                cursor.execute(_insert_sql(len(chunk), "%s", returning=True), params)
+                inserted_keys = {(t, s) for t, s in cursor.fetchall()}
+                inserted += [r for r in chunk if (r["trace_id"], r["span_id"]) in inserted_keys]
+                continue
+            # No RETURNING on SQLite (it cost ~6 µs a span, bench/README.md): rows
+            # skipped as stored already are rare (re-delivery), and the inserted
+            # ones are told by their ids. One writer at a time and AUTOINCREMENT:
+            # the statement's rows took ids above the mark it started from.
+            cursor.execute(_SEQUENCE_SQL)
+            mark = cursor.fetchone()
+            cursor.execute(_insert_sql(len(chunk), "?", returning=False), params)
+            if cursor.rowcount == len(chunk):
+                inserted += chunk
+            elif cursor.rowcount > 0:
+                cursor.execute(
+                    f"SELECT trace_id, span_id FROM {_SPAN_TABLE} WHERE id > ?",
+                    [mark[0] if mark else 0],
+                )
+                inserted_keys = {(t, s) for t, s in cursor.fetchall()}
+                inserted += [r for r in chunk if (r["trace_id"], r["span_id"]) in inserted_keys]
+    return inserted
 
 
 def _data(row: dict[str, Any]) -> dict[str, Any]:
@@ -487,14 +509,15 @@ def _adapt_json(value: Any) -> Any:
 
 
 @functools.cache
-def _insert_sql(rows: int, marker: str) -> str:
+def _insert_sql(rows: int, marker: str, returning: bool) -> str:
     quote = connection.ops.quote_name
     columns = ", ".join(quote(c) for c in [*_COLUMNS, "data"])
     placeholder = "(" + ", ".join([marker] * (len(_COLUMNS) + 1)) + ")"
     return (
         f"INSERT INTO {quote(Span._meta.db_table)} ({columns}) "
         f"VALUES {', '.join([placeholder] * rows)} "
-        "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
+        "ON CONFLICT (trace_id, span_id) DO NOTHING"
+        + (" RETURNING trace_id, span_id" if returning else "")
     )
 
 
@@ -615,32 +638,52 @@ _SUMMARY_FIELDS = [
 
 # Plain SQL for the summaries as for the spans: the ORM's query building was a
 # tenth of ingest's time for a score of rows per batch.
-_SUMMARY_JSON = frozenset({"agents", "model_attempts", "history"})
+_SUMMARY_JSON = frozenset({"agents", "model_attempts", "history", "history_health"})
+
+
+@functools.cache
+def _loaded_summary_columns() -> tuple[list[str], list[int]]:
+    """The summary columns a batch reads, in the model's field order (what
+    Model.from_db takes), and the positions of the JSON ones."""
+    wanted = {"id", "workflow_id", "run_id", "history_health", *_SUMMARY_FIELDS}
+    columns = [f.attname for f in RunSummary._meta.concrete_fields if f.attname in wanted]
+    return columns, [i for i, c in enumerate(columns) if c in _SUMMARY_JSON]
 
 
 def _load_summaries(keys: Iterable[RunKey]) -> dict[RunKey, RunSummary]:
     wanted = set(keys)
+    if not wanted:
+        return {}
     workflow_ids = sorted({w for w, _ in wanted})
+    run_ids = sorted({r for _, r in wanted})
     # "%s" through Django's cursor on every backend: a "?" breaks its debug
     # cursor (LOOMVIEW_DEBUG, captured queries), which formats the SQL with %.
-    marker = "%s"
+    # Both ids: a workflow id may have many runs (resets, continue-as-new, a
+    # schedule's fixed id), and only these are wanted. (A row-value IN list
+    # would scan the table on SQLite; two IN lists use the unique index.)
     quote = connection.ops.quote_name
-    columns = ["workflow_id", "run_id", *_SUMMARY_FIELDS]
+    columns, json_at = _loaded_summary_columns()
     sql = (
         f"SELECT {', '.join(quote(c) for c in columns)} FROM {quote(RunSummary._meta.db_table)} "
-        f"WHERE workflow_id IN ({', '.join([marker] * len(workflow_ids))})"
+        f"WHERE workflow_id IN ({', '.join(['%s'] * len(workflow_ids))}) "
+        f"AND run_id IN ({', '.join(['%s'] * len(run_ids))})"
     )
     found: dict[RunKey, RunSummary] = {}
+    key_at = columns.index("workflow_id"), columns.index("run_id")
+    alias = connection.alias
     with connection.cursor() as cursor:
-        cursor.execute(sql, workflow_ids)
-        for values in cursor.fetchall():
-            fields = dict(zip(columns, values, strict=True))
-            if (fields["workflow_id"], fields["run_id"]) not in wanted:
+        cursor.execute(sql, workflow_ids + run_ids)
+        for row in cursor.fetchall():
+            key = (row[key_at[0]], row[key_at[1]])
+            if key not in wanted:
                 continue
-            for name in _SUMMARY_JSON:
-                if isinstance(fields[name], str | bytes):
-                    fields[name] = orjson.loads(fields[name])
-            found[(fields["workflow_id"], fields["run_id"])] = RunSummary(**fields)
+            values = list(row)
+            for at in json_at:
+                if isinstance(values[at], str | bytes):
+                    values[at] = orjson.loads(values[at])
+            # from_db: positional, as Django loads a row (keyword arguments cost
+            # a default per missing field).
+            found[key] = RunSummary.from_db(alias, columns, values)
     return found
 
 
