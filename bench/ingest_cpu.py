@@ -22,12 +22,13 @@ Two measures:
   a round slowed by another process's cache traffic does not count;
 - ``--callgrind``: instructions executed (valgrind's callgrind), which do
   not depend on the machine's load at all. The total is the whole program's
-  count less that of the same program without the measured batches. Each
-  stage also runs inside a C function of its own (a tiny shared library
-  built with ``cc``) so callgrind can report it; valgrind 3.19 (Debian 12)
-  does not attribute the ctypes-called functions, and the stages then show
-  as ``-``. Slow (two runs of 2-7 min on a loaded machine): the default is
-  4 batches after 2 warm-up ones.
+  count from the start of the measured batches to their end, every thread.
+  Each stage is told apart by callgrind's own client request: entering and
+  leaving a stage dumps the counts so far (``CALLGRIND_DUMP_STATS_AT``, from a
+  tiny shared library built with ``cc``), so each dump holds the instructions
+  of one stretch of one stage, exclusive of the stages it calls. Slow (one run
+  of 3-7 min on a loaded machine): the default is 4 batches after 2 warm-up
+  ones.
 
     .venv/bin/python bench/ingest_cpu.py [--rounds 5] [--batches 10] [--asgi]
     .venv/bin/python bench/ingest_cpu.py --callgrind [--batches 4]
@@ -50,7 +51,6 @@ import gc
 import importlib
 import os
 import pickle
-import re
 import shutil
 import subprocess
 import sys
@@ -86,14 +86,14 @@ GC = "(gc, in the above)"
 WHOLE = "(whole program)"
 WARM_UP = 2
 
-# One C function per stage, so callgrind can tell them apart: each calls the
-# stage (a ctypes callback) and does a little work after it, so the call is
-# not a tail call.
-_STAGES_C = "\n".join(
-    f"volatile int lv_after_{i};\n"
-    f"void lv_stage_{i}(void (*work)(void)) {{ work(); lv_after_{i}++; }}"
-    for i in range(len(ORDER))
+# Callgrind's client request, callable through ctypes: dump the counts since the
+# last dump under a label (the stage that ran meanwhile).
+_STAGES_C = (
+    "#include <valgrind/callgrind.h>\n"
+    "void lv_dump(const char *label) { CALLGRIND_DUMP_STATS_AT(label); }\n"
 )
+OUTSIDE = "(outside the stages)"
+WARM_UP_LABEL = "(warm-up)"
 
 
 class Stages:
@@ -104,6 +104,7 @@ class Stages:
         self.stack: list[list[Any]] = []  # [label, started, child time]
         self.library = library
         self.measuring = False
+        self.labels: list[str] = []  # callgrind: the stages running, innermost last
 
     def wrap(self, label: str, function: Callable[..., Any]) -> Callable[..., Any]:
         if self.library is not None:
@@ -123,29 +124,25 @@ class Stages:
         return timed
 
     def _wrap_c(self, label: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        assert self.library is not None
-        entry = getattr(self.library, f"lv_stage_{ORDER.index(label)}")
-        callback_type = ctypes.CFUNCTYPE(None)
-
-        def through_c(*args: Any, **kwargs: Any) -> Any:
+        def dumped(*args: Any, **kwargs: Any) -> Any:
             if not self.measuring:
                 return function(*args, **kwargs)
-            outcome: list[Any] = []
+            self.dump()  # the stretch of the stage that called this one
+            self.labels.append(label)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.dump()
+                self.labels.pop()
 
-            def work() -> None:
-                # ctypes would print and swallow an exception raised here.
-                try:
-                    outcome.append((True, function(*args, **kwargs)))
-                except BaseException as exc:
-                    outcome.append((False, exc))
+        return dumped
 
-            entry(callback_type(work))
-            ok, value = outcome[0]
-            if not ok:
-                raise value
-            return value
-
-        return through_c
+    def dump(self, label: str | None = None) -> None:
+        """Callgrind: the counts since the last dump belong to label (default: the
+        innermost stage running)."""
+        assert self.library is not None
+        name = label or (self.labels[-1] if self.labels else OUTSIDE)
+        self.library.lv_dump(name.encode())
 
 
 def build_stage_library(directory: Path) -> Path:
@@ -406,7 +403,7 @@ def report(args: argparse.Namespace, rounds: list[dict[str, float]]) -> None:
 def run_callgrind(
     args: argparse.Namespace, tmp: Path, bodies: list[bytes], nonce: bytes
 ) -> dict[str, float]:
-    """Run a child under callgrind; returns instructions per span per stage (inclusive)."""
+    """Run a child under callgrind; returns instructions per span per stage (exclusive)."""
     if args.postgres:
         raise SystemExit("--callgrind measures the SQLite path only")
     # The batches (with their trace ids made fresh) and a migrated database,
@@ -428,25 +425,20 @@ def run_callgrind(
     library = build_stage_library(tmp)
     env["LOOMVIEW_STAGE_LIBRARY"] = str(library)
     spans = args.batches * SPANS_PER_BATCH
-    counts, total = _callgrind_child(args, tmp, env, args.batches)
+    counts = _callgrind_child(args, tmp, env, args.batches)
     per_span = {label: count / spans for label, count in counts.items()}
-    # The whole program's count less that of a run without the measured
-    # batches: every thread's work for them, whether or not the stages'
-    # C functions show in callgrind's report (on some valgrind builds the
-    # ctypes-called functions do not).
-    _, baseline = _callgrind_child(args, tmp, env, 0)
-    per_span[WHOLE] = (total - baseline) / spans
-    if args.asgi:
-        per_span[REQUEST] = per_span[WHOLE]
+    per_span[WHOLE] = sum(counts.values()) / spans
     return per_span
 
 
 def _callgrind_child(
     args: argparse.Namespace, tmp: Path, env: dict[str, str], batches: int
-) -> tuple[dict[str, int], int]:
-    """(inclusive instructions per stage, the program's total) of one child run."""
+) -> dict[str, int]:
+    """Instructions per label (stage, or outside the stages) of the measured batches."""
     shutil.copy(tmp / "cpu.sqlite3", tmp / "run.sqlite3")
-    out = tmp / f"callgrind-{batches}.out"
+    dumps = tmp / "dumps"
+    dumps.mkdir(exist_ok=True)
+    out = dumps / "callgrind.out"
     command = [
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, str(Path(__file__).resolve()), "--child", str(tmp),
@@ -456,24 +448,26 @@ def _callgrind_child(
     started = time.monotonic()
     subprocess.run(command, check=True, env=env, stderr=subprocess.DEVNULL)
     print(f"callgrind run ({batches} batches): {time.monotonic() - started:.0f} s")
-    annotated = subprocess.run(
-        ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(out)],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    inclusive: dict[str, int] = {}
-    total = 0
-    for line in annotated.splitlines():
-        match = re.match(r"\s*([\d,]+) .*lv_stage_(\d+)\b", line)
-        if match:
-            inclusive[ORDER[int(match.group(2))]] = int(match.group(1).replace(",", ""))
-        match = re.match(r"\s*([\d,]+) .*PROGRAM TOTALS", line)
-        if match:
-            total = int(match.group(1).replace(",", ""))
-    return inclusive, total
+    counts: dict[str, int] = {}
+    for path in dumps.iterdir():
+        label, total = "", 0
+        with path.open(errors="replace") as lines:
+            for line in lines:
+                if line.startswith("desc: Trigger: Client Request: "):
+                    label = line.split(": ", 3)[3].strip()
+                elif line.startswith("summary: "):
+                    total = int(line.split()[1])
+                    break
+        # The warm-up (up to the first measured stage) and the program's
+        # termination (its own dump, "Program termination") are not counted.
+        if label and label != WARM_UP_LABEL:
+            counts[label] = counts.get(label, 0) + total
+        path.unlink()
+    return counts
 
 
 def child(args: argparse.Namespace) -> int:
-    """Under callgrind: post the prepared batches, each stage through its C function."""
+    """Under callgrind: post the prepared batches, each stage between two dumps."""
     tmp = args.child
     library = ctypes.CDLL(os.environ["LOOMVIEW_STAGE_LIBRARY"])
     posts: list[bytes] = pickle.loads((tmp / "bodies.pickle").read_bytes())
@@ -482,33 +476,27 @@ def child(args: argparse.Namespace) -> int:
     post, _ = instrument(stages, args)
     for body in posts[:WARM_UP]:
         post(body)
+    stages.dump(WARM_UP_LABEL)
     stages.measuring = True
     for body in posts[WARM_UP : WARM_UP + args.batches]:
         post(body)
+    stages.dump()  # what ran after the last stage, outside every stage
     return 0
 
 
-def report_callgrind(args: argparse.Namespace, inclusive: dict[str, float]) -> None:
-    """Exclusive instructions per stage: the store's callees are inside the store's
-    function, and everything is inside the request's with --asgi."""
-    exclusive = dict(inclusive)
-    store_callees = [s[0] for s in STAGES if s[0] in inclusive]
-    if STORE in exclusive:
-        exclusive[STORE] -= sum(inclusive[s] for s in store_callees)
-    if REQUEST in exclusive:
-        inner = [k for k in inclusive if k not in (REQUEST, *store_callees)]
-        exclusive[REQUEST] -= sum(inclusive[k] for k in inner)
-    total = inclusive[WHOLE]
-    exclusive.pop(WHOLE)
+def report_callgrind(args: argparse.Namespace, exclusive: dict[str, float]) -> None:
+    total = exclusive.pop(WHOLE)
     print(
         f"{args.root}: callgrind, {args.batches} x {SPANS_PER_BATCH} spans after {WARM_UP} "
         f"warm-up batches, SQLite{', whole ASGI app' if args.asgi else ''}"
     )
-    print(f"{'instructions/span':<18} {'':>10}")
-    for label in ORDER:
+    print(f"{'instructions/span':<20} {'':>10}")
+    for label in [*ORDER, OUTSIDE]:
         value = exclusive.get(label)
-        print(f"{label:<18} {'-' if value is None else f'{value:,.0f}':>10}")
-    print(f"{'total':<18} {total:>10,.0f}   (the measured batches' share of the program)")
+        print(f"{label:<20} {'-' if value is None else f'{value:,.0f}':>10}")
+    print(
+        f"{'total':<20} {total:>10,.0f}   (every thread, from the first measured batch to the end)"
+    )
     print(f"= {total * 10_000 / 1e9:.1f} G instructions per 10k spans")
 
 
