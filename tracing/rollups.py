@@ -595,65 +595,45 @@ def widen(
 _EMPTY_WHEN_ZERO = ("runs", "calls", "attempts", "tokens_in", "tokens_out")
 
 
-def _upsert_add(
-    table: str,
-    keys: tuple[str, ...],
-    values: tuple[str, ...],
-    rows: list[list[Any]],
-    returning: str,
-) -> list[tuple[Any, ...]]:
-    """Add rows of (keys..., values...) into table; the rows RETURNING gives, if asked."""
-    found: list[tuple[Any, ...]] = []
-    if not rows:
-        return found
-    if connection.vendor == "postgresql":
-        # One short statement per row, server-side binding: psycopg parses (and
-        # caches only short) statements on the client, and a multi-row upsert of
-        # hundreds of cells x 79 columns was parsed anew every batch.
-        import psycopg
-
-        raw = connection.connection
-        assert raw is not None
-        with psycopg.Cursor(raw) as cursor:
-            sql = _add_sql(table, keys, values, 1, "%s", returning)
-            cursor.executemany(sql, rows, returning=bool(returning))
-            if returning:
-                while True:
-                    found += cursor.fetchall()
-                    if not cursor.nextset():
-                        break
-        return found
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
-            sql = _add_sql(table, keys, values, len(chunk), _marker(), returning)
-            cursor.execute(sql, [v for row in chunk for v in row])
-            if returning:
-                found += cursor.fetchall()
-    return found
-
-
 def _add(delta: Contribution) -> None:
     """Add a difference to the rollup tables: upserts (a cell's row is created on first
     use), and a row that a subtraction empties is deleted, so the tables hold exactly
     the cells a recount has."""
+    marker = _marker()
     wide_cells, wide_failures = widen(delta)
-    cells = [[*cell, *vector] for cell, vector in wide_cells.items()]
-    shrinks = any(min(vector) < 0 for vector in wide_cells.values())
-    returned = _upsert_add(
-        Rollup._meta.db_table, KEYS, VALUES, cells,
-        ", ".join(("id", *_EMPTY_WHEN_ZERO)) if shrinks else "",
-    )  # fmt: skip
-    emptied: dict[type[Rollup] | type[FailureRollup], list[int]] = {
-        Rollup: [row[0] for row in returned if not any(row[1:])]
-    }
-    failures = [[*key, count] for key, count in wide_failures.items() if count]
-    shrinks = any(row[-1] < 0 for row in failures)
-    returned = _upsert_add(
-        FailureRollup._meta.db_table, (*KEYS, "message"), ("count",), failures,
-        "id, count" if shrinks else "",
-    )  # fmt: skip
-    emptied[FailureRollup] = [row[0] for row in returned if not row[1]]
+    cells = list(wide_cells.items())
+    failures = [(cell, count) for cell, count in wide_failures.items() if count]
+    emptied: dict[type[Rollup] | type[FailureRollup], list[int]] = {Rollup: [], FailureRollup: []}
+    with connection.cursor() as cursor:
+        table = Rollup._meta.db_table
+        returning = ", ".join(("id", *_EMPTY_WHEN_ZERO))
+        for start in range(0, len(cells), _CHUNK):
+            chunk = cells[start : start + _CHUNK]
+            params: list[Any] = []
+            shrinks = False
+            for cell, vector in chunk:
+                params += cell
+                params += vector
+                shrinks = shrinks or min(vector) < 0
+            sql = _add_sql(table, KEYS, VALUES, len(chunk), marker, returning if shrinks else "")
+            cursor.execute(sql, params)
+            if shrinks:
+                emptied[Rollup] += [row[0] for row in cursor.fetchall() if not any(row[1:])]
+        table = FailureRollup._meta.db_table
+        for start in range(0, len(failures), _CHUNK):
+            chunk_f = failures[start : start + _CHUNK]
+            params = []
+            shrinks = False
+            for key, count in chunk_f:
+                params += [*key, count]
+                shrinks = shrinks or count < 0
+            keys = (*KEYS, "message")
+            sql = _add_sql(
+                table, keys, ("count",), len(chunk_f), marker, "id, count" if shrinks else ""
+            )
+            cursor.execute(sql, params)
+            if shrinks:
+                emptied[FailureRollup] += [row[0] for row in cursor.fetchall() if not row[1]]
     for model, ids in emptied.items():
         for start in range(0, len(ids), 500):
             model.objects.filter(pk__in=ids[start : start + 500]).delete()
