@@ -503,46 +503,23 @@ def _save_states(states: Sequence[RunState]) -> None:
     vendor = connection.vendor
     placeholder = "(" + ", ".join([_marker()] * len(_STATE_COLUMNS)) + ")"
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
-    rows = [
-        [
-            s.workflow_id,
-            s.run_id,
-            s.workflow_type,
-            s.task_queue,
-            s.status,
-            s.start_ns,
-            s.end_ns,
-            s.close_ns,
-            s.duration_ns,
-            s.cost(),
-            _json(sorted(s.agents), vendor),
-            _json(sorted(s.model_names()), vendor),
-            _json(s.facts, vendor),
-        ]
-        for s in states
-    ]
-    sql = (
-        f"INSERT INTO {quote(RunRollupState._meta.db_table)} "
-        f"({', '.join(quote(c) for c in _STATE_COLUMNS)}) VALUES {{rows}} "
-        f"ON CONFLICT (workflow_id, run_id) DO UPDATE SET {updates}"
-    )
-    if vendor == "postgresql":
-        # One short statement per row, server-side binding: psycopg parses (and
-        # caches only short) statements on the client; a 20-row upsert was parsed
-        # anew on every batch (see tracing.store._upsert_summaries).
-        import psycopg
-
-        raw = connection.connection
-        assert raw is not None
-        with psycopg.Cursor(raw) as cursor:
-            cursor.executemany(sql.format(rows=placeholder), rows)
-        return
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), 500):
-            chunk = rows[start : start + 500]
+        for start in range(0, len(states), 500):
+            chunk = states[start : start + 500]
+            params: list[Any] = []
+            for s in chunk:
+                params += [
+                    s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status,
+                    s.start_ns, s.end_ns, s.close_ns, s.duration_ns, s.cost(),
+                    _json(sorted(s.agents), vendor), _json(sorted(s.model_names()), vendor),
+                    _json(s.facts, vendor),
+                ]  # fmt: skip
             cursor.execute(
-                sql.format(rows=", ".join([placeholder] * len(chunk))),
-                [v for row in chunk for v in row],
+                f"INSERT INTO {quote(RunRollupState._meta.db_table)} "
+                f"({', '.join(quote(c) for c in _STATE_COLUMNS)}) "
+                f"VALUES {', '.join([placeholder] * len(chunk))} "
+                f"ON CONFLICT (workflow_id, run_id) DO UPDATE SET {updates}",
+                params,
             )
 
 

@@ -690,31 +690,17 @@ def _load_summaries(keys: Iterable[RunKey]) -> dict[RunKey, RunSummary]:
 def _upsert_summaries(summaries: list[RunSummary]) -> None:
     sqlite = connection.vendor == "sqlite"
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    rows: list[list[Any]] = []
+    params: list[Any] = []
     for summary in summaries:
-        params: list[Any] = [summary.workflow_id, summary.run_id]
+        params += [summary.workflow_id, summary.run_id]
         for name in _SUMMARY_FIELDS:
             value = getattr(summary, name)
             if name in _SUMMARY_JSON:
                 value = _compact_json(value) if sqlite else _adapt_json(value)
             params.append(value)
         params.append(now)
-        rows.append(params)
-    if connection.vendor == "postgresql":
-        # One short statement for every row, server-side binding: psycopg parses
-        # a statement's placeholders on the client and caches only short ones, so
-        # a multi-row upsert of 20 summaries (500 placeholders) was parsed anew
-        # each batch: ~6 ms of the receiver's CPU, more than the rest of the
-        # summaries (bench/README.md).
-        import psycopg
-
-        raw = connection.connection
-        assert raw is not None
-        with psycopg.Cursor(raw) as cursor:
-            cursor.executemany(_upsert_sql(1, "%s"), rows)
-        return
     with connection.cursor() as cursor:
-        cursor.execute(_upsert_sql(len(rows), "%s"), [v for row in rows for v in row])
+        cursor.execute(_upsert_sql(len(summaries), "%s"), params)
 
 
 @functools.cache
