@@ -459,6 +459,26 @@ async def reset_run(
     return response.run_id
 
 
+async def _start(
+    identity: str,
+    workflow_type: str,
+    args: list[Any],
+    workflow_id: str,
+    task_queue: str,
+    **options: Any,
+) -> WorkflowHandle[Any, Any]:
+    client = await get_client_as(identity)
+    try:
+        return await client.start_workflow(
+            workflow_type, args=args, id=workflow_id, task_queue=task_queue,
+            rpc_timeout=ACTION_TIMEOUT, **options,
+        )  # fmt: skip
+    except WorkflowAlreadyStartedError as exc:
+        raise ActionFailed(f"a run with workflow id {workflow_id!r} is already open") from exc
+    except RPCError as exc:
+        raise _failed(client, exc) from exc
+
+
 async def start_run(
     identity: str,
     workflow_type: str,
@@ -468,20 +488,10 @@ async def start_run(
     execution_timeout: timedelta | None = None,
 ) -> str:
     """Start a workflow; `args` may hold RawValue payloads to pass through as they are."""
-    client = await get_client_as(identity)
-    try:
-        handle = await client.start_workflow(
-            workflow_type,
-            args=args,
-            id=workflow_id,
-            task_queue=task_queue,
-            execution_timeout=execution_timeout,
-            rpc_timeout=ACTION_TIMEOUT,
-        )
-    except WorkflowAlreadyStartedError as exc:
-        raise ActionFailed(f"a run with workflow id {workflow_id!r} is already open") from exc
-    except RPCError as exc:
-        raise _failed(client, exc) from exc
+    handle = await _start(
+        identity, workflow_type, args, workflow_id, task_queue,
+        execution_timeout=execution_timeout,
+    )  # fmt: skip
     return handle.first_execution_run_id or handle.result_run_id or ""
 
 
@@ -499,19 +509,10 @@ async def signal_with_start(
     Returns (run id, whether a new run was started): Temporal answers with the
     run that got the signal, an open one when there is one.
     """
-    client = await get_client_as(identity)
-    try:
-        handle = await client.start_workflow(
-            workflow_type,
-            args=args,
-            id=workflow_id,
-            task_queue=task_queue,
-            start_signal=signal,
-            start_signal_args=signal_args,
-            rpc_timeout=ACTION_TIMEOUT,
-        )
-    except RPCError as exc:
-        raise _failed(client, exc) from exc
+    handle = await _start(
+        identity, workflow_type, args, workflow_id, task_queue,
+        start_signal=signal, start_signal_args=signal_args,
+    )  # fmt: skip
     # The SDK keeps the service's answer, which says whether a run was started.
     response = getattr(handle, "_start_workflow_response", None)
     started = bool(getattr(response, "started", True))

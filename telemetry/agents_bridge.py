@@ -306,37 +306,11 @@ def _agent(data: AgentSpanData, attrs: dict[str, Any]) -> str:
     return f"invoke_agent {data.name}"
 
 
-def _generation(data: GenerationSpanData, attrs: dict[str, Any]) -> str:
-    inputs, outputs = _messages(data.input), _messages(data.output)
-    inputs_json, outputs_json = to_json(inputs), to_json(outputs)  # each encoded once
-    model = data.model or "unknown"
-    attrs.update(
-        {
-            vocab.GEN_AI_REQUEST_MODEL: model,
-            vocab.GEN_AI_RESPONSE_MODEL: model,
-            vocab.OI_MODEL: model,
-            vocab.GEN_AI_INPUT_MESSAGES: inputs_json,
-            vocab.GEN_AI_OUTPUT_MESSAGES: outputs_json,
-            vocab.OI_INPUT: inputs_json,
-            vocab.OI_INPUT_MIME: "application/json",
-            vocab.OI_OUTPUT: outputs_json,
-            vocab.OI_OUTPUT_MIME: "application/json",
-            **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
-            **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
-            **_usage_attributes(data.usage),
-        }
-    )
-    if data.model_config:
-        attrs[vocab.OI_INVOCATION_PARAMETERS] = to_json(data.model_config)
-    return f"chat {model}"
-
-
-def _response(data: ResponseSpanData, attrs: dict[str, Any]) -> str:
-    response = data.response
-    model = str(getattr(response, "model", None) or "unknown")
-    usage = getattr(response, "usage", None)
-    outputs = _messages(list(getattr(response, "output", None) or []))
-    inputs = _messages(data.input)
+def _model_call(
+    attrs: dict[str, Any], model: str, inputs: list[Any], outputs: list[Any], usage: Any
+) -> None:
+    """What a generation and a response span both say: model, messages (each encoded
+    once, in the GenAI and OpenInference forms) and usage."""
     inputs_json, outputs_json = to_json(inputs), to_json(outputs)
     attrs.update(
         {
@@ -349,9 +323,30 @@ def _response(data: ResponseSpanData, attrs: dict[str, Any]) -> str:
             vocab.OI_OUTPUT: outputs_json,
             **_flatten_messages(vocab.OI_INPUT_MESSAGES, inputs),
             **_flatten_messages(vocab.OI_OUTPUT_MESSAGES, outputs),
-            **_usage_attributes(_jsonable(usage) if usage is not None else data.usage),
+            **_usage_attributes(usage),
         }
     )
+
+
+def _generation(data: GenerationSpanData, attrs: dict[str, Any]) -> str:
+    model = data.model or "unknown"
+    _model_call(attrs, model, _messages(data.input), _messages(data.output), data.usage)
+    attrs[vocab.OI_INPUT_MIME] = "application/json"
+    attrs[vocab.OI_OUTPUT_MIME] = "application/json"
+    if data.model_config:
+        attrs[vocab.OI_INVOCATION_PARAMETERS] = to_json(data.model_config)
+    return f"chat {model}"
+
+
+def _response(data: ResponseSpanData, attrs: dict[str, Any]) -> str:
+    response = data.response
+    model = str(getattr(response, "model", None) or "unknown")
+    usage = getattr(response, "usage", None)
+    outputs = _messages(list(getattr(response, "output", None) or []))
+    _model_call(
+        attrs, model, _messages(data.input), outputs,
+        _jsonable(usage) if usage is not None else data.usage,
+    )  # fmt: skip
     if response is not None:
         attrs[vocab.GEN_AI_RESPONSE_ID] = str(response.id)
     return f"chat {model}"

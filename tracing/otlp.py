@@ -525,14 +525,15 @@ def correlation_keys(attrs: dict[str, Any], name: str) -> dict[str, Any]:
     return columns
 
 
-_WORKFLOW_ID, _RUN_ID, _ACTIVITY_ID = (
-    vocab.WORKFLOW_ID_KEYS[0],
-    vocab.RUN_ID_KEYS[0],
-    vocab.ACTIVITY_ID_KEYS[0],
+# Each Temporal id column: (column, its first key, every key it may come from, its limit).
+_ID_COLUMNS = tuple(
+    (column, keys[0], keys, MAX_ID_CHARS[column])
+    for column, keys in (
+        ("workflow_id", vocab.WORKFLOW_ID_KEYS),
+        ("run_id", vocab.RUN_ID_KEYS),
+        ("activity_id", vocab.ACTIVITY_ID_KEYS),
+    )
 )
-_MAX_WORKFLOW_ID = MAX_ID_CHARS["workflow_id"]
-_MAX_RUN_ID = MAX_ID_CHARS["run_id"]
-_MAX_ACTIVITY_ID = MAX_ID_CHARS["activity_id"]
 
 
 def _label_of(value: Any) -> str:
@@ -562,30 +563,15 @@ def _put_correlation_keys(row: dict[str, Any], attrs: dict[str, Any], name: str)
     else:
         agent = get(vocab.AGENTS_AGENT)
 
-    value = get(_WORKFLOW_ID)
-    if value is None or value == "":
-        value = _first_of(get, vocab.WORKFLOW_ID_KEYS)
-    if value is None:
-        value = ""
-    elif value.__class__ is not str or len(value) > _MAX_WORKFLOW_ID:
-        value = _id(value, "workflow_id")
-    row["workflow_id"] = value
-    value = get(_RUN_ID)
-    if value is None or value == "":
-        value = _first_of(get, vocab.RUN_ID_KEYS)
-    if value is None:
-        value = ""
-    elif value.__class__ is not str or len(value) > _MAX_RUN_ID:
-        value = _id(value, "run_id")
-    row["run_id"] = value
-    value = get(_ACTIVITY_ID)
-    if value is None or value == "":
-        value = _first_of(get, vocab.ACTIVITY_ID_KEYS)
-    if value is None:
-        value = ""
-    elif value.__class__ is not str or len(value) > _MAX_ACTIVITY_ID:
-        value = _id(value, "activity_id")
-    row["activity_id"] = value
+    for column, key, keys, limit in _ID_COLUMNS:
+        value = get(key)
+        if value is None or value == "":
+            value = _first_of(get, keys)
+        if value is None:
+            value = ""
+        elif value.__class__ is not str or len(value) > limit:
+            value = _id(value, column)
+        row[column] = value
 
     value = get(vocab.ACTIVITY_ATTEMPT)
     if value is not None and (value.__class__ is not int or not 0 <= value <= MAX_ATTEMPT):

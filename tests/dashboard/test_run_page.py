@@ -383,28 +383,38 @@ def test_the_run_page_shows_the_last_turns_of_a_long_conversation(
     assert "data-conversation-link" in section
 
 
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The run ids whose spans the page reads from the store, in order."""
+    from tracing import store
+
+    seen: list[str] = []
+    skeleton = store.run_skeleton
+
+    def counted(workflow_id: str, run_id: str) -> store.Skeleton:
+        seen.append(run_id)
+        return skeleton(workflow_id, run_id)
+
+    monkeypatch.setattr(store, "run_skeleton", counted)
+    return seen
+
+
 def test_the_run_is_read_and_correlated_once_until_its_spans_or_history_change(
     logged_in_client: Client,
     run: dict[str, Any],
     history_calls: list[str],
+    reads: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dashboard import run_page
-    from tracing import store
 
-    reads: list[str] = []
     correlations: list[int] = []
-    skeleton, correlate = store.run_skeleton, run_page.correlate
-
-    def counted_skeleton(workflow_id: str, run_id: str) -> store.Skeleton:
-        reads.append(run_id)
-        return skeleton(workflow_id, run_id)
+    correlate = run_page.correlate
 
     def counted_correlate(*args: Any, **kwargs: Any) -> Any:
         correlations.append(1)
         return correlate(*args, **kwargs)
 
-    monkeypatch.setattr(store, "run_skeleton", counted_skeleton)
     monkeypatch.setattr(run_page, "correlate", counted_correlate)
     store_spans(run)
     first = logged_in_client.get(url(run)).content.decode()
@@ -431,19 +441,11 @@ def test_a_run_too_large_to_keep_is_read_again(
     logged_in_client: Client,
     run: dict[str, Any],
     history_calls: list[str],
+    reads: list[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dashboard import run_page
-    from tracing import store
 
-    reads: list[str] = []
-    skeleton = store.run_skeleton
-
-    def counted(workflow_id: str, run_id: str) -> store.Skeleton:
-        reads.append(run_id)
-        return skeleton(workflow_id, run_id)
-
-    monkeypatch.setattr(store, "run_skeleton", counted)
     store_spans(run)
     # Kept reads are bounded by their spans together; a run over half of that is not kept.
     monkeypatch.setattr(run_page, "READS_KEPT_SPANS", 2 * len(run["spans"]) - 2)
