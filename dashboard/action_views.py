@@ -161,7 +161,11 @@ async def _panel_ctx(
     try:
         events = await _history_or_none(workflow_id, run_id) or []
     except temporal.TemporalUnavailable as exc:
-        ctx["temporal_error"] = f"Temporal is unreachable at {exc.address}: {exc.reason}"
+        # The page's banner has the reason; here, what it means for acting.
+        ctx["temporal_error"] = (
+            f"Temporal is unreachable at {exc.address}: no action can reach this run until it"
+            " answers."
+        )
     header = run_page.header_from_history(events)
     is_open = bool(events) and header.is_open
     definitions = None
@@ -257,7 +261,10 @@ async def run_now(request: HtmxHttpRequest, workflow_id: str, run_id: str) -> Ht
     try:
         ctx["now"] = await temporal.run_now(workflow_id, run_id, with_stack=not pending_only)
     except temporal.TemporalUnavailable as exc:
-        ctx["error"] = f"Temporal is unreachable at {exc.address}: {exc.reason}"
+        ctx["error"] = (
+            f"Temporal is unreachable at {exc.address}: pending activities and the stack"
+            " trace come from it."
+        )
     except temporal.RunNotFound:
         ctx["error"] = "Temporal does not know this run."
     if request.htmx:

@@ -205,11 +205,16 @@ class Header:
         return self.status == "RUNNING"
 
 
-def run_duration_ns(header: Header) -> int | None:
-    """How long the run took, or has been running so far."""
+def run_duration_ns(header: Header, t1: int) -> int | None:
+    """How long the run took, or has been running so far. Without a close event and
+    not known to be running (no history: Temporal unreachable or the run forgotten),
+    as far as its spans and events reach (t1), not until now."""
     if header.start_ns is None:
         return None
-    end = header.close_ns if header.close_ns is not None else time.time_ns()
+    if header.close_ns is not None:
+        end = header.close_ns
+    else:
+        end = time.time_ns() if header.is_open else t1
     return max(end - header.start_ns, 0)
 
 
@@ -1184,7 +1189,7 @@ def build(
         "call_urls": call_urls,
         "start": ns_to_datetime(header.start_ns),
         "close": ns_to_datetime(header.close_ns),
-        "duration_ns": run_duration_ns(header),
+        "duration_ns": run_duration_ns(header, t1),
         "input_json": pretty(header.input) if header.has_input else "",
         "result_json": pretty(header.result) if header.has_result else "",
         "totals": totals,

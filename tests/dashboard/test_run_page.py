@@ -127,6 +127,21 @@ def test_temporal_unreachable_serves_span_store_under_banner(
     assert "RunWorkflow:triage" in body
 
 
+def test_without_a_history_the_duration_is_what_the_spans_cover_not_until_now(
+    logged_in_client: Client, run: dict[str, Any], closed_temporal_address: str
+) -> None:
+    # Status unknown (no history) is not "running": a run recorded long ago must not
+    # read as lasting until today.
+    store_spans(run)
+    spans = Span.objects.filter(workflow_id=run["workflow_id"], run_id=run["run_id"])
+    extent = max(s.end_ns for s in spans) - min(s.start_ns for s in spans)
+    body = logged_in_client.get(url(run)).content.decode()
+    found = re.search(r'data-duration-ns="(\d+)"', body)
+    assert found, body
+    assert int(found.group(1)) == extent
+    assert "Running for" not in body
+
+
 def test_unknown_run_with_temporal_unreachable_is_404(
     logged_in_client: Client, closed_temporal_address: str
 ) -> None:
