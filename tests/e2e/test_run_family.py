@@ -293,5 +293,21 @@ def test_a_chain_and_a_terminated_run_at_1440(
     panel.scroll_into_view_if_needed()
     panel.screenshot(path=str(results_dir / "health-terminated-run.png"))
     page.screenshot(path=str(results_dir / "family-terminated-run.png"), full_page=True)
+
+    # In the runs list at 1440 px, the longest status ("Continued as new") fits its cell.
+    page.goto(f"{stack.url}/?q={workflow_id}")
+    badges = page.locator("#runs-rows tr.run-row .status")
+    expect(badges.first).to_be_visible()
+    labels = badges.all_inner_texts()
+    assert any("Continued as new" in label for label in labels), labels
+    fits = page.evaluate(
+        """() => [...document.querySelectorAll("#runs-rows tr.run-row .status")].map(b => {
+            const cell = b.closest("td").getBoundingClientRect();
+            const box = b.getBoundingClientRect();
+            const fits = box.right <= cell.right + 0.5 && b.scrollWidth <= b.clientWidth + 1;
+            return [b.innerText, fits, Math.round(box.width), Math.round(cell.width)]; })"""
+    )
+    assert fits and all(fit for _, fit, _, _ in fits), fits
+    page.locator("#runs-rows").screenshot(path=str(results_dir / "runs-list-chain.png"))
     assert problems == []
     context.close()
