@@ -274,12 +274,14 @@ def worker_env(stack: Stack, app: str, mode: str, task_queue: str, sink: Sink) -
     return env
 
 
-def start_worker(env: dict[str, str], app: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    env: dict[str, str], app: str, log: Path, tree: Path = ROOT
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "worker"]
     if app == "stock":
         command = [sys.executable, str(Path(__file__).resolve()), "--stock-worker"]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while "worker up" not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -383,7 +385,8 @@ async def batches_together(
         task_queue = f"bench-{uuid.uuid4().hex[:8]}"
         log = stack.tmp / f"worker-{index + offset}-{mode}.log"
         env = worker_env(stack, args.app, mode, task_queue, sink)
-        started.append((mode, task_queue, start_worker(env, args.app, log)))
+        tree = Path(args.base_tree) if mode == "base" else ROOT
+        started.append((mode, task_queue, start_worker(env, args.app, log, tree)))
     profilers: list[subprocess.Popen[bytes] | None] = []
     try:
         await asyncio.gather(
@@ -422,7 +425,7 @@ async def batches_together(
     for n, ((mode, queue, _), (seconds, cpu, handles)) in enumerate(
         zip(started, results, strict=True)
     ):
-        spans = stored_spans(stack.db, f"{queue}-{mode}") if mode == "on" else 0
+        spans = stored_spans(stack.db, f"{queue}-{mode}") if mode in ("on", "base") else 0
         timeouts = await task_timeouts(handles)
         batches.append(Batch(index + n, mode, args.runs, seconds, cpu, spans, load, timeouts))
     return batches
@@ -469,7 +472,7 @@ def report(batches: list[Batch], base: str, test: str) -> bool:
         f" {'task timeouts':>13}"
     )
     for b in batches:
-        spans = f"{b.spans / b.runs:.1f}" if b.mode == "on" else "-"
+        spans = f"{b.spans / b.runs:.1f}" if b.mode in ("on", "base") else "-"
         print(
             f"{b.index:>5}  {b.mode:<5} {b.throughput:>7.2f} {b.cpu_ms:>10.1f} "
             f"{spans:>9} {b.load:>6.2f} {b.timeouts:>13}"
@@ -513,7 +516,7 @@ def report(batches: list[Batch], base: str, test: str) -> bool:
         f"| worker CPU per workflow (median) | {base_cpu:.1f} ms | {test_cpu:.1f} ms | "
         f"{percent(100 * (test_cpu / base_cpu - 1))} |"
     )
-    stored = [b.spans / b.runs for b in batches if b.mode == "on"]
+    stored = [b.spans / b.runs for b in batches if b.mode in ("on", "base")]
     if stored:
         print(f"| spans per workflow (stored) | | {statistics.median(stored):.1f} | |")
     print()
@@ -644,6 +647,11 @@ def main() -> int:
         help="run each pair's two batches at the same time, on two workers (see the module doc)",
     )
     parser.add_argument("--profile", default=None, help="py-spy each batch's worker into DIR")
+    parser.add_argument(
+        "--base-tree",
+        default=None,
+        help="mode `base`: tracing on, the worker run from this checkout (--compare base,on)",
+    )
     parser.add_argument("--stock-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stock_worker:
@@ -652,8 +660,9 @@ def main() -> int:
     if args.compare is None:
         args.compare = "sink,on" if args.app == "stock" else "off,on"
     modes = args.compare.split(",")
-    if len(modes) != 2 or not set(modes) <= {"off", "on", "sink"} or modes[0] == modes[1]:
-        parser.error("--compare takes two different modes of off, on, sink")
+    known = {"off", "on", "sink", "base"} if args.base_tree else {"off", "on", "sink"}
+    if len(modes) != 2 or not set(modes) <= known or modes[0] == modes[1]:
+        parser.error("--compare takes two different modes of off, on, sink (base: --base-tree)")
     if args.pairs < 1 or args.runs < 1:
         parser.error("--pairs and --runs must be at least 1")
     return asyncio.run(bench(args))
