@@ -36,6 +36,7 @@ from temporalio import activity, workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.opentelemetry import ReplaySafeTracerProvider
 from temporalio.contrib.opentelemetry._id_generator import TemporalIdGenerator
+from temporalio.contrib.opentelemetry._tracer_provider import _ReplaySafeTracer
 from temporalio.converter import PayloadConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import (
@@ -44,6 +45,8 @@ from temporalio.worker import (
     WorkflowInboundInterceptor,
     WorkflowInterceptorClassInput,
 )
+
+from telemetry.temporal_spans import LeanTracer
 
 # The header temporalio.openai_agents writes with the caller's Agents SDK trace
 # and span ids (temporalio.openai_agents._trace_interceptor.HEADER_KEY).
@@ -88,7 +91,8 @@ def _in_writable_workflow() -> bool:
 
 
 class _TracerKeepingProvider(ReplaySafeTracerProvider):
-    """Temporal's replay-safe tracer provider, keeping the tracers it hands out.
+    """Temporal's replay-safe tracer provider, keeping the tracers it hands out,
+    whose spans are :class:`telemetry.temporal_spans.LeanSpan` records.
 
     Temporal's interceptors ask for a tracer for every span they start, and the
     SDK provider's ``get_tracer`` re-registers a warnings filter each time
@@ -113,7 +117,11 @@ class _TracerKeepingProvider(ReplaySafeTracerProvider):
         key = (instrumenting_module_name, instrumenting_library_version, schema_url)
         tracer = self._tracers.get(key)
         if tracer is None:
-            tracer = self._tracers[key] = super().get_tracer(*key)
+            sdk_tracer = self._tracer_provider.get_tracer(*key)
+            lean = (
+                LeanTracer(sdk_tracer) if isinstance(sdk_tracer, trace_sdk.Tracer) else sdk_tracer
+            )
+            tracer = self._tracers[key] = _ReplaySafeTracer(lean)
         return tracer
 
 
