@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -80,3 +83,40 @@ def test_shutdown_stops_retrying_and_later_exports() -> None:
         assert exporter.export(spans(1)) == SpanExportResult.FAILURE
         assert time.monotonic() - began < 5
         assert exporter.export(spans(1)) == SpanExportResult.FAILURE
+
+
+def test_a_kept_alive_connection_the_receiver_closed_is_opened_again_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The receiver keeps the connection open, then drops it while idle (as a server
+    with a keep-alive timeout does): the next export reconnects, with no retry delay."""
+    delivered: list[int] = []
+
+    class ClosingHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            delivered.append(len(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.close_connection = True  # closed after answering, without saying so
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ClosingHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        exporter = WireSpanExporter(f"http://127.0.0.1:{server.server_address[1]}/v1/traces")
+        began = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="telemetry.otlp_http"):
+            for _ in range(3):
+                assert exporter.export(spans(1)) == SpanExportResult.SUCCESS
+                time.sleep(0.05)  # the server has closed its end by now
+        assert time.monotonic() - began < 0.8  # no back-off (the first is ~1 s)
+        assert len(delivered) == 3 and caplog.text == ""
+        exporter.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
