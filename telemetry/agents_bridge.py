@@ -24,7 +24,6 @@ from the Agents trace id, the same way in workflow and activity.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -69,20 +68,37 @@ def _hex_id(seed: str, bits: int) -> int:
     return value or 1
 
 
-@functools.lru_cache(maxsize=8192)
+# Seed text → id, emptied when full. Plain dicts of str → int: unlike an
+# lru_cache (a linked list cell and a key object per entry), an entry adds no
+# object the garbage collector tracks, and every span adds one (its own id).
+_IDS_MAX = 8192
+_SPAN_IDS: dict[str, int] = {}
+_TRACE_IDS: dict[str, int] = {}
+
+
 def span_id_for(agents_id: str, scope: str = "") -> int:
     """The OTel span id of an Agents span or trace id; the same in every process.
 
     ``scope`` is the run the span belongs to (telemetry.run_ids): a reset run
     replays its original's Agents ids, and must not emit its spans under them.
     """
-    return _hex_id(f"span:{scope}:{agents_id}" if scope else f"span:{agents_id}", 64)
+    seed = f"span:{scope}:{agents_id}" if scope else f"span:{agents_id}"
+    found = _SPAN_IDS.get(seed)
+    if found is None:
+        if len(_SPAN_IDS) >= _IDS_MAX:
+            _SPAN_IDS.clear()
+        found = _SPAN_IDS[seed] = _hex_id(seed, 64)
+    return found
 
 
-@functools.lru_cache(maxsize=1024)
 def trace_id_for(agents_trace_id: str, scope: str = "") -> int:
     seed = f"trace:{scope}:{agents_trace_id}" if scope else f"trace:{agents_trace_id}"
-    return _hex_id(seed, 128)
+    found = _TRACE_IDS.get(seed)
+    if found is None:
+        if len(_TRACE_IDS) >= _IDS_MAX:
+            _TRACE_IDS.clear()
+        found = _TRACE_IDS[seed] = _hex_id(seed, 128)
+    return found
 
 
 def _remote_or_own(remote: Mapping[str, str] | None, agents_id: str, own: str) -> str:
@@ -105,7 +121,17 @@ _NO_CONTEXT: Mapping[str, Any] = {}
 def _iso_to_ns(iso: str | None) -> int | None:
     if not iso:
         return None
-    return int(datetime.fromisoformat(iso).timestamp() * 1_000_000_000)
+    found = _TIMES.get(iso)
+    if found is None:
+        if len(_TIMES) >= 1024:
+            _TIMES.clear()
+        found = _TIMES[iso] = int(datetime.fromisoformat(iso).timestamp() * 1_000_000_000)
+    return found
+
+
+# ISO time → ns. In a workflow every span of one activation ends (and the next
+# starts) at the same workflow time, so most spans find both of theirs here.
+_TIMES: dict[str, int] = {}
 
 
 def _now_ns() -> int:

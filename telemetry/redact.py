@@ -94,7 +94,7 @@ def set_extra_patterns(patterns: Sequence[str]) -> None:
     global _extra, _shortest
     _extra = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
     _shortest = 0 if patterns else _SHORTEST_SECRET
-    _redact_short.cache_clear()
+    _SHORT_CACHE.clear()
 
 
 def shortest_secret() -> int:
@@ -125,7 +125,21 @@ def _redact(value: str) -> str:
     return value
 
 
-_redact_short = functools.lru_cache(maxsize=8192)(_redact)
+# Short text → redacted, emptied when full: a plain dict adds no object the
+# garbage collector tracks per entry (an lru_cache adds a linked list cell),
+# and new ids come with every span.
+_SHORT_CACHE: dict[str, str] = {}
+_SHORT_CACHE_MAX = 8192
+
+
+def _redact_short(value: str) -> str:
+    found = _SHORT_CACHE.get(value)
+    if found is None:
+        if len(_SHORT_CACHE) >= _SHORT_CACHE_MAX:
+            _SHORT_CACHE.clear()
+        found = _SHORT_CACHE[value] = _redact(value)
+    return found
+
 
 # For hot loops that do redact_text's dispatch themselves (tracing.otlp's
 # attributes): text of at least shortest_secret() characters and at most
@@ -167,6 +181,9 @@ def secret_changes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     changes: dict[str, Any] = {}
     if not attributes:
         return changes
+    # A long text that is the value of several attributes (a model call's
+    # messages, in the GenAI and the OpenInference names) is searched once.
+    seen: dict[int, str] = {}
     for key, value in attributes.items():
         if is_secret_name(key):
             if value != REDACTED:
@@ -174,7 +191,11 @@ def secret_changes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
             continue
         kind = type(value)
         if kind is str:
-            clean = redact_text(value)
+            if len(value) <= _SHORT:
+                clean = redact_text(value)
+            else:
+                # The attributes hold every value while this runs: ids are not reused.
+                clean = seen.get(id(value)) or seen.setdefault(id(value), _redact(value))
             if clean is not value and clean != value:
                 changes[key] = clean
         elif kind not in _PLAIN:
