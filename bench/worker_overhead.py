@@ -45,6 +45,11 @@ that made pairs agree within a few percent where alternating batches swung by
 workflows/s of a together-pair are each worker's share, compared with each
 other, not with an alternating run's.
 
+``--base-tree DIR`` adds the mode ``base``: tracing on, with the worker run from
+another checkout (e.g. ``git archive main | tar -x -C DIR``), so that
+``--compare base,on --together`` sets two versions of the tracing code side by
+side on the same load.
+
 ``--profile DIR`` records the worker of every batch with py-spy (if installed)
 into DIR/<batch>-<mode>.txt (collapsed stacks; CPU of the worker's own
 threads); the figures of a profiled run are not the benchmark's.
