@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import cProfile
 import ctypes
+import functools
 import gc
 import importlib
 import os
@@ -69,6 +70,7 @@ from ingest import SPANS_PER_BATCH, build_batch  # noqa: E402
 STAGES = [
     ("ancestors", "tracing.store", "_inherit_from_ancestors"),
     ("run ids", "tracing.store", "_resolve_run_ids"),
+    ("stage (COPY)", "tracing.store", "_stage"),
     ("insert", "tracing.store", "_insert"),
     ("adopt orphans", "tracing.store", "_adopt_orphans"),
     ("adopt run-less", "tracing.store", "_adopt_runless"),
@@ -83,6 +85,9 @@ STORE = "store (rest)"
 REQUEST = "request (rest)"
 ORDER = ["decode", *[s[0] for s in STAGES], STORE, "publish", "response", REQUEST]
 GC = "(gc, in the above)"
+# Keys of the PostgreSQL server's CPU per stage, and of its other processes.
+SERVER = "server: "
+SERVER_OTHER = "(server, other processes)"
 WHOLE = "(whole program)"
 WARM_UP = 2
 
@@ -101,7 +106,11 @@ class Stages:
 
     def __init__(self, library: ctypes.CDLL | None = None) -> None:
         self.spent: dict[str, float] = {}
-        self.stack: list[list[Any]] = []  # [label, started, child time]
+        # PostgreSQL: the CPU the connection's server process spent in each stage.
+        self.server_spent: dict[str, float] = {}
+        self.server: Callable[[], float] | None = None
+        # [label, started, child time, server started, server child time]
+        self.stack: list[list[Any]] = []
         self.library = library
         self.measuring = False
         self.labels: list[str] = []  # callgrind: the stages running, innermost last
@@ -111,15 +120,23 @@ class Stages:
             return self._wrap_c(label, function)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            self.stack.append([label, time.process_time(), 0.0])
+            server = self.server() if self.server else 0.0
+            self.stack.append([label, time.process_time(), 0.0, server, 0.0])
             try:
                 return function(*args, **kwargs)
             finally:
-                name, started, children = self.stack.pop()
-                total = time.process_time() - started
+                ended = time.process_time()
+                server = self.server() if self.server else 0.0
+                name, started, children, server_started, server_children = self.stack.pop()
+                total = ended - started
                 self.spent[name] = self.spent.get(name, 0.0) + total - children
+                server_total = server - server_started
+                self.server_spent[name] = (
+                    self.server_spent.get(name, 0.0) + server_total - server_children
+                )
                 if self.stack:
                     self.stack[-1][2] += total
+                    self.stack[-1][4] += server_total
 
         return timed
 
@@ -206,6 +223,7 @@ def main() -> int:
         if args.postgres:
             postgres = _start_postgres()
             database_url = postgres.url
+            args.server_pid = postgres.process.pid
         else:
             database_url = f"sqlite:///{tmp}/cpu.sqlite3"
         try:
@@ -219,6 +237,29 @@ def main() -> int:
                 postgres.stop()
     report(args, rounds)
     return 0
+
+
+def _schedstat_seconds(pid: int) -> float:
+    """CPU time a process (all its threads: a PostgreSQL backend has one) has run,
+    in seconds with ns resolution (/proc/PID/schedstat; /proc/PID/stat counts ticks)."""
+    with open(f"/proc/{pid}/schedstat") as stat:
+        return int(stat.read().split()[0]) / 1e9
+
+
+def _server_tree_seconds(pid: int) -> float:
+    """CPU of the PostgreSQL server: the postmaster and every process it started
+    (backends, WAL writer, checkpointer, ...), live ones only."""
+    total = _schedstat_seconds(pid)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            if int(stat[1]) == pid:
+                total += _schedstat_seconds(int(entry))
+        except OSError:
+            continue  # gone meanwhile
+    return total
 
 
 def _start_postgres() -> Any:
@@ -311,10 +352,21 @@ def measure(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> list
         post(next_body())
     profiler = cProfile.Profile() if args.profile else None
     rounds: list[dict[str, float]] = []
+    server_pid = getattr(args, "server_pid", None)
     for _ in range(args.rounds):
         stages.spent = {}
+        stages.server_spent = {}
         gc_clock[1] = 0.0
         spans = 0
+        tree_before = backend_before = 0.0
+        if server_pid is not None:
+            from django.db import connection
+
+            connection.ensure_connection()
+            backend = connection.connection.info.backend_pid
+            stages.server = functools.partial(_schedstat_seconds, backend)
+            tree_before = _server_tree_seconds(server_pid)
+            backend_before = stages.server()
         for _ in range(args.batches):
             body = next_body()
             if profiler:
@@ -326,6 +378,15 @@ def measure(args: argparse.Namespace, bodies: list[bytes], nonce: bytes) -> list
         for label in present:
             per_span.setdefault(label, 0.0)
         per_span[GC] = gc_clock[1] / spans * 1e6
+        if stages.server is not None and server_pid is not None:
+            backend_total = stages.server() - backend_before
+            tree_total = _server_tree_seconds(server_pid) - tree_before
+            for k, v in stages.server_spent.items():
+                per_span[SERVER + k] = v / spans * 1e6
+            # The backend's CPU between the stages (commits outside them, idle reads).
+            inside = sum(stages.server_spent.values())
+            per_span[SERVER + STORE] += (backend_total - inside) / spans * 1e6
+            per_span[SERVER_OTHER] = (tree_total - backend_total) / spans * 1e6
         rounds.append(per_span)
     if profiler and args.profile:
         profiler.dump_stats(args.profile)
@@ -375,22 +436,43 @@ async def asgi_post(application: Any, body: bytes) -> int:
 
 
 def report(args: argparse.Namespace, rounds: list[dict[str, float]]) -> None:
-    totals = [sum(v for k, v in r.items() if k in ORDER) for r in rounds]
+    def client(r: dict[str, float]) -> float:
+        return sum(v for k, v in r.items() if k in ORDER)
+
+    def server(r: dict[str, float]) -> float:
+        return sum(v for k, v in r.items() if k.startswith(SERVER) or k == SERVER_OTHER)
+
+    totals = [client(r) + server(r) for r in rounds]
     best = rounds[totals.index(min(totals))]
+    postgres = any(server(r) for r in rounds)
     print(
         f"{args.root}: {args.rounds} rounds of {args.batches} x {SPANS_PER_BATCH} spans, "
         f"{'PostgreSQL' if args.postgres else 'SQLite'}"
         f"{', whole ASGI app' if args.asgi else ''}, load {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'µs CPU/span':<18} {'best round':>10} {'min':>8}")
+    extra = f" {'server':>8} {'both':>8}" if postgres else ""
+    print(f"{'µs CPU/span':<18} {'best round':>10} {'min':>8}{extra}")
     for label in [*ORDER, GC]:
         if label not in best:
             print(f"{label:<18} {'-':>10} {'-':>8}")
             continue
         low = min(r.get(label, 0.0) for r in rounds)
-        print(f"{label:<18} {best[label]:>10.1f} {low:>8.1f}")
-    rounds_text = ", ".join(f"{t:.0f}" for t in totals)
-    print(f"{'total':<18} {min(totals):>10.1f}           (rounds: {rounds_text})")
+        line = f"{label:<18} {best[label]:>10.1f} {low:>8.1f}"
+        if postgres and label != GC:
+            on_server = best.get(SERVER + label, 0.0)
+            line += f" {on_server:>8.1f} {best[label] + on_server:>8.1f}"
+        print(line)
+    rounds_text = ", ".join(f"{client(r):.0f}" for r in rounds)
+    print(f"{'total':<18} {client(best):>10.1f}           (rounds: {rounds_text})")
+    if postgres:
+        print(f"{SERVER_OTHER:<18} {'':>10} {'':>8} {best[SERVER_OTHER]:>8.1f}")
+        rounds_text = ", ".join(f"{server(r):.0f}" for r in rounds)
+        print(f"{'server total':<18} {server(best):>10.1f}           (rounds: {rounds_text})")
+        print(
+            f"= {client(best) / 100:.2f} + {server(best) / 100:.2f} (server) = "
+            f"{(client(best) + server(best)) / 100:.2f} CPU s per 10k spans"
+        )
+        return
     print(
         f"= {min(totals) / 100:.2f} CPU s per 10k spans; "
         f"CPU-bound ceiling: {1e6 / min(totals):,.0f} spans/s on one core"

@@ -130,10 +130,15 @@ _SPAN_WRITER_LOCK = 0x6C6F6F6D7370616E
 
 
 @contextmanager
-def _writer() -> Iterator[None]:
+def _writer(before_lock: Callable[[], None] | None = None) -> Iterator[None]:
+    """One span writer at a time, in a transaction. PostgreSQL: before_lock runs in
+    the transaction before the writers' lock is taken (work that other writers
+    need not wait for)."""
     lock = _sqlite_writer if connection.vendor == "sqlite" else nullcontext()
     with lock, transaction.atomic():
         if connection.vendor == "postgresql":
+            if before_lock is not None:
+                before_lock()
             # The forwarder (tracing.forwarder) reads spans by id above a
             # cursor, so ids must become visible in order: one span writer at
             # a time, as SQLite has anyway.
@@ -176,10 +181,11 @@ def _ingest(rows: list[dict[str, Any]]) -> IngestResult:
     if not unique:
         return result
     batch = list(unique.values())
-    with _writer():
+    staged: list[Staged] = []
+    with _writer(before_lock=lambda: staged.append(_stage(batch))):
         _inherit_from_ancestors(batch)
         _resolve_run_ids(batch)
-        inserted = _insert(batch)
+        inserted = _insert(batch, staged[0] if staged else None)
         adopted = _adopt_orphans(inserted) + _adopt_runless(inserted)
         result.stored = len(inserted)
         result.duplicates = len(rows) - len(inserted)
@@ -401,10 +407,11 @@ def _fetch_nodes(keys: set[SpanKey]) -> dict[SpanKey, dict[str, Any]]:
     return found
 
 
-def _insert(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """INSERT the rows, skipping stored ones; returns the rows actually inserted."""
+def _insert(batch: list[dict[str, Any]], staged: Staged | None = None) -> list[dict[str, Any]]:
+    """INSERT the rows, skipping stored ones; returns the rows actually inserted.
+    PostgreSQL: from the staging table (_stage), filled now unless it was already."""
     if connection.vendor == "postgresql":
-        return _insert_copy(batch)
+        return _insert_staged(batch, staged if staged is not None else _stage(batch))
     sqlite = connection.vendor == "sqlite"
     # wrap_database_errors: the plain cursor's sqlite3 errors become Django's,
     # so a refused span (IntegrityError) and a locked database
@@ -456,36 +463,77 @@ def _data(row: dict[str, Any]) -> dict[str, Any]:
 
 
 # PostgreSQL: the batch is COPied into a temporary table (one per connection,
-# emptied at commit), then moved with one INSERT ... SELECT ... ON CONFLICT DO
-# NOTHING. bench/ingest.py measured it against multi-row INSERTs of 500 rows:
-# psycopg spends most of such an INSERT splitting and quoting 11,500
-# placeholders (client-side binding, as Django uses it), COPY sends the rows as
-# they are.
+# emptied at commit) in the binary format, before the span writers' lock (_writer):
+# parsing each span's data into jsonb and compressing it (pglz, over a third of
+# the server's CPU on ingest) happen outside the one-writer-at-a-time part. Under
+# the lock, the Temporal ids that ancestors gave some rows are written into their
+# staged rows, and one INSERT ... SELECT ... ON CONFLICT DO NOTHING moves the rows
+# (already compressed) and empties the staging table. bench/ingest.py measured
+# COPY against multi-row INSERTs of 500 rows: psycopg spent most of such an
+# INSERT splitting and quoting 11,500 placeholders (client-side binding).
 _STAGING = "loomview_span_staging"
+# What the ancestors (_inherit_from_ancestors, _resolve_run_ids) may change in a row.
+_INHERITED = operator.itemgetter(*_IDS, "inherited")
+_STAGED_COLUMNS = [*_COLUMNS, "data"]
 
 
-def _insert_copy(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class Staged(NamedTuple):
+    # Each row's _INHERITED values as staged.
+    ids: list[tuple[Any, ...]]
+
+
+def _stage(batch: list[dict[str, Any]]) -> Staged:
+    """COPY the rows into the staging table (binary format)."""
     quote = connection.ops.quote_name
-    columns = ", ".join(quote(c) for c in [*_COLUMNS, "data"])
+    columns = ", ".join(quote(c) for c in _STAGED_COLUMNS)
     connection.ensure_connection()
     raw = connection.connection
     assert raw is not None
-    with raw.cursor() as cursor:
+    with connection.wrap_database_errors, raw.cursor() as cursor:
         # Every time: a rolled-back transaction takes a table it created with it.
         cursor.execute(_staging_sql())
-        with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
+        types = _staging_types(cursor)
+        with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(types)
+            write = copy.write_row
+            values = _COLUMN_VALUES
             for row in batch:
-                values = list(_COLUMN_VALUES(row))
-                values.append(_compact_json(_data(row)))
-                copy.write_row(values)
+                write((*values(row), _compact_json_bytes(_data(row))))
+    return Staged(list(map(_INHERITED, batch)))
+
+
+def _insert_staged(batch: list[dict[str, Any]], staged: Staged) -> list[dict[str, Any]]:
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(c) for c in _STAGED_COLUMNS)
+    raw = connection.connection
+    assert raw is not None
+    changed = [row for row, ids in zip(batch, staged.ids, strict=True) if _INHERITED(row) != ids]
+    with connection.wrap_database_errors, raw.cursor() as cursor:
+        if changed:
+            # Ids given by ancestors under the lock (a few spans of a batch at most).
+            names = [*_IDS, "inherited"]
+            cursor.execute(
+                f"UPDATE {_STAGING} s SET "
+                + ", ".join(f"{quote(c)} = u.{quote(c)}" for c in names)
+                + " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+                "%s::int[], %s::bool[]) AS u(trace_id, span_id, workflow_id, run_id, activity_id, "
+                "attempt, inherited) WHERE s.trace_id = u.trace_id AND s.span_id = u.span_id",
+                [
+                    [r["trace_id"] for r in changed],
+                    [r["span_id"] for r in changed],
+                    *([r[c] for r in changed] for c in names),
+                ],
+            )
+        # Moved and emptied in one statement: the same transaction may stage again.
         cursor.execute(
+            f"WITH moved AS (DELETE FROM {_STAGING} RETURNING {columns}) "
             f"INSERT INTO {quote(Span._meta.db_table)} ({columns}) "
-            f"SELECT {columns} FROM {_STAGING} "
+            f"SELECT {columns} FROM moved "
             "ON CONFLICT (trace_id, span_id) DO NOTHING RETURNING trace_id, span_id"
         )
         inserted_keys = {(t, s) for t, s in cursor.fetchall()}
-        # The same transaction may insert again (nothing commits in between).
-        cursor.execute(f"TRUNCATE {_STAGING}")
+    if len(inserted_keys) == len(batch):
+        return batch
     return [r for r in batch if (r["trace_id"], r["span_id"]) in inserted_keys]
 
 
@@ -493,15 +541,36 @@ def _insert_copy(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _staging_sql() -> str:
     quote = connection.ops.quote_name
     fields = {f.column: f for f in Span._meta.concrete_fields}
-    definitions = ", ".join(
-        f"{quote(c)} {fields[c].db_type(connection)}" for c in [*_COLUMNS, "data"]
-    )
+    definitions = ", ".join(f"{quote(c)} {fields[c].db_type(connection)}" for c in _STAGED_COLUMNS)
     return f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} ({definitions}) ON COMMIT DELETE ROWS"
+
+
+_staging_oids: list[int] = []
+# bytea's oid: how psycopg is told to send the data column's bytes as they are.
+_BYTEA_OID = 17
+
+
+def _staging_types(cursor: Any) -> list[int]:
+    """The staging table's column types (oids), which binary COPY must be told. The
+    data column (jsonb) is declared bytea to psycopg: its value is written already in
+    jsonb's binary format (_compact_json_bytes), and psycopg's jsonb dumper would
+    encode it again, in Python, row by row."""
+    if not _staging_oids:
+        cursor.execute(f"SELECT * FROM {_STAGING} LIMIT 0")
+        oids = {d.name: d.type_code for d in cursor.description}
+        _staging_oids.extend(oids[c] for c in _COLUMNS)
+        _staging_oids.append(_BYTEA_OID)
+    return _staging_oids
 
 
 def _compact_json(value: Any) -> str:
     # orjson is ~15x faster than json here, about a tenth of the cost of a span.
     return orjson.dumps(value).decode()
+
+
+def _compact_json_bytes(value: Any) -> Any:
+    """A jsonb value for binary COPY: the format's version byte, then the text."""
+    return b"\x01" + orjson.dumps(value)
 
 
 def _adapt_json(value: Any) -> Any:
