@@ -45,6 +45,7 @@ from django.db.models.fields.json import KeyTextTransform, KeyTransform
 
 from telemetry import vocab
 from telemetry.vocab import MODEL_KINDS, STATUS_ERROR
+from tracing import pg
 from tracing.models import LATENCY_BINS, FailureRollup, Rollup, RunRollupState, Span
 
 RunKey = tuple[str, str]
@@ -501,6 +502,19 @@ def _save_states(states: Sequence[RunState]) -> None:
         return
     quote = connection.ops.quote_name
     vendor = connection.vendor
+    if vendor == "postgresql":
+        updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
+        sql = pg.upsert_sql(RunRollupState, _STATE_COLUMNS, ("workflow_id", "run_id"), updates)
+        rows = (
+            [
+                s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status, s.start_ns,
+                s.end_ns, s.close_ns, s.duration_ns, s.cost(), sorted(s.agents),
+                sorted(s.model_names()), s.facts,
+            ]
+            for s in states
+        )  # fmt: skip
+        pg.execute(sql, rows)
+        return
     placeholder = "(" + ", ".join([_marker()] * len(_STATE_COLUMNS)) + ")"
     updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
     with connection.cursor() as cursor:
@@ -581,6 +595,9 @@ def _add(delta: Contribution) -> None:
     cells = list(wide_cells.items())
     failures = [(cell, count) for cell, count in wide_failures.items() if count]
     emptied: dict[type[Rollup] | type[FailureRollup], list[int]] = {Rollup: [], FailureRollup: []}
+    if connection.vendor == "postgresql":
+        _add_pg(cells, failures, emptied)
+        cells, failures = [], []
     with connection.cursor() as cursor:
         table = Rollup._meta.db_table
         returning = ", ".join(("id", *_EMPTY_WHEN_ZERO))
@@ -614,6 +631,46 @@ def _add(delta: Contribution) -> None:
     for model, ids in emptied.items():
         for start in range(0, len(ids), 500):
             model.objects.filter(pk__in=ids[start : start + 500]).delete()
+
+
+def _add_pg(
+    cells: list[tuple[tuple[Any, ...], list[int]]],
+    failures: list[tuple[tuple[Any, ...], int]],
+    emptied: dict[type[Rollup] | type[FailureRollup], list[int]],
+) -> None:
+    """_add's upserts on PostgreSQL: one constant statement per table, the rows in
+    one JSON parameter (tracing.pg); rows a subtraction may have emptied read back."""
+    if cells:
+        shrinks = any(min(vector) < 0 for _, vector in cells)
+        rows = pg.execute(
+            _add_pg_sql(
+                Rollup, KEYS, VALUES, ", ".join(("id", *_EMPTY_WHEN_ZERO)) if shrinks else ""
+            ),
+            ([*cell, *vector] for cell, vector in cells),
+            fetch=shrinks,
+        )
+        emptied[Rollup] += [row[0] for row in rows if not any(row[1:])]
+    if failures:
+        shrinks = any(count < 0 for _, count in failures)
+        rows = pg.execute(
+            _add_pg_sql(
+                FailureRollup, (*KEYS, "message"), ("count",), "id, count" if shrinks else ""
+            ),
+            ([*key, count] for key, count in failures),
+            fetch=shrinks,
+        )
+        emptied[FailureRollup] += [row[0] for row in rows if not row[1]]
+
+
+@functools.cache
+def _add_pg_sql(
+    model: type[Rollup] | type[FailureRollup], keys: tuple[str, ...], values: tuple[str, ...],
+    returning: str,
+) -> str:  # fmt: skip
+    quote = connection.ops.quote_name
+    table = quote(model._meta.db_table)
+    updates = ", ".join(f"{quote(c)} = {table}.{quote(c)} + excluded.{quote(c)}" for c in values)
+    return pg.upsert_sql(model, keys + values, keys, updates, returning)
 
 
 def failed_with_sql(outer_table: str, message: str) -> tuple[str, list[Any]]:

@@ -39,7 +39,7 @@ from django.utils import timezone
 
 from telemetry import vocab
 from telemetry.vocab import MODEL_KINDS, STATUS_ERROR
-from tracing import health, lineage, rollups
+from tracing import health, lineage, pg, rollups
 from tracing import links as history_links
 from tracing.models import RunSummary, Span, TraceLink
 
@@ -705,6 +705,8 @@ _SUMMARY_FIELDS = [
 ]
 
 
+_SUMMARY_VALUES = operator.attrgetter(*_SUMMARY_FIELDS)
+
 # Plain SQL for the summaries as for the spans: the ORM's query building was a
 # tenth of ingest's time for a score of rows per batch.
 _SUMMARY_JSON = frozenset({"agents", "model_attempts", "history", "history_health"})
@@ -757,6 +759,14 @@ def _load_summaries(keys: Iterable[RunKey]) -> dict[RunKey, RunSummary]:
 
 
 def _upsert_summaries(summaries: list[RunSummary]) -> None:
+    if connection.vendor == "postgresql":
+        # One constant statement, the rows in one JSON parameter (tracing.pg).
+        fields, updated = _SUMMARY_VALUES, timezone.now()
+        pg.execute(
+            _upsert_pg_sql(),
+            ([s.workflow_id, s.run_id, *fields(s), updated] for s in summaries),
+        )
+        return
     sqlite = connection.vendor == "sqlite"
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     params: list[Any] = []
@@ -770,6 +780,14 @@ def _upsert_summaries(summaries: list[RunSummary]) -> None:
         params.append(now)
     with connection.cursor() as cursor:
         cursor.execute(_upsert_sql(len(summaries), "%s"), params)
+
+
+@functools.cache
+def _upsert_pg_sql() -> str:
+    quote = connection.ops.quote_name
+    columns = ("workflow_id", "run_id", *_SUMMARY_FIELDS, "updated_at")
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns[2:])
+    return pg.upsert_sql(RunSummary, columns, ("workflow_id", "run_id"), updates)
 
 
 @functools.cache
