@@ -193,14 +193,6 @@ def _smaller(current: str, value: str) -> str:
     return value if value and (not current or value < current) else current
 
 
-def _task_queue(row: dict[str, Any]) -> str:
-    if "task_queue" in row:
-        return str(row["task_queue"] or "")
-    attributes = row.get("attributes")
-    value = attributes.get(vocab.TASK_QUEUE) if attributes else None
-    return value if isinstance(value, str) else ""
-
-
 _MODEL_ACTIVITY_SUFFIX = ":" + vocab.MODEL_ACTIVITY_TYPE
 _START = operator.itemgetter("start_ns")
 _END = operator.itemgetter("end_ns")
@@ -214,16 +206,21 @@ def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
     rows = rows if isinstance(rows, list) else list(rows)
     if not rows:
         return
-    types = [t for t in map(_workflow_type_of, rows) if t]
-    if types:
-        value = min(types)
-        if not state.workflow_type or value < state.workflow_type:
-            state.workflow_type = value
-    queues = [q for q in map(_task_queue, rows) if q]
-    if queues:
-        value = min(queues)
-        if not state.task_queue or value < state.task_queue:
-            state.task_queue = value
+    # Inline, not a function mapped over the rows: a Python call per row costs more.
+    types = {r.get("workflow_type") for r in rows}
+    value = min((t for t in types if t), default="")
+    if value and (not state.workflow_type or value < state.workflow_type):
+        state.workflow_type = value
+    task_queue = vocab.TASK_QUEUE
+    queues = {
+        str(r["task_queue"] or "")
+        if "task_queue" in r
+        else (r.get("attributes") or {}).get(task_queue)
+        for r in rows
+    }
+    value = min((q for q in queues if q and isinstance(q, str)), default="")
+    if value and (not state.task_queue or value < state.task_queue):
+        state.task_queue = value
     agents = state.agents
     agents.update(map(_AGENT_OF, rows))
     agents.discard("")
@@ -282,10 +279,6 @@ def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
                 pair = loose[name] = [0, 0]
             pair[0] += row["tokens_in"] or 0
             pair[1] += row["tokens_out"] or 0
-
-
-def _workflow_type_of(row: dict[str, Any]) -> str:
-    return row.get("workflow_type") or ""
 
 
 def _note_message(entry: list[Any], row: dict[str, Any]) -> None:
@@ -372,6 +365,54 @@ def _add_call(
         vector[_HIST0 + latency_bin(entry[_MODEL_NS] or entry[_ACT_NS])] += sign
 
 
+def _same_cells(before: dict[str, list[Any]], after: dict[str, list[Any]]) -> bool:
+    """Whether a call's attempts are the same ones, each in the same cell (agent, model)."""
+    if before.keys() != after.keys():
+        return False
+    for key, entry in after.items():
+        old = before[key]
+        if old[_AGENT] != entry[_AGENT] or old[_MODEL] != entry[_MODEL]:
+            return False
+    return True
+
+
+def _diff_call(
+    into: Contribution,
+    base: tuple[int, str, str, str],
+    before: dict[str, list[Any]],
+    after: dict[str, list[Any]],
+) -> None:
+    """into += what the call adds now - what it added before, for a call whose attempts
+    kept their keys and cells (_same_cells): its call and attempt counts stand, only
+    the attempts that changed are counted again (_add_call -1 then +1, in short)."""
+    failures = into.failures
+    for key, entry in after.items():
+        old = before[key]
+        if old == entry:
+            continue
+        cell: Cell = (*base, entry[_AGENT], entry[_MODEL])
+        vector = into.vector(cell)
+        vector[_TIN] += entry[_ATIN] - old[_ATIN]
+        vector[_TOUT] += entry[_ATOUT] - old[_ATOUT]
+        if old[_AFAILED]:
+            vector[_FAILED] -= 1
+            vector[_FTIN] -= old[_ATIN]
+            vector[_FTOUT] -= old[_ATOUT]
+            failure = (cell, old[_MSG])
+            failures[failure] = failures.get(failure, 0) - 1
+        if entry[_AFAILED]:
+            vector[_FAILED] += 1
+            vector[_FTIN] += entry[_ATIN]
+            vector[_FTOUT] += entry[_ATOUT]
+            failure = (cell, entry[_MSG])
+            failures[failure] = failures.get(failure, 0) + 1
+        old_bin = latency_bin(old[_MODEL_NS] or old[_ACT_NS])
+        new_bin = latency_bin(entry[_MODEL_NS] or entry[_ACT_NS])
+        if old_bin != new_bin:
+            vector[_HIST0 + old_bin] -= 1
+            vector[_HIST0 + new_bin] += 1
+
+
 def _add_loose(
     into: Contribution, base: tuple[int, str, str, str], name: str, pair: list[int], sign: int
 ) -> None:
@@ -417,6 +458,9 @@ def _fold(state: RunState, rows: list[dict[str, Any]], into: Contribution) -> No
         for aid, before in saved.items():
             after = calls.get(aid)
             if before == after:
+                continue
+            if before is not None and after is not None and _same_cells(before, after):
+                _diff_call(into, base, before, after)
                 continue
             if before is not None:
                 _add_call(into, base, before, -1)
