@@ -221,6 +221,11 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tempor
                 str(ui_port),
                 "--log-level",
                 "warn",
+                # A deleted run's mutable state goes only once the transfer queue's
+                # ack level passes its close task; that level moves every 30 s by
+                # default, which made each delete wait 15-35 s (test_archive).
+                "--dynamic-config-value",
+                'history.transferProcessorUpdateAckInterval="1s"',
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
