@@ -14,20 +14,29 @@ run: $(STAMP)
 # Two passes: everything on SQLite with the in-memory channel layer, then the
 # backend-specific tests (marked `backends`) on real PostgreSQL + Redis servers
 # that tests/servers.py starts. `make test` sets up what it needs first.
+#
+# Each pass runs on $(TEST_WORKERS) pytest-xdist workers: most of the suite waits
+# (on Temporal, daphne, Chromium), so two workers fill two cores. --dist loadgroup
+# keeps a module with a module-scoped stack on one worker (tests/conftest.py);
+# --no-loadscope-reorder keeps pytest-django's order on each worker (transactional
+# tests, which flush the database, after the others). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
 test: lint browser servers
-	$(VENV)/bin/pytest
-	$(PY) -m tests.servers pytest -m backends
+	$(VENV)/bin/pytest $(XDIST)
+	$(PY) -m tests.servers pytest $(XDIST) -m backends
 
 # The quick tests only (no browser, no killed processes, no whole stacks): for the
 # edit-test loop. `make test` still runs everything.
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -m "not e2e and not slow"
+	$(VENV)/bin/pytest $(XDIST) -m "not e2e and not slow"
 
 test-sqlite: $(STAMP) browser
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest $(XDIST)
 
 test-postgres: $(STAMP) servers
-	$(PY) -m tests.servers pytest -m backends
+	$(PY) -m tests.servers pytest $(XDIST) -m backends
 
 # Browser tests drive Debian's Chromium; Playwright never downloads one.
 CHROMIUM := /usr/bin/chromium

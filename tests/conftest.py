@@ -102,6 +102,14 @@ SLOW_MODULES = frozenset(
 )
 
 
+def _module_scoped(item: pytest.Item) -> bool:
+    """Whether the test uses one of our fixtures kept for its whole module (a stack, a
+    server); plugins' fixtures (an empty baseid) do not count."""
+    info = getattr(item, "_fixtureinfo", None)
+    definitions = info.name2fixturedefs.values() if info is not None else ()
+    return any(d.baseid and d.scope in ("module", "class") for defs in definitions for d in defs)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         path = item.path.relative_to(ROOT).as_posix()
@@ -111,6 +119,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if path.startswith("tests/e2e/"):
             item.add_marker(pytest.mark.e2e)
+        # `make test` runs pytest-xdist with --dist loadgroup: tests go one by one to
+        # whichever worker is free, except a module with a module-scoped fixture (a
+        # daphne stack, a traced worker, a minute-long approval), which runs whole on
+        # one worker so that fixture starts once. Each worker has its own Temporal
+        # dev server, test database (pytest-django's gw suffix) and free ports.
+        if _module_scoped(item):
+            item.add_marker(pytest.mark.xdist_group(path))
 
 
 @pytest.fixture(autouse=True)
@@ -144,6 +159,24 @@ def django_db_modify_db_settings(
         # server runs without fsync for the same reason).
         options = database.setdefault("OPTIONS", {})
         options["init_command"] = options.get("init_command", "") + " PRAGMA synchronous=OFF;"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _channel_layer_per_worker() -> None:
+    """Under pytest-xdist the PostgreSQL pass's workers share one Redis: each gets a
+    channel-layer prefix of its own, so no test hears another worker's group sends
+    (the databases are apart already: pytest-django suffixes them per worker)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return
+    from channels.layers import channel_layers
+    from django.conf import settings
+
+    layer: dict[str, Any] = settings.CHANNEL_LAYERS["default"]
+    config = layer.get("CONFIG")
+    if config is not None and "prefix" in config:
+        config["prefix"] = f"{config['prefix']}-{worker}"
+        channel_layers.backends.clear()
 
 
 @pytest.fixture(scope="session")
