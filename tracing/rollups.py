@@ -172,13 +172,40 @@ class RunState:
         return names
 
     def cost(self) -> float | None:
-        from tracing import pricing
+        return _cost(self.tokens_by_model())
 
-        tokens = self.tokens_by_model()
-        if not tokens:
-            return None
-        estimate = pricing.estimate(tokens, settings.LOOMVIEW_MODEL_PRICES)
-        return None if estimate is None else float(estimate)
+    def names_and_cost(self) -> tuple[list[str], float | None]:
+        """sorted(model_names()) and cost(), in one pass over the attempts (the state
+        row's columns, written for every batch of the run)."""
+        names: set[str] = set()
+        found: dict[str, list[int]] = {}
+        for attempts in self.facts["a"].values():
+            for entry in attempts.values():
+                model = entry[_MODEL]
+                names.add(model)
+                if entry[_ATIN] or entry[_ATOUT]:
+                    pair = found.get(model)
+                    if pair is None:
+                        pair = found[model] = [0, 0]
+                    pair[0] += entry[_ATIN]
+                    pair[1] += entry[_ATOUT]
+        for name, (tokens_in, tokens_out) in self.facts["t"].items():
+            model = name.split(_SEP, 1)[1]
+            names.add(model)
+            pair = found.setdefault(model, [0, 0])
+            pair[0] += tokens_in
+            pair[1] += tokens_out
+        names.discard("")
+        return sorted(names), _cost({m: (p[0], p[1]) for m, p in found.items()})
+
+
+def _cost(tokens: dict[str, tuple[int, int]]) -> float | None:
+    from tracing import pricing
+
+    if not tokens:
+        return None
+    estimate = pricing.estimate(tokens, settings.LOOMVIEW_MODEL_PRICES)
+    return None if estimate is None else float(estimate)
 
 
 def _attempt_key(row: dict[str, Any]) -> str | None:
@@ -406,11 +433,14 @@ def _diff_call(
             vector[_FTOUT] += entry[_ATOUT]
             failure = (cell, entry[_MSG])
             failures[failure] = failures.get(failure, 0) + 1
-        old_bin = latency_bin(old[_MODEL_NS] or old[_ACT_NS])
-        new_bin = latency_bin(entry[_MODEL_NS] or entry[_ACT_NS])
-        if old_bin != new_bin:
-            vector[_HIST0 + old_bin] -= 1
-            vector[_HIST0 + new_bin] += 1
+        old_ns = old[_MODEL_NS] or old[_ACT_NS]
+        new_ns = entry[_MODEL_NS] or entry[_ACT_NS]
+        if old_ns != new_ns:
+            old_bin = latency_bin(old_ns)
+            new_bin = latency_bin(new_ns)
+            if old_bin != new_bin:
+                vector[_HIST0 + old_bin] -= 1
+                vector[_HIST0 + new_bin] += 1
 
 
 def _add_loose(
@@ -552,10 +582,10 @@ def _save_states(states: Sequence[RunState]) -> None:
         rows = (
             [
                 s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status, s.start_ns,
-                s.end_ns, s.close_ns, s.duration_ns, s.cost(), sorted(s.agents),
-                sorted(s.model_names()), s.facts,
+                s.end_ns, s.close_ns, s.duration_ns, cost, sorted(s.agents), names, s.facts,
             ]
             for s in states
+            for names, cost in (s.names_and_cost(),)
         )  # fmt: skip
         pg.execute(sql, rows)
         return
@@ -566,10 +596,11 @@ def _save_states(states: Sequence[RunState]) -> None:
             chunk = states[start : start + 500]
             params: list[Any] = []
             for s in chunk:
+                names, cost = s.names_and_cost()
                 params += [
                     s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status,
-                    s.start_ns, s.end_ns, s.close_ns, s.duration_ns, s.cost(),
-                    _json(sorted(s.agents), vendor), _json(sorted(s.model_names()), vendor),
+                    s.start_ns, s.end_ns, s.close_ns, s.duration_ns, cost,
+                    _json(sorted(s.agents), vendor), _json(names, vendor),
                     _json(s.facts, vendor),
                 ]  # fmt: skip
             cursor.execute(
@@ -751,9 +782,16 @@ def apply(rows: Iterable[dict[str, Any]]) -> None:
     if not enabled():
         return
     groups: dict[RunKey, list[dict[str, Any]]] = {}
+    group_of = groups.get
     for row in rows:
-        if row["workflow_id"] and row["run_id"]:
-            groups.setdefault((row["workflow_id"], row["run_id"]), []).append(row)
+        workflow_id = row["workflow_id"]
+        run_id = row["run_id"]
+        if workflow_id and run_id:
+            group = group_of((workflow_id, run_id))
+            if group is None:
+                groups[(workflow_id, run_id)] = [row]
+            else:
+                group.append(row)
     if not groups:
         return
     states = load_states(groups)
