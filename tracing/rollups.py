@@ -462,60 +462,65 @@ def _fold(state: RunState, rows: list[dict[str, Any]], into: Contribution) -> No
     are counted again (before -1, after +1), not the whole run twice."""
     calls = state.facts["a"]
     suffix = _MODEL_ACTIVITY_SUFFIX
-    touched = {
-        r["activity_id"]
-        for r in rows
-        if r["activity_id"] and (r["kind"] in MODEL_KINDS or r["name"].endswith(suffix))
-    }
-    saved = {
-        aid: ({k: list(e) for k, e in calls[aid].items()} if aid in calls else None)
-        for aid in touched
-    }
+    model_kinds = MODEL_KINDS
+    # The calls the batch touches, as they were (None: new), in one pass over the rows.
+    saved: dict[str, dict[str, list[Any]] | None] = {}
+    for r in rows:
+        aid = r["activity_id"]
+        if aid and aid not in saved and (r["kind"] in model_kinds or r["name"].endswith(suffix)):
+            per_call = calls.get(aid)
+            saved[aid] = None if per_call is None else {k: e.copy() for k, e in per_call.items()}
     loose = state.facts["t"]
-    loose_before = {name: list(pair) for name, pair in loose.items()}
+    loose_before = {name: pair.copy() for name, pair in loose.items()}
     agents_before = set(state.agents)
-    models_before = state.model_names()
     type_before, queue_before = state.workflow_type, state.task_queue
     start_before, end_before = state.start_ns, state.end_ns
     base = _base(state)
     apply_rows(state, rows)
-    if (
-        base is not None
-        and _base(state) == base
-        and state.agents == agents_before
-        and state.model_names() == models_before
-    ):
+
+    def previous() -> RunState:
+        old_calls = dict(calls)
         for aid, before in saved.items():
-            after = calls.get(aid)
+            if before is None:
+                del old_calls[aid]
+            else:
+                old_calls[aid] = before
+        return RunState(
+            state.workflow_id, state.run_id, type_before, queue_before, state.status,
+            start_before, end_before, state.close_ns, agents_before,
+            {"a": old_calls, "t": loose_before},
+        )  # fmt: skip
+
+    if base is not None and _base(state) == base and state.agents == agents_before:
+        # (before, after, whether its attempts kept their keys and cells)
+        changed: list[tuple[dict[str, list[Any]] | None, dict[str, list[Any]], bool]] = []
+        kept = loose.keys() == loose_before.keys()
+        for aid, before in saved.items():
+            after = calls[aid]
             if before == after:
                 continue
-            if before is not None and after is not None and _same_cells(before, after):
-                _diff_call(into, base, before, after)
-                continue
-            if before is not None:
-                _add_call(into, base, before, -1)
-            if after is not None:
+            same = before is not None and _same_cells(before, after)
+            kept = kept and same
+            changed.append((before, after, same))
+        # The model names stand when every changed call kept its cells and no loose
+        # name is new; else they are compared.
+        if kept or previous().model_names() == state.model_names():
+            for before, after, same in changed:
+                if same:
+                    _diff_call(into, base, before, after)  # type: ignore[arg-type]
+                    continue
+                if before is not None:
+                    _add_call(into, base, before, -1)
                 _add_call(into, base, after, 1)
-        for name, pair in loose.items():
-            old = loose_before.get(name)
-            if old != pair:
-                if old is not None:
-                    _add_loose(into, base, name, old, -1)
-                _add_loose(into, base, name, pair, 1)
-        return
+            for name, pair in loose.items():
+                old = loose_before.get(name)
+                if old != pair:
+                    if old is not None:
+                        _add_loose(into, base, name, old, -1)
+                    _add_loose(into, base, name, pair, 1)
+            return
     # The run's cells moved: its whole contribution before, and after.
-    old_calls = dict(calls)
-    for aid, before in saved.items():
-        if before is None:
-            del old_calls[aid]
-        else:
-            old_calls[aid] = before
-    previous = RunState(
-        state.workflow_id, state.run_id, type_before, queue_before, state.status,
-        start_before, end_before, state.close_ns, agents_before,
-        {"a": old_calls, "t": loose_before},
-    )  # fmt: skip
-    _contribute(previous, into, -1)
+    _contribute(previous(), into, -1)
     _contribute(state, into, 1)
 
 
