@@ -392,33 +392,38 @@ def _add_call(
         vector[_HIST0 + latency_bin(entry[_MODEL_NS] or entry[_ACT_NS])] += sign
 
 
-def _same_cells(before: dict[str, list[Any]], after: dict[str, list[Any]]) -> bool:
-    """Whether a call's attempts are the same ones, each in the same cell (agent, model)."""
+def _changed_attempts(
+    before: dict[str, list[Any]], after: dict[str, list[Any]]
+) -> list[tuple[list[Any], list[Any]]] | None:
+    """The attempts of a call that changed, (before, after), when the call kept its
+    attempts' keys and each attempt its cell (agent, model); else None."""
     if before.keys() != after.keys():
-        return False
+        return None
+    changed = []
     for key, entry in after.items():
         old = before[key]
-        if old[_AGENT] != entry[_AGENT] or old[_MODEL] != entry[_MODEL]:
-            return False
-    return True
+        if old != entry:
+            if old[_AGENT] != entry[_AGENT] or old[_MODEL] != entry[_MODEL]:
+                return None
+            changed.append((old, entry))
+    return changed
 
 
-def _diff_call(
+def _diff_attempts(
     into: Contribution,
     base: tuple[int, str, str, str],
-    before: dict[str, list[Any]],
-    after: dict[str, list[Any]],
+    attempts: list[tuple[list[Any], list[Any]]],
 ) -> None:
-    """into += what the call adds now - what it added before, for a call whose attempts
-    kept their keys and cells (_same_cells): its call and attempt counts stand, only
-    the attempts that changed are counted again (_add_call -1 then +1, in short)."""
+    """into += what a call adds now - what it added before, for a call whose attempts
+    kept their keys and cells (_changed_attempts): its call and attempt counts stand,
+    only the attempts that changed are counted again (_add_call -1 then +1, in short)."""
     failures = into.failures
-    for key, entry in after.items():
-        old = before[key]
-        if old == entry:
-            continue
+    cells = into.cells
+    for old, entry in attempts:
         cell: Cell = (*base, entry[_AGENT], entry[_MODEL])
-        vector = into.vector(cell)
+        vector = cells.get(cell)
+        if vector is None:
+            vector = cells[cell] = [0] * len(VALUES)
         vector[_TIN] += entry[_ATIN] - old[_ATIN]
         vector[_TOUT] += entry[_ATOUT] - old[_ATOUT]
         if old[_AFAILED]:
@@ -492,22 +497,29 @@ def _fold(state: RunState, rows: list[dict[str, Any]], into: Contribution) -> No
         )  # fmt: skip
 
     if base is not None and _base(state) == base and state.agents == agents_before:
-        # (before, after, whether its attempts kept their keys and cells)
-        changed: list[tuple[dict[str, list[Any]] | None, dict[str, list[Any]], bool]] = []
+        # (before, after, its changed attempts if they kept their keys and cells)
+        changed: list[
+            tuple[
+                dict[str, list[Any]] | None,
+                dict[str, list[Any]],
+                list[tuple[list[Any], list[Any]]] | None,
+            ]
+        ] = []
         kept = loose.keys() == loose_before.keys()
         for aid, before in saved.items():
             after = calls[aid]
-            if before == after:
-                continue
-            same = before is not None and _same_cells(before, after)
-            kept = kept and same
-            changed.append((before, after, same))
+            attempts = None if before is None else _changed_attempts(before, after)
+            if attempts is None:
+                kept = False
+                changed.append((before, after, None))
+            elif attempts:
+                changed.append((before, after, attempts))
         # The model names stand when every changed call kept its cells and no loose
         # name is new; else they are compared.
         if kept or previous().model_names() == state.model_names():
-            for before, after, same in changed:
-                if same:
-                    _diff_call(into, base, before, after)  # type: ignore[arg-type]
+            for before, after, attempts in changed:
+                if attempts is not None:
+                    _diff_attempts(into, base, attempts)
                     continue
                 if before is not None:
                     _add_call(into, base, before, -1)
