@@ -226,8 +226,13 @@ _END = operator.itemgetter("end_ns")
 _AGENT_OF = operator.itemgetter("agent")
 
 
-def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
-    """Fold spans of one run into its state; any order gives the same state."""
+def apply_rows(
+    state: RunState,
+    rows: Iterable[dict[str, Any]],
+    saved: dict[str, dict[str, list[Any]] | None] | None = None,
+) -> None:
+    """Fold spans of one run into its state; any order gives the same state. With
+    saved, each call the rows touch is first copied into it as it was (None: new)."""
     # On the ingest path for every span: whole-batch min/max/set in C, and the
     # per-row loop only for model spans.
     rows = rows if isinstance(rows, list) else list(rows)
@@ -273,6 +278,10 @@ def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
             else:
                 key = None
             per_call = calls.get(activity_id)
+            if saved is not None and activity_id not in saved:
+                saved[activity_id] = (
+                    None if per_call is None else {k: e.copy() for k, e in per_call.items()}
+                )
             if per_call is None:
                 # A model span of an activity without an attempt still makes its
                 # calls entry (a call with no attempts counts as a call).
@@ -287,7 +296,8 @@ def apply_rows(state: RunState, rows: Iterable[dict[str, Any]]) -> None:
                 model = row.get("model")
                 if model and model > entry[_MODEL]:
                     entry[_MODEL] = model
-                duration = max(row["end_ns"] - row["start_ns"], 0)
+                # A negative duration never beats the entry's (from 0): max(duration, 0).
+                duration = row["end_ns"] - row["start_ns"]
                 if model_kind:
                     entry[_ATIN] += row["tokens_in"] or 0
                     entry[_ATOUT] += row["tokens_out"] or 0
@@ -466,22 +476,15 @@ def _fold(state: RunState, rows: list[dict[str, Any]], into: Contribution) -> No
     only the calls the batch touched and the loose tokens can change, so only they
     are counted again (before -1, after +1), not the whole run twice."""
     calls = state.facts["a"]
-    suffix = _MODEL_ACTIVITY_SUFFIX
-    model_kinds = MODEL_KINDS
-    # The calls the batch touches, as they were (None: new), in one pass over the rows.
+    # The calls the batch touches, as they were (None: new): apply_rows fills it.
     saved: dict[str, dict[str, list[Any]] | None] = {}
-    for r in rows:
-        aid = r["activity_id"]
-        if aid and aid not in saved and (r["kind"] in model_kinds or r["name"].endswith(suffix)):
-            per_call = calls.get(aid)
-            saved[aid] = None if per_call is None else {k: e.copy() for k, e in per_call.items()}
     loose = state.facts["t"]
     loose_before = {name: pair.copy() for name, pair in loose.items()}
     agents_before = set(state.agents)
     type_before, queue_before = state.workflow_type, state.task_queue
     start_before, end_before = state.start_ns, state.end_ns
     base = _base(state)
-    apply_rows(state, rows)
+    apply_rows(state, rows, saved)
 
     def previous() -> RunState:
         old_calls = dict(calls)
