@@ -8,6 +8,7 @@ with other prices (or other models) override them with the
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -83,6 +84,12 @@ def estimate(
         price = prices.get(model, prices.get("*"))
         if price is None:
             return None
-        price_in, price_out = Decimal(str(price[0])), Decimal(str(price[1]))
+        price_in, price_out = _decimal(price[0]), _decimal(price[1])
         total += (price_in * tokens_in + price_out * tokens_out) / PER_TOKENS
     return total
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _decimal(value: Any) -> Decimal:
+    """A price as a Decimal; cached: the rollups price every run of every batch."""
+    return Decimal(str(value))
