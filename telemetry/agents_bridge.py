@@ -63,17 +63,22 @@ _UNSET = Status(StatusCode.UNSET)
 MAX_ATTRIBUTE_CHARS = 32_000
 
 
-def _hex_id(seed: str, bits: int) -> int:
-    value = int.from_bytes(hashlib.sha256(seed.encode()).digest()[: bits // 8], "big")
-    return value or 1
-
-
 # Seed text → id, emptied when full. Plain dicts of str → int: unlike an
 # lru_cache (a linked list cell and a key object per entry), an entry adds no
 # object the garbage collector tracks, and every span adds one (its own id).
 _IDS_MAX = 8192
 _SPAN_IDS: dict[str, int] = {}
 _TRACE_IDS: dict[str, int] = {}
+
+
+def _hex_id(seed: str, bits: int, cache: dict[str, int]) -> int:
+    found = cache.get(seed)
+    if found is None:
+        if len(cache) >= _IDS_MAX:
+            cache.clear()
+        digest = hashlib.sha256(seed.encode()).digest()[: bits // 8]
+        found = cache[seed] = int.from_bytes(digest, "big") or 1
+    return found
 
 
 def span_id_for(agents_id: str, scope: str = "") -> int:
@@ -83,22 +88,12 @@ def span_id_for(agents_id: str, scope: str = "") -> int:
     replays its original's Agents ids, and must not emit its spans under them.
     """
     seed = f"span:{scope}:{agents_id}" if scope else f"span:{agents_id}"
-    found = _SPAN_IDS.get(seed)
-    if found is None:
-        if len(_SPAN_IDS) >= _IDS_MAX:
-            _SPAN_IDS.clear()
-        found = _SPAN_IDS[seed] = _hex_id(seed, 64)
-    return found
+    return _hex_id(seed, 64, _SPAN_IDS)
 
 
 def trace_id_for(agents_trace_id: str, scope: str = "") -> int:
     seed = f"trace:{scope}:{agents_trace_id}" if scope else f"trace:{agents_trace_id}"
-    found = _TRACE_IDS.get(seed)
-    if found is None:
-        if len(_TRACE_IDS) >= _IDS_MAX:
-            _TRACE_IDS.clear()
-        found = _TRACE_IDS[seed] = _hex_id(seed, 128)
-    return found
+    return _hex_id(seed, 128, _TRACE_IDS)
 
 
 def _remote_or_own(remote: Mapping[str, str] | None, agents_id: str, own: str) -> str:
