@@ -52,6 +52,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from temporalio import activity, workflow
 
 from telemetry import vocab
+from telemetry.memo import Memo
 from telemetry.redact import redact_text, secret_changes
 from telemetry.run_ids import remote_parents
 
@@ -63,22 +64,14 @@ _UNSET = Status(StatusCode.UNSET)
 MAX_ATTRIBUTE_CHARS = 32_000
 
 
-# Seed text → id, emptied when full. Plain dicts of str → int: unlike an
-# lru_cache (a linked list cell and a key object per entry), an entry adds no
-# object the garbage collector tracks, and every span adds one (its own id).
-_IDS_MAX = 8192
-_SPAN_IDS: dict[str, int] = {}
-_TRACE_IDS: dict[str, int] = {}
+def _hex_id(seed: str, bits: int) -> int:
+    digest = hashlib.sha256(seed.encode()).digest()[: bits // 8]
+    return int.from_bytes(digest, "big") or 1
 
 
-def _hex_id(seed: str, bits: int, cache: dict[str, int]) -> int:
-    found = cache.get(seed)
-    if found is None:
-        if len(cache) >= _IDS_MAX:
-            cache.clear()
-        digest = hashlib.sha256(seed.encode()).digest()[: bits // 8]
-        found = cache[seed] = int.from_bytes(digest, "big") or 1
-    return found
+# Seed text → id (telemetry.memo): every span adds one (its own id).
+_SPAN_IDS: Memo[str, int] = Memo(lambda seed: _hex_id(seed, 64), 8192)
+_TRACE_IDS: Memo[str, int] = Memo(lambda seed: _hex_id(seed, 128), 8192)
 
 
 def span_id_for(agents_id: str, scope: str = "") -> int:
@@ -88,12 +81,12 @@ def span_id_for(agents_id: str, scope: str = "") -> int:
     replays its original's Agents ids, and must not emit its spans under them.
     """
     seed = f"span:{scope}:{agents_id}" if scope else f"span:{agents_id}"
-    return _hex_id(seed, 64, _SPAN_IDS)
+    return _SPAN_IDS[seed]
 
 
 def trace_id_for(agents_trace_id: str, scope: str = "") -> int:
     seed = f"trace:{scope}:{agents_trace_id}" if scope else f"trace:{agents_trace_id}"
-    return _hex_id(seed, 128, _TRACE_IDS)
+    return _TRACE_IDS[seed]
 
 
 def _remote_or_own(remote: Mapping[str, str] | None, agents_id: str, own: str) -> str:
@@ -114,19 +107,14 @@ _NO_CONTEXT: Mapping[str, Any] = {}
 
 
 def _iso_to_ns(iso: str | None) -> int | None:
-    if not iso:
-        return None
-    found = _TIMES.get(iso)
-    if found is None:
-        if len(_TIMES) >= 1024:
-            _TIMES.clear()
-        found = _TIMES[iso] = int(datetime.fromisoformat(iso).timestamp() * 1_000_000_000)
-    return found
+    return _TIMES[iso] if iso else None
 
 
 # ISO time → ns. In a workflow every span of one activation ends (and the next
 # starts) at the same workflow time, so most spans find both of theirs here.
-_TIMES: dict[str, int] = {}
+_TIMES: Memo[str, int] = Memo(
+    lambda iso: int(datetime.fromisoformat(iso).timestamp() * 1_000_000_000), 1024
+)
 
 
 def _now_ns() -> int:

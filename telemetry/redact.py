@@ -22,6 +22,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from telemetry.memo import Memo
+
 PATTERNS_ENV = "LOOMVIEW_REDACT_PATTERNS"
 
 REDACTED = "[REDACTED]"
@@ -125,20 +127,9 @@ def _redact(value: str) -> str:
     return value
 
 
-# Short text → redacted, emptied when full: a plain dict adds no object the
-# garbage collector tracks per entry (an lru_cache adds a linked list cell),
-# and new ids come with every span.
-_SHORT_CACHE: dict[str, str] = {}
-_SHORT_CACHE_MAX = 8192
-
-
-def _redact_short(value: str) -> str:
-    found = _SHORT_CACHE.get(value)
-    if found is None:
-        if len(_SHORT_CACHE) >= _SHORT_CACHE_MAX:
-            _SHORT_CACHE.clear()
-        found = _SHORT_CACHE[value] = _redact(value)
-    return found
+# Short text → redacted (telemetry.memo): new ids come with every span.
+_SHORT_CACHE: Memo[str, str] = Memo(_redact, 8192)
+_redact_short = _SHORT_CACHE.__getitem__
 
 
 # For hot loops that do redact_text's dispatch themselves (tracing.otlp's
