@@ -145,21 +145,6 @@ class RunState:
         end = self.close_ns if self.close_ns is not None else self.end_ns
         return max((end or self.start_ns) - self.start_ns, 0)
 
-    def tokens_by_model(self) -> dict[str, tuple[int, int]]:
-        found: dict[str, list[int]] = {}
-        for attempts in self.facts["a"].values():
-            for entry in attempts.values():
-                if entry[_ATIN] or entry[_ATOUT]:
-                    pair = found.setdefault(entry[_MODEL], [0, 0])
-                    pair[0] += entry[_ATIN]
-                    pair[1] += entry[_ATOUT]
-        for name, (tokens_in, tokens_out) in self.facts["t"].items():
-            model = name.split(_SEP, 1)[1]
-            pair = found.setdefault(model, [0, 0])
-            pair[0] += tokens_in
-            pair[1] += tokens_out
-        return {m: (p[0], p[1]) for m, p in found.items()}
-
     def model_names(self) -> set[str]:
         names = {
             entry[_MODEL]
@@ -171,12 +156,10 @@ class RunState:
         names.discard("")
         return names
 
-    def cost(self) -> float | None:
-        return _cost(self.tokens_by_model())
-
     def names_and_cost(self) -> tuple[list[str], float | None]:
-        """sorted(model_names()) and cost(), in one pass over the attempts (the state
-        row's columns, written for every batch of the run)."""
+        """sorted(model_names()) and the estimated cost of the tokens by model, in one
+        pass over the attempts (the state row's columns, written for every batch of
+        the run)."""
         names: set[str] = set()
         found: dict[str, list[int]] = {}
         for attempts in self.facts["a"].values():
@@ -591,38 +574,34 @@ def load_states(keys: Iterable[RunKey]) -> dict[RunKey, RunState]:
     return found
 
 
+def _state_values(s: RunState) -> list[Any]:
+    """The state row's values in _STATE_COLUMNS order; the last three are JSON."""
+    names, cost = s.names_and_cost()
+    return [
+        s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status, s.start_ns,
+        s.end_ns, s.close_ns, s.duration_ns, cost, sorted(s.agents), names, s.facts,
+    ]  # fmt: skip
+
+
 def _save_states(states: Sequence[RunState]) -> None:
     if not states:
         return
     quote = connection.ops.quote_name
     vendor = connection.vendor
+    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
     if vendor == "postgresql":
-        updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
         sql = pg.upsert_sql(RunRollupState, _STATE_COLUMNS, ("workflow_id", "run_id"), updates)
-        rows = (
-            [
-                s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status, s.start_ns,
-                s.end_ns, s.close_ns, s.duration_ns, cost, sorted(s.agents), names, s.facts,
-            ]
-            for s in states
-            for names, cost in (s.names_and_cost(),)
-        )  # fmt: skip
-        pg.execute(sql, rows)
+        pg.execute(sql, map(_state_values, states))
         return
     placeholder = "(" + ", ".join([_marker()] * len(_STATE_COLUMNS)) + ")"
-    updates = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in _STATE_COLUMNS[2:])
     with connection.cursor() as cursor:
         for start in range(0, len(states), 500):
             chunk = states[start : start + 500]
             params: list[Any] = []
             for s in chunk:
-                names, cost = s.names_and_cost()
-                params += [
-                    s.workflow_id, s.run_id, s.workflow_type, s.task_queue, s.status,
-                    s.start_ns, s.end_ns, s.close_ns, s.duration_ns, cost,
-                    _json(sorted(s.agents), vendor), _json(names, vendor),
-                    _json(s.facts, vendor),
-                ]  # fmt: skip
+                values = _state_values(s)
+                values[-3:] = [_json(v, vendor) for v in values[-3:]]
+                params += values
             cursor.execute(
                 f"INSERT INTO {quote(RunRollupState._meta.db_table)} "
                 f"({', '.join(quote(c) for c in _STATE_COLUMNS)}) "
