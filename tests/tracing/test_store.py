@@ -1,6 +1,7 @@
 import random
 
 import pytest
+from django.db import connection
 
 from tests.tracing.spans import agent_run, protobuf_body, record
 from tracing import otlp, store
@@ -235,3 +236,21 @@ def test_the_history_counts_calls_whose_spans_never_arrived() -> None:
     store.ingest([dict(r) for r in rows if r["name"] in {"temporal:executeActivity", "response"}])
     summary = RunSummary.objects.get(workflow_id="wf", run_id="run")
     assert (summary.tokens_in, summary.tokens_out, summary.attempts) == (120, 31, 2)
+
+
+def test_a_nul_byte_costs_only_its_own_span() -> None:
+    # PostgreSQL's text and jsonb refuse U+0000 (the batch is COPied at once there);
+    # SQLite keeps it. Either way the good span of the batch is stored.
+    def build(tracer):  # type: ignore[no-untyped-def]
+        with tracer.start_as_current_span("good"):
+            pass
+        with tracer.start_as_current_span("bad\x00name") as span:
+            span.set_attribute("note", "a\x00b")
+
+    result = store.ingest(_rows(record(build)))
+    assert "good" in set(Span.objects.values_list("name", flat=True))
+    if connection.vendor == "postgresql":
+        assert result.stored == 1
+        assert len(result.rejected) == 1 and "0x00" in result.rejected[0]
+    else:
+        assert result.stored == 2 and not result.rejected
