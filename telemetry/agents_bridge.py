@@ -28,7 +28,10 @@ import hashlib
 import json
 import logging
 import threading
+import weakref
+from asyncio import get_running_loop
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any
 
@@ -44,17 +47,23 @@ from agents.tracing.span_data import (
     MCPListToolsSpanData,
     ResponseSpanData,
 )
-from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from temporalio import activity, workflow
 
 from telemetry import vocab
 from telemetry.memo import Memo
 from telemetry.redact import redact_text, secret_changes
-from telemetry.run_ids import remote_parents
+from telemetry.run_ids import remote_parents_of
+from telemetry.temporal_spans import current_span_context
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +136,7 @@ def _now_ns() -> int:
 
 def to_json(value: Any) -> str:
     """JSON text of a model/tool payload, clipped so one span stays a sane size."""
-    if isinstance(value, str):
+    if type(value) is str:
         text = value
     else:
         try:
@@ -170,7 +179,7 @@ class RunContext:
     (telemetry.run_ids); ``in_workflow``: made in a workflow (not an activity).
     """
 
-    __slots__ = ("attributes", "in_workflow", "info", "redacted", "scope")
+    __slots__ = ("attributes", "in_workflow", "info", "redacted", "remote", "scope")
 
     def __init__(self, info: Any, in_workflow: bool) -> None:
         self.info = info
@@ -178,10 +187,24 @@ class RunContext:
         self.attributes = _context_attributes(info)
         self.redacted = {**self.attributes, **secret_changes(self.attributes)}
         self.scope = str(info.run_id if in_workflow else info.workflow_run_id or "")
+        # A workflow's Agents SDK ids that came in a header (telemetry.run_ids).
+        instance = workflow.instance() if in_workflow else None
+        self.remote = remote_parents_of(instance) if instance is not None else None
 
 
 def run_context() -> RunContext | None:
     """The :class:`RunContext` of the workflow run or activity attempt this code is in."""
+    # A workflow runs on its own event loop (its instance): once found, its context
+    # is kept in the context variables of the task asking, keyed by that loop, so
+    # the next span there costs a lookup, not workflow.info() through every
+    # interceptor. A weak reference: a context that outlives the run keeps nothing.
+    try:
+        loop: Any = get_running_loop()
+    except RuntimeError:
+        loop = None
+    known = _WORKFLOW_RUN.get()
+    if known is not None and loop is not None and known[0]() is loop:
+        return known[1]
     if workflow.in_workflow():
         info: Any = workflow.info()
         in_workflow = True
@@ -192,11 +215,18 @@ def run_context() -> RunContext | None:
         return None
     key = id(info)
     cached = _CONTEXT_CACHE.get(key)
-    if cached is None or cached.info is not info:
+    if cached is None or cached.info is not info or (in_workflow and cached.remote is None):
         if len(_CONTEXT_CACHE) >= 4096:
             _CONTEXT_CACHE.clear()
         cached = _CONTEXT_CACHE[key] = RunContext(info, in_workflow)
+    if in_workflow and loop is not None and cached.remote is not None:
+        _WORKFLOW_RUN.set((weakref.ref(loop), cached))
     return cached
+
+
+_WORKFLOW_RUN: ContextVar[tuple[Callable[[], Any], RunContext] | None] = ContextVar(
+    "loomview_workflow_run", default=None
+)
 
 
 # id(workflow or activity Info) → its RunContext; the context keeps the Info, so
@@ -235,12 +265,17 @@ def _messages(items: Any) -> list[dict[str, Any]]:
     """Normalize model input/output items into chat-like messages for GenAI attributes."""
     if items is None:
         return []
-    if isinstance(items, str):
+    # Exact types first: in a workflow's sandbox every isinstance() (against an ABC
+    # above all) is a chain of Python calls.
+    given = type(items)
+    if given is str or (given is not list and isinstance(items, str)):
         return [{"role": "user", "content": items}]
     messages: list[dict[str, Any]] = []
-    for raw in items if isinstance(items, Sequence) else [items]:
-        item = _jsonable(raw) if not isinstance(raw, Mapping) else dict(raw)
-        if not isinstance(item, Mapping):
+    listed = given is list or given is tuple or isinstance(items, Sequence)
+    for raw in items if listed else [items]:
+        mapping = type(raw) is dict or isinstance(raw, Mapping)
+        item = dict(raw) if mapping else _jsonable(raw)
+        if type(item) is not dict and not isinstance(item, Mapping):
             messages.append({"role": "user", "content": str(item)})
             continue
         kind = item.get("type")
@@ -263,9 +298,11 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             )
         else:
             content = item.get("content")
-            if isinstance(content, list):
+            if type(content) is list or isinstance(content, list):
                 content = "".join(
-                    str(part.get("text", "")) if isinstance(part, Mapping) else str(part)
+                    str(part.get("text", ""))
+                    if type(part) is dict or isinstance(part, Mapping)
+                    else str(part)
                     for part in content
                 )
             messages.append({"role": item.get("role", "assistant"), "content": content})
@@ -472,11 +509,12 @@ class OtelBridgeProcessor(TracingProcessor):
     def _otel_trace_id(
         self, agents_trace_id: str, scope: str, remote: Mapping[str, str] | None = None
     ) -> int:
-        current = otel_trace.get_current_span().get_span_context()
+        current = current_span_context()
         if current.is_valid:
             return current.trace_id
         if remote is None and _in_workflow_scope(scope):
-            remote = remote_parents()
+            run = run_context()
+            remote = run.remote if run is not None else None
         return trace_id_for(agents_trace_id, _remote_or_own(remote, agents_trace_id, scope))
 
     def _context(self, trace_id: int, span_id: int) -> SpanContext:
@@ -556,7 +594,7 @@ class OtelBridgeProcessor(TracingProcessor):
             # worker after a crash): its start is the earliest child we saw, if any.
             start = first_child if first_child is not None else end
         exported = trace.export() or {}
-        current = otel_trace.get_current_span().get_span_context()
+        current = current_span_context()
         attributes: dict[str, Any] = {
             vocab.AGENTS_SPAN_TYPE: "trace",
             vocab.OI_SPAN_KIND: "CHAIN",
@@ -609,7 +647,7 @@ class OtelBridgeProcessor(TracingProcessor):
             scope, remote, context = "", None, _NO_CONTEXT
         else:
             scope, context = run.scope, run.redacted
-            remote = remote_parents() if run.in_workflow else None
+            remote = run.remote
         trace_id = self._otel_trace_id(trace_id_agents, scope, remote)
         parent_id = span.parent_id
         parent_agents_id = parent_id or trace_id_agents

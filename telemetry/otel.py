@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -90,6 +91,9 @@ def _plain(attributes: Any) -> dict[str, Any]:
     """A span's attributes as a plain dict (the SDK's BoundedAttributes copies its own)."""
     if not attributes:
         return {}
+    kind = type(attributes)
+    if kind is MappingProxyType or kind is dict:  # no isinstance: see current_span_context
+        return dict(attributes)
     if isinstance(attributes, BoundedAttributes):
         return attributes.copy()  # type: ignore[return-value]
     return dict(attributes)
@@ -188,13 +192,15 @@ def redact_span(
         if description != status.description:
             status = Status(status.status_code, description)
     events = span.events
-    if any(redact_text(e.name) != e.name or secret_changes(e.attributes) for e in events):
+    if events and any(
+        redact_text(e.name) != e.name or secret_changes(e.attributes) for e in events
+    ):
         events = tuple(
             type(e)(redact_text(e.name), redact_attributes(e.attributes), e.timestamp)
             for e in events
         )
     links = span.links
-    if any(secret_changes(link.attributes) for link in links):
+    if links and any(secret_changes(link.attributes) for link in links):
         links = tuple(
             type(link)(link.context, redact_attributes(link.attributes)) for link in links
         )

@@ -146,6 +146,20 @@ def is_secret_name(name: str) -> bool:
 
 
 def redact_value(value: Any) -> Any:
+    # The usual JSON types first, by exact type: in a workflow's sandbox every
+    # isinstance() (against an ABC above all) is a chain of Python calls.
+    kind = type(value)
+    if kind is str:
+        return redact_text(value)
+    if kind is dict:
+        return {
+            key: REDACTED if is_secret_name(str(key)) else redact_value(item)
+            for key, item in value.items()
+        }
+    if kind is list:
+        return [redact_value(item) for item in value]
+    if kind in _PLAIN_TYPES:
+        return value
     if isinstance(value, str):
         return redact_text(value)
     if isinstance(value, Mapping):
@@ -161,6 +175,7 @@ def redact_value(value: Any) -> Any:
 
 
 _PLAIN = (int, float, bool, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 def secret_changes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -175,6 +190,7 @@ def secret_changes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     # A long text that is the value of several attributes (a model call's
     # messages, in the GenAI and the OpenInference names) is searched once.
     seen: dict[int, str] = {}
+    shortest, short = _shortest, _SHORT_CACHE
     for key, value in attributes.items():
         if is_secret_name(key):
             if value != REDACTED:
@@ -182,8 +198,12 @@ def secret_changes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
             continue
         kind = type(value)
         if kind is str:
-            if len(value) <= _SHORT:
-                clean = redact_text(value)
+            # redact_text, inlined: this runs for every attribute of every span.
+            size = len(value)
+            if size < shortest:
+                continue
+            if size <= _SHORT:
+                clean = short[value]
             else:
                 # The attributes hold every value while this runs: ids are not reused.
                 clean = seen.get(id(value)) or seen.setdefault(id(value), _redact(value))

@@ -24,6 +24,7 @@ Pure Python: no Django.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -139,6 +140,18 @@ def remote_parent_scope(agents_id: str) -> str | None:
     return None if remote is None else remote.get(agents_id)
 
 
+def remote_parents_of(instance: Any) -> dict[str, str]:
+    """A workflow instance's Agents SDK ids that came in a header → the scope of their
+    run: one dict for the run, made empty if none came yet (:func:`_record_remote`
+    fills it in place, so a reference taken early sees what comes later)."""
+    remote: dict[str, str] | None = getattr(instance, _REMOTE, None)
+    if remote is None:
+        remote = {}
+        with contextlib.suppress(AttributeError):  # a class with __slots__: none kept
+            setattr(instance, _REMOTE, remote)
+    return remote
+
+
 def remote_parents() -> dict[str, str] | None:
     """This workflow's Agents SDK ids that came in a header → the scope of their run
     (None outside a workflow, or when none came)."""
@@ -158,12 +171,10 @@ def _record_remote(headers: Mapping[str, Payload], scope: str) -> None:
         return
     if not isinstance(contents, dict):
         return
-    instance = workflow.instance()
-    remote: dict[str, str] = getattr(instance, _REMOTE, None) or {}
+    remote = remote_parents_of(workflow.instance())
     for key in ("spanId", "traceId"):
         if isinstance(contents.get(key), str):
             remote.setdefault(contents[key], scope)
-    setattr(instance, _REMOTE, remote)
 
 
 class _RemoteParentsInbound(WorkflowInboundInterceptor):

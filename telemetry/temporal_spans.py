@@ -38,7 +38,15 @@ from opentelemetry.semconv.attributes.exception_attributes import (
     EXCEPTION_STACKTRACE,
     EXCEPTION_TYPE,
 )
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
+from opentelemetry.trace.propagation import _SPAN_KEY
 from opentelemetry.util import types
 
 logger = logging.getLogger(__name__)
@@ -65,12 +73,27 @@ def _default_sampler(sampler: Any) -> bool:
 
 def lean_enough(tracer: Any) -> bool:
     """Whether :class:`LeanTracer` makes exactly what ``tracer`` (the SDK's) would."""
-    return (
-        isinstance(tracer, SdkTracer)
-        and _default_sampler(tracer.sampler)
-        and tracer._is_enabled()
-        and type(tracer._tracer_metrics) is NoOpTracerMetrics
-    )
+    return isinstance(tracer, SdkTracer) and _default_sampler(tracer.sampler) and lean_now(tracer)
+
+
+def lean_now(tracer: SdkTracer) -> bool:
+    """What of :func:`lean_enough` can change while a tracer lives (its sampler and
+    class cannot): whether it is enabled, and its internal metrics."""
+    return tracer._is_enabled() and type(tracer._tracer_metrics) is NoOpTracerMetrics
+
+
+def current_span_context(context: Any = None) -> SpanContext:
+    """``opentelemetry.trace.get_current_span(context).get_span_context()``, without
+    its ``isinstance`` check against the ``Span`` ABC: in a workflow's sandbox every
+    ``isinstance`` is a chain of Python calls, and every span asks for this."""
+    span: Any = context_api.get_value(_SPAN_KEY, context)
+    if span is None:
+        return INVALID_SPAN_CONTEXT
+    try:
+        found: SpanContext = span.get_span_context()
+    except AttributeError:  # not a span: get_current_span would say there is none
+        return INVALID_SPAN_CONTEXT
+    return found
 
 
 class LeanTracer(trace_api.Tracer):
@@ -83,6 +106,11 @@ class LeanTracer(trace_api.Tracer):
         self._ids = sdk_tracer.id_generator
         self._scope = sdk_tracer._instrumentation_scope
         self._limits = sdk_tracer._span_limits
+        # The sampler is the provider's, fixed: checked once (isinstance and the
+        # sampler's parts are not free in a workflow's sandbox).
+        self._lean_tracer = isinstance(sdk_tracer, SdkTracer) and _default_sampler(
+            sdk_tracer.sampler
+        )
 
     def start_span(
         self,
@@ -95,7 +123,7 @@ class LeanTracer(trace_api.Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> trace_api.Span:
-        if links or not lean_enough(self._sdk):
+        if links or not (self._lean_tracer and lean_now(self._sdk)):
             return self._sdk.start_span(
                 name,
                 context,
@@ -106,7 +134,7 @@ class LeanTracer(trace_api.Tracer):
                 record_exception,
                 set_status_on_exception,
             )
-        parent: SpanContext | None = trace_api.get_current_span(context).get_span_context()
+        parent: SpanContext | None = current_span_context(context)
         # What the SDK's start_span does with the default sampler, in the same
         # order (the ids come from Temporal's deterministic generator).
         if parent is None or not parent.is_valid:
