@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import shutil
 import signal
@@ -280,11 +281,14 @@ def worker_env(stack: Stack, app: str, mode: str, task_queue: str, sink: Sink) -
 
 
 def start_worker(
-    env: dict[str, str], app: str, log: Path, tree: Path = ROOT
+    env: dict[str, str], app: str, log: Path, tree: Path = ROOT, calls: Path | None = None
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "worker"]
     if app == "stock":
         command = [sys.executable, str(Path(__file__).resolve()), "--stock-worker"]
+    elif calls is not None:
+        command = [sys.executable, str(Path(__file__).resolve()), "--calls-worker"]
+        env = {**env, "BENCH_CALLS_OUT": str(calls)}
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -391,7 +395,14 @@ async def batches_together(
         log = stack.tmp / f"worker-{index + offset}-{mode}.log"
         env = worker_env(stack, args.app, mode, task_queue, sink)
         tree = Path(args.base_tree) if mode == "base" else ROOT
-        started.append((mode, task_queue, start_worker(env, args.app, log, tree)))
+        calls = (
+            Path(args.count_calls) / f"{index + offset:02d}-{mode}.tsv"
+            if args.count_calls
+            else None
+        )
+        if calls is not None:
+            calls.parent.mkdir(parents=True, exist_ok=True)
+        started.append((mode, task_queue, start_worker(env, args.app, log, tree, calls)))
     profilers: list[subprocess.Popen[bytes] | None] = []
     try:
         await asyncio.gather(
@@ -402,6 +413,8 @@ async def batches_together(
         )
         for _, _, process in started:
             settled(process)
+            if args.count_calls:
+                process.send_signal(signal.SIGUSR1)  # count from here: not the warm-up
         if args.profile:
             profilers = [
                 start_profiler(process.pid, Path(args.profile) / f"{index + n:02d}-{mode}.txt")
@@ -580,6 +593,8 @@ async def bench(args: argparse.Namespace) -> int:
             sink.close()
             stack.stop()
     ok = report(batches, base, test)
+    if args.count_calls:
+        report_calls(Path(args.count_calls), batches, base, test)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0 if ok else 1
 
@@ -631,6 +646,87 @@ async def stock_worker() -> None:
         provider.shutdown()
 
 
+# -- counting calls (--count-calls) ------------------------------------------------------
+
+
+def calls_worker(out: Path) -> None:
+    """``python -m worker`` with every Python and C function call counted, by function.
+
+    A deterministic measure where CPU time on a shared machine is not: the same
+    workflows make the same calls. SIGUSR1 starts the count again (after the
+    warm-up); the counts are written to ``out`` when the worker exits.
+    """
+    import atexit
+    import collections
+    import runpy
+
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            counts[code.co_filename, code.co_name] += 1
+        elif event == "c_call":
+            counts["C", getattr(arg, "__qualname__", "?")] += 1
+
+    def dump() -> None:
+        sys.setprofile(None)
+        with out.open("w") as stream:
+            for (filename, name), count in counts.most_common():
+                stream.write(f"{count}\t{filename}\t{name}\n")
+
+    signal.signal(signal.SIGUSR1, lambda *_: counts.clear())
+    atexit.register(dump)
+    threading.setprofile(profile)
+    sys.setprofile(profile)
+    sys.argv = ["worker"]
+    sys.path.insert(0, os.getcwd())  # the checkout it runs in (--base-tree), not this one
+    runpy.run_module("worker", run_name="__main__", alter_sys=True)
+
+
+def read_calls(path: Path) -> dict[tuple[str, str], int]:
+    found: dict[tuple[str, str], int] = {}
+    for line in path.read_text().splitlines():
+        count, filename, name = line.split("\t")
+        found[filename, name] = int(count)
+    return found
+
+
+def _where(filename: str) -> str:
+    """A short name for a file: relative to site-packages, the stdlib or this checkout."""
+    if "site-packages/" in filename:
+        return filename.split("site-packages/", 1)[1]
+    if "/lib/python3." in filename:
+        return filename.split("/lib/python3.", 1)[1].split("/", 1)[-1]
+    if filename.startswith(str(ROOT)):
+        return str(Path(filename).relative_to(ROOT))
+    return filename
+
+
+def report_calls(directory: Path, batches: list[Batch], base: str, test: str) -> None:
+    """Calls per workflow of each batch, and what the test mode adds, by function."""
+    print()
+    print(f"calls per workflow (--count-calls, {directory})")
+    print(f"pair  {base + ' calls':>14} {test + ' calls':>14} {'added':>10} {'added %':>8}")
+    added_total: collections.defaultdict[tuple[str, str], float] = collections.defaultdict(float)
+    for n, i in enumerate(range(0, len(batches) - 1, 2), 1):
+        a = next(b for b in batches[i : i + 2] if b.mode == base)
+        b = next(b for b in batches[i : i + 2] if b.mode == test)
+        ca = read_calls(directory / f"{a.index:02d}-{a.mode}.tsv")
+        cb = read_calls(directory / f"{b.index:02d}-{b.mode}.tsv")
+        per_a, per_b = sum(ca.values()) / a.runs, sum(cb.values()) / b.runs
+        print(
+            f"{n:>4}  {per_a:>14,.0f} {per_b:>14,.0f} {per_b - per_a:>+10,.0f} "
+            f"{percent(100 * (per_b / per_a - 1)):>8}"
+        )
+        for key in set(ca) | set(cb):
+            added_total[key] += cb.get(key, 0) / b.runs - ca.get(key, 0) / a.runs
+    pairs = max(1, len(batches) // 2)
+    print("most added, calls per workflow (mean of the pairs):")
+    for (filename, name), added in sorted(added_total.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  {added / pairs:>+8.1f}  {_where(filename)} {name}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200, help="concurrent workflows per batch")
@@ -657,10 +753,21 @@ def main() -> int:
         default=None,
         help="mode `base`: tracing on, the worker run from this checkout (--compare base,on)",
     )
+    parser.add_argument(
+        "--count-calls",
+        default=None,
+        metavar="DIR",
+        help="count each worker's function calls (sys.setprofile) into DIR; its CPU figures"
+        " are not the benchmark's",
+    )
     parser.add_argument("--stock-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--calls-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stock_worker:
         asyncio.run(stock_worker())
+        return 0
+    if args.calls_worker:
+        calls_worker(Path(os.environ["BENCH_CALLS_OUT"]))
         return 0
     if args.compare is None:
         args.compare = "sink,on" if args.app == "stock" else "off,on"
