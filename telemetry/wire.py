@@ -122,7 +122,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Repeated KeyValue fields; strings, the usual case, inlined (this is the hot loop)."""
     if not attributes:
         return b""
-    parts = []
+    out = bytearray()
     cache, sizes = _SHORT_STRINGS, _SIZES
     for name, value in attributes.items():
         if type(value) is str:
@@ -130,7 +130,7 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             if short:
                 encoded = cache.get((tag, name, value))
                 if encoded is not None:
-                    parts.append(encoded)
+                    out += encoded
                     continue
             data = value.encode()
             size = len(data)
@@ -140,17 +140,17 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             body = _key(name) + b"\x12" + sizes[size]
             size += len(body)
             encoded = tag + sizes[size] + body + any_value
-            parts.append(encoded)
+            out += encoded
             if short:
                 if len(cache) >= _SHORT_STRINGS_MAX:
                     cache.clear()
                 cache[tag, name, value] = encoded
             continue
         try:
-            parts.append(_field(tag, _key_value(name, value)))
+            out += _field(tag, _key_value(name, value))
         except Exception as error:  # as the stock encoder: skip the attribute, keep the span
             logger.exception("Failed to encode key %s: %s", name, error)
-    return b"".join(parts)
+    return bytes(out)
 
 
 def _flags(context: SpanContext | None) -> int:
