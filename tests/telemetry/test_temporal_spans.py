@@ -120,3 +120,29 @@ def test_children_of_an_unsampled_parent_are_not_recorded_and_other_samplers_use
     off = LeanTracer(off_provider.get_tracer("temporal"))  # type: ignore[arg-type]
     dropped = off.start_span("RunWorkflow:x", context=context_api.Context())
     assert not isinstance(dropped, LeanSpan) and not dropped.is_recording()
+
+
+def test_current_span_context_is_get_current_spans() -> None:
+    from opentelemetry.trace.propagation import _SPAN_KEY
+
+    from telemetry.temporal_spans import current_span_context
+
+    made, _ = provider()
+    tracer = made.get_tracer("t")
+    assert current_span_context() == trace_api.INVALID_SPAN_CONTEXT
+    with tracer.start_as_current_span("outer") as outer:
+        assert current_span_context() == outer.get_span_context()
+        assert current_span_context() == trace_api.get_current_span().get_span_context()
+        # An explicit context wins over the current one, as with get_current_span.
+        other = trace_api.NonRecordingSpan(
+            trace_api.SpanContext(7, 8, is_remote=True, trace_flags=trace_api.TraceFlags(1))
+        )
+        given = trace_api.set_span_in_context(other)
+        assert current_span_context(given) == other.get_span_context()
+    # Something that is not a span under the span key: no span, as get_current_span says.
+    token = context_api.attach(context_api.set_value(_SPAN_KEY, "not a span"))
+    try:
+        assert current_span_context() == trace_api.INVALID_SPAN_CONTEXT
+        assert trace_api.get_current_span().get_span_context() == trace_api.INVALID_SPAN_CONTEXT
+    finally:
+        context_api.detach(token)
