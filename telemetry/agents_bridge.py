@@ -100,16 +100,11 @@ def trace_id_for(agents_trace_id: str, scope: str = "") -> int:
 
 def _remote_or_own(remote: Mapping[str, str] | None, agents_id: str, own: str) -> str:
     """The run scope an Agents id was emitted under: its sender's if it came in a
-    header (a parent workflow's span, ``remote``: telemetry.run_ids.remote_parents),
-    else this run's."""
+    header (a parent workflow's span, ``remote``: :attr:`RunContext.remote`), else
+    this run's."""
     if remote:
         return remote.get(agents_id, own)
     return own
-
-
-def _in_workflow_scope(scope: str) -> bool:
-    """Only a workflow (which has a scope and may have remote parents) needs the lookup."""
-    return bool(scope) and workflow.in_workflow()
 
 
 _NO_CONTEXT: Mapping[str, Any] = {}
@@ -176,7 +171,9 @@ class RunContext:
     ``attributes``: its ``temporal.*`` correlation attributes; ``redacted``: the same
     with secrets redacted (a workflow id is the sender's text), for spans that are
     redacted attribute by attribute; ``scope``: the run its span ids belong to
-    (telemetry.run_ids); ``in_workflow``: made in a workflow (not an activity).
+    (telemetry.run_ids); ``in_workflow``: made in a workflow (not an activity);
+    ``remote``: a workflow's Agents SDK ids that came in a header → the scope of
+    their run (telemetry.run_ids.remote_parents_of), None in an activity.
     """
 
     __slots__ = ("attributes", "in_workflow", "info", "redacted", "remote", "scope")
@@ -265,17 +262,12 @@ def _messages(items: Any) -> list[dict[str, Any]]:
     """Normalize model input/output items into chat-like messages for GenAI attributes."""
     if items is None:
         return []
-    # Exact types first: in a workflow's sandbox every isinstance() (against an ABC
-    # above all) is a chain of Python calls.
-    given = type(items)
-    if given is str or (given is not list and isinstance(items, str)):
+    if isinstance(items, str):
         return [{"role": "user", "content": items}]
     messages: list[dict[str, Any]] = []
-    listed = given is list or given is tuple or isinstance(items, Sequence)
-    for raw in items if listed else [items]:
-        mapping = type(raw) is dict or isinstance(raw, Mapping)
-        item = dict(raw) if mapping else _jsonable(raw)
-        if type(item) is not dict and not isinstance(item, Mapping):
+    for raw in items if isinstance(items, Sequence) else [items]:
+        item = _jsonable(raw) if not isinstance(raw, Mapping) else dict(raw)
+        if not isinstance(item, Mapping):
             messages.append({"role": "user", "content": str(item)})
             continue
         kind = item.get("type")
@@ -298,11 +290,9 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             )
         else:
             content = item.get("content")
-            if type(content) is list or isinstance(content, list):
+            if isinstance(content, list):
                 content = "".join(
-                    str(part.get("text", ""))
-                    if type(part) is dict or isinstance(part, Mapping)
-                    else str(part)
+                    str(part.get("text", "")) if isinstance(part, Mapping) else str(part)
                     for part in content
                 )
             messages.append({"role": item.get("role", "assistant"), "content": content})
@@ -507,14 +497,16 @@ class OtelBridgeProcessor(TracingProcessor):
 
     # -- ids and context -------------------------------------------------------
     def _otel_trace_id(
-        self, agents_trace_id: str, scope: str, remote: Mapping[str, str] | None = None
+        self,
+        current: SpanContext,
+        agents_trace_id: str,
+        scope: str,
+        remote: Mapping[str, str] | None,
     ) -> int:
-        current = current_span_context()
+        """The trace of ``current`` (the OTel span current where the Agents span
+        ended), else one derived from the Agents trace id."""
         if current.is_valid:
             return current.trace_id
-        if remote is None and _in_workflow_scope(scope):
-            run = run_context()
-            remote = run.remote if run is not None else None
         return trace_id_for(agents_trace_id, _remote_or_own(remote, agents_trace_id, scope))
 
     def _context(self, trace_id: int, span_id: int) -> SpanContext:
@@ -608,9 +600,10 @@ class OtelBridgeProcessor(TracingProcessor):
             attributes[vocab.AGENTS_TRACE_METADATA] = to_json(exported["metadata"])
         run = run_context()
         scope = run.scope if run is not None else ""
+        remote = run.remote if run is not None else None
         self._emit(
             name=trace.name,
-            trace_id=self._otel_trace_id(trace.trace_id, scope),
+            trace_id=self._otel_trace_id(current, trace.trace_id, scope, remote),
             span_id=span_id_for(trace.trace_id, scope),
             parent=current if current.is_valid else None,
             start=start,
@@ -648,7 +641,7 @@ class OtelBridgeProcessor(TracingProcessor):
         else:
             scope, context = run.scope, run.redacted
             remote = run.remote
-        trace_id = self._otel_trace_id(trace_id_agents, scope, remote)
+        trace_id = self._otel_trace_id(current_span_context(), trace_id_agents, scope, remote)
         parent_id = span.parent_id
         parent_agents_id = parent_id or trace_id_agents
         attributes[vocab.AGENTS_TRACE_ID] = trace_id_agents

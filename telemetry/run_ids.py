@@ -133,13 +133,6 @@ def run_scoped_tracer_provider(resource: Resource) -> ReplaySafeTracerProvider:
     return _TracerKeepingProvider(provider, generator)
 
 
-def remote_parent_scope(agents_id: str) -> str | None:
-    """The scope of an Agents SDK span or trace id that reached this workflow in a
-    header (from a parent workflow or a client), or None if it was made here."""
-    remote = remote_parents()
-    return None if remote is None else remote.get(agents_id)
-
-
 def remote_parents_of(instance: Any) -> dict[str, str]:
     """A workflow instance's Agents SDK ids that came in a header → the scope of their
     run: one dict for the run, made empty if none came yet (:func:`_record_remote`
@@ -149,15 +142,6 @@ def remote_parents_of(instance: Any) -> dict[str, str]:
         remote = {}
         with contextlib.suppress(AttributeError):  # a class with __slots__: none kept
             setattr(instance, _REMOTE, remote)
-    return remote
-
-
-def remote_parents() -> dict[str, str] | None:
-    """This workflow's Agents SDK ids that came in a header → the scope of their run
-    (None outside a workflow, or when none came)."""
-    if not workflow.in_workflow():
-        return None
-    remote: dict[str, str] | None = getattr(workflow.instance(), _REMOTE, None)
     return remote
 
 

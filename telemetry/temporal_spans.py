@@ -71,14 +71,9 @@ def _default_sampler(sampler: Any) -> bool:
     )
 
 
-def lean_enough(tracer: Any) -> bool:
-    """Whether :class:`LeanTracer` makes exactly what ``tracer`` (the SDK's) would."""
-    return isinstance(tracer, SdkTracer) and _default_sampler(tracer.sampler) and lean_now(tracer)
-
-
 def lean_now(tracer: SdkTracer) -> bool:
-    """What of :func:`lean_enough` can change while a tracer lives (its sampler and
-    class cannot): whether it is enabled, and its internal metrics."""
+    """Whether :class:`LeanTracer` still makes what ``tracer`` (the SDK's, with the
+    default sampler) would: the tracer is enabled, its internal metrics are off."""
     return tracer._is_enabled() and type(tracer._tracer_metrics) is NoOpTracerMetrics
 
 
@@ -106,8 +101,8 @@ class LeanTracer(trace_api.Tracer):
         self._ids = sdk_tracer.id_generator
         self._scope = sdk_tracer._instrumentation_scope
         self._limits = sdk_tracer._span_limits
-        # The sampler is the provider's, fixed: checked once (isinstance and the
-        # sampler's parts are not free in a workflow's sandbox).
+        # Its class and sampler are fixed: checked once (isinstance and the sampler's
+        # parts are not free in a workflow's sandbox); the rest on every span.
         self._lean_tracer = isinstance(sdk_tracer, SdkTracer) and _default_sampler(
             sdk_tracer.sampler
         )
