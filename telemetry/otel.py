@@ -35,11 +35,10 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status
-from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
 from telemetry import vocab
 from telemetry.agents_bridge import OtelBridgeProcessor, run_context, shared_context_attributes
-from telemetry.otlp_http import WireSpanExporter
+from telemetry.otlp_http import WireBatchSpanProcessor, WireSpanExporter
 from telemetry.redact import (
     PATTERNS_ENV,
     parse_patterns,
@@ -50,6 +49,7 @@ from telemetry.redact import (
     set_extra_patterns,
 )
 from telemetry.run_ids import RunScopePlugin, run_scoped_tracer_provider
+from telemetry.temporal_interceptor import LeanOpenTelemetryPlugin
 
 if TYPE_CHECKING:
     from agents.tracing.processors import BatchTraceProcessor
@@ -296,6 +296,38 @@ def schedule_delay_from_env() -> int:
     return delay
 
 
+def batch_processor(exporter: SpanExporter, schedule_delay_ms: int) -> SpanProcessor:
+    """A batching processor for ``exporter``: for Loomview's own exporter one that
+    encodes each span when it ends (:class:`telemetry.otlp_http.WireBatchSpanProcessor`),
+    for any other the SDK's. Both read ``OTEL_BSP_MAX_QUEUE_SIZE`` and
+    ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``."""
+    if isinstance(exporter, WireSpanExporter):
+        queue = positive_int_from_env("OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+        batch = positive_int_from_env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
+        return WireBatchSpanProcessor(
+            exporter,
+            schedule_delay_millis=schedule_delay_ms,
+            max_queue_size=queue,
+            max_export_batch_size=min(batch, queue),
+        )
+    return BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms)
+
+
+def positive_int_from_env(name: str, default: int) -> int:
+    """A positive whole number from ``name``; a bad value warns and gives ``default``."""
+    raw = _env(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        logger.warning("%s must be a positive whole number, got %r; using %d", name, raw, default)
+        return default
+    return value
+
+
 def extra_exporter_from_env() -> SpanExporter | None:
     """The collector the standard ``OTEL_EXPORTER_OTLP_*`` variables name, if any."""
     endpoint = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or _env("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -442,7 +474,7 @@ def configure_tracing(
     else:
         chosen = list(exporters)
     delay = schedule_delay_ms or schedule_delay_from_env()
-    batches = [BatchSpanProcessor(exporter, schedule_delay_millis=delay) for exporter in chosen]
+    batches = [batch_processor(exporter, delay) for exporter in chosen]
     exporting = FanOutSpanProcessor(batches)
     processor = WorkerSpanProcessor(exporting)
     # Temporal's replay-safe provider, with span ids distinct per run (resets).
@@ -465,6 +497,6 @@ def configure_tracing(
         provider=provider,
         processor=processor,
         bridge=bridge,
-        plugins=[OpenTelemetryPlugin(add_temporal_spans=True), RunScopePlugin()],
+        plugins=[LeanOpenTelemetryPlugin(add_temporal_spans=True), RunScopePlugin()],
         openai_processor=openai,
     )

@@ -15,18 +15,22 @@ raises into the application: a failure is logged and returned.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import logging
+import os
 import random
 import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY, attach, detach, set_value
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from telemetry import wire
@@ -124,6 +128,14 @@ class WireSpanExporter(SpanExporter):
         except Exception:
             logger.exception("could not encode %d spans", len(spans))
             return SpanExportResult.FAILURE
+        return self.send(body, len(spans))
+
+    def send(self, body: bytes, count: int) -> SpanExportResult:
+        """POST an encoded ``ExportTraceServiceRequest`` of ``count`` spans, retrying as
+        :meth:`export` does."""
+        if self._shutdown.is_set():
+            logger.warning("exporter already shut down, dropping %d spans", count)
+            return SpanExportResult.FAILURE
         deadline = time.monotonic() + self._timeout
         for attempt in range(MAX_ATTEMPTS):
             backoff = 2**attempt * random.uniform(1 - JITTER, 1 + JITTER)
@@ -147,7 +159,7 @@ class WireSpanExporter(SpanExporter):
             logger.warning("exporting spans failed (%s), retrying in %.2f s", problem, backoff)
             if self._shutdown.wait(backoff):
                 break
-        logger.error("could not export %d spans to %s: %s", len(spans), self.endpoint, problem)
+        logger.error("could not export %d spans to %s: %s", count, self.endpoint, problem)
         return SpanExportResult.FAILURE
 
     def shutdown(self) -> None:
@@ -158,3 +170,121 @@ class WireSpanExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+class WireBatchSpanProcessor(SpanProcessor):
+    """The SDK's ``BatchSpanProcessor`` for a :class:`WireSpanExporter`, each span
+    encoded when it ends.
+
+    The same batching: a bounded queue (the oldest spans dropped when full, with a
+    warning), a thread that exports every ``schedule_delay_millis`` or as soon as a
+    full batch waits, ``force_flush`` and ``shutdown`` that export what is queued,
+    instrumentation suppressed while exporting, and a fresh thread after a fork.
+    What waits in the queue is bytes (:func:`telemetry.wire.span_record`), not the
+    span: a span kept for its export outlives the young collections and is
+    promoted to the oldest generation, where it counts towards the next full
+    collection; in a worker with hundreds of live workflow sandboxes each full
+    collection costs 100-200 ms of CPU, and the spans alone added about one
+    a hundred workflows (``bench/README.md``, issue 16).
+    """
+
+    def __init__(
+        self,
+        exporter: WireSpanExporter,
+        schedule_delay_millis: float = 5000,
+        max_queue_size: int = 2048,
+        max_export_batch_size: int = 512,
+    ) -> None:
+        if max_export_batch_size > max_queue_size:
+            raise ValueError("max_export_batch_size must be at most max_queue_size")
+        self._exporter = exporter
+        self._delay = schedule_delay_millis / 1e3
+        self._max_queue_size = max_queue_size
+        self._max_batch = max_export_batch_size
+        self._queue: collections.deque[wire.Record] = collections.deque(maxlen=max_queue_size)
+        self._dropped = 0
+        self._shutdown = False
+        self._export_lock = threading.Lock()
+        self._awaken = threading.Event()
+        self._pid = os.getpid()
+        self._thread = self._start_thread()
+        if hasattr(os, "register_at_fork"):
+            reinit = weakref.WeakMethod(self._after_fork)
+
+            def after_in_child() -> None:
+                method = reinit()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _start_thread(self) -> threading.Thread:
+        thread = threading.Thread(name="LoomviewSpanExport", target=self._work, daemon=True)
+        thread.start()
+        return thread
+
+    def _after_fork(self) -> None:
+        self._export_lock = threading.Lock()
+        self._awaken = threading.Event()
+        self._queue.clear()
+        self._pid = os.getpid()
+        self._thread = self._start_thread()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._shutdown:
+            return
+        context = span.context
+        if context is None or not context.trace_flags.sampled:
+            return
+        try:
+            record = wire.span_record(span)
+        except Exception:  # a span that cannot be encoded is lost, never the application
+            logger.exception("could not encode span %r", span.name)
+            return
+        queue = self._queue
+        if len(queue) == self._max_queue_size:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                logger.warning("export queue full: %d spans dropped so far", self._dropped)
+        queue.appendleft(record)
+        if len(queue) >= self._max_batch and not self._awaken.is_set():
+            self._awaken.set()
+
+    def _work(self) -> None:
+        while not self._shutdown:
+            woken = self._awaken.wait(self._delay)
+            if self._shutdown:
+                break
+            self._export(everything=False, at_least_one=not woken)
+            self._awaken.clear()
+        self._export(everything=True)
+
+    def _export(self, everything: bool, at_least_one: bool = False) -> None:
+        with self._export_lock:
+            queue, most, once = self._queue, self._max_batch, at_least_one
+            while queue and (everything or once or len(queue) >= most):
+                once = False
+                count = min(most, len(queue))
+                batch = [queue.pop() for _ in range(count)]  # the oldest are on the right
+                token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+                try:
+                    self._exporter.send(wire.encode_records(batch), count)
+                except Exception:  # the exporter logs its own failures; this is a bug's
+                    logger.exception("exporting %d spans failed", count)
+                finally:
+                    detach(token)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        if self._shutdown:
+            return False
+        self._export(everything=True)
+        return True
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._awaken.set()
+        if self._pid == os.getpid():
+            self._thread.join(30)
+        self._exporter.shutdown()

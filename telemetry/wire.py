@@ -314,11 +314,7 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     scopes: dict[int, dict[int, Any]] = {}
     encoded: dict[tuple[int, int], list[bytes]] = {}
     for span in spans:
-        if type(span) is ReadableSpan:
-            fields = span.__dict__
-            resource, scope = fields["_resource"], fields["_instrumentation_scope"] or None
-        else:
-            resource, scope = span.resource, span.instrumentation_scope or None
+        resource, scope = _resource_and_scope(span)
         in_resource = scopes.get(id(resource))
         if in_resource is None:
             resources[id(resource)] = resource
@@ -337,5 +333,81 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
             body.append(_field(b"\x12", head + spans_body + tail))
         if resource.schema_url:
             body.append(_field(b"\x1a", resource.schema_url.encode()))
+        out.append(_field(b"\x0a", b"".join(body)))
+    return b"".join(out)
+
+
+def _resource_and_scope(span: ReadableSpan) -> tuple[Any, Any]:
+    if type(span) is ReadableSpan:
+        fields = span.__dict__
+        return fields["_resource"], fields["_instrumentation_scope"] or None
+    return span.resource, span.instrumentation_scope or None
+
+
+# -- spans encoded at their end ----------------------------------------------------------
+#
+# A span waiting in a batch queue for its export is a graph of objects the garbage
+# collector tracks (the span, its contexts, attributes, status). In a worker they
+# wait long enough to outlive two young collections, so each is promoted to the
+# oldest generation and counts towards the next full collection, which in a worker
+# full of workflow sandboxes costs 100-200 ms. A record is bytes only: it is never
+# promoted, and a full collection never walks it.
+
+#: Where a span goes in a request (its resource and scope, encoded) and the span.
+#: Both parts are bytes, so the tuple is one the collector stops tracking.
+Group = tuple[bytes, bytes, bytes, bytes]
+Record = tuple[Group, bytes]
+
+
+class _Groups:
+    """Encoded (resource, scope) pairs: a worker has a handful, each encoded once."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, int], tuple[Any, Any, Group]] = {}
+
+    def get(self, resource: Any, scope: Any) -> Group:
+        entry = self._entries.get((id(resource), id(scope)))
+        if entry is None or entry[0] is not resource or entry[1] is not scope:
+            if len(self._entries) > 256:
+                self._entries.clear()
+            head, tail = _scopes.get(scope, _scope) if scope is not None else _scope(None)
+            schema = _field(b"\x1a", resource.schema_url.encode()) if resource.schema_url else b""
+            group = (_resources.get(resource, _resource), head, tail, schema)
+            entry = self._entries[id(resource), id(scope)] = (resource, scope, group)
+        return entry[2]
+
+
+_groups = _Groups()
+
+
+def span_record(span: ReadableSpan) -> Record:
+    """The span as bytes, with its encoded resource and scope: see :func:`encode_records`."""
+    resource, scope = _resource_and_scope(span)
+    message = _span(span)
+    return _groups.get(resource, scope), b"\x12" + _SIZES[len(message)] + message
+
+
+def encode_records(records: Sequence[Record]) -> bytes:
+    """An ``ExportTraceServiceRequest`` of spans encoded by :func:`span_record`.
+
+    Spans are grouped by their resource and then scope, in first-seen order, as
+    :func:`encode_spans` groups them; resources (or scopes) that encode the same
+    share one entry.
+    """
+    resources: dict[tuple[bytes, bytes], dict[tuple[bytes, bytes], list[bytes]]] = {}
+    for (resource, head, tail, schema), message in records:
+        scopes = resources.get((resource, schema))
+        if scopes is None:
+            scopes = resources[resource, schema] = {}
+        spans = scopes.get((head, tail))
+        if spans is None:
+            spans = scopes[head, tail] = []
+        spans.append(message)
+    out = []
+    for (resource, schema), scopes in resources.items():
+        body = [resource]
+        for (head, tail), spans in scopes.items():
+            body.append(_field(b"\x12", head + b"".join(spans) + tail))
+        body.append(schema)
         out.append(_field(b"\x0a", b"".join(body)))
     return b"".join(out)

@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
+from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
 
 from telemetry import otel, vocab
 from tests.tracing.collector import running_collector
@@ -255,5 +256,10 @@ def test_configure_tracing_wires_correlation_redaction_and_the_agents_bridge(
     assert run.resource.attributes[vocab.SERVICE_NAME] == "unit-worker"
     assert run.resource.attributes["deployment.environment"] == "test"
     assert SECRET not in str([dict(s.attributes or {}) for s in spans.values()])
-    # Temporal's OTel plugin, and the one that keeps span ids distinct per run (resets).
-    assert [type(p).__name__ for p in tracing.plugins] == ["OpenTelemetryPlugin", "RunScopePlugin"]
+    # Temporal's OTel plugin (its lean form, telemetry.temporal_interceptor), and the
+    # one that keeps span ids distinct per run (resets).
+    assert [type(p).__name__ for p in tracing.plugins] == [
+        "LeanOpenTelemetryPlugin",
+        "RunScopePlugin",
+    ]
+    assert isinstance(tracing.plugins[0], OpenTelemetryPlugin)

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -13,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 
-from telemetry.otlp_http import WireSpanExporter
+from telemetry.otlp_http import WireBatchSpanProcessor, WireSpanExporter
 from tests.conftest import free_port
 from tests.tracing.collector import running_collector
 
@@ -120,3 +121,87 @@ def test_a_kept_alive_connection_the_receiver_closed_is_opened_again_at_once(
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- WireBatchSpanProcessor: the batch processor that queues encoded spans -------------
+
+
+def test_batches_encoded_spans_and_flushes_what_is_queued() -> None:
+    with running_collector() as collector:
+        processor = WireBatchSpanProcessor(
+            WireSpanExporter(collector.url), schedule_delay_millis=60_000, max_export_batch_size=4
+        )
+        for span in spans(10):
+            processor.on_end(span)
+        # Two full batches go at once (the thread is woken), the rest waits for a flush.
+        deadline = time.monotonic() + 10
+        while len(collector.spans) < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(collector.spans) == 8
+        assert processor.force_flush()
+        processor.shutdown()
+    assert [s.name for s in collector.spans] == [f"span {n}" for n in range(10)]
+    assert collector.spans[3].attributes == {"temporal.workflow.id": "wf-1", "n": 3}
+    assert collector.batch_sizes == [4, 4, 2]
+
+
+def test_exports_on_its_schedule_and_at_shutdown() -> None:
+    with running_collector() as collector:
+        processor = WireBatchSpanProcessor(
+            WireSpanExporter(collector.url), schedule_delay_millis=50
+        )
+        processor.on_end(spans(1)[0])
+        deadline = time.monotonic() + 10
+        while not collector.spans and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [s.name for s in collector.spans] == ["span 0"]
+        for span in spans(3)[1:]:
+            processor.on_end(span)
+        processor.shutdown()
+        processor.on_end(spans(1)[0])  # after shutdown: dropped, not raised
+    assert [s.name for s in collector.spans] == ["span 0", "span 1", "span 2"]
+    assert not processor.force_flush()
+
+
+def test_a_full_queue_drops_the_oldest_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    with running_collector() as collector:
+        processor = WireBatchSpanProcessor(
+            WireSpanExporter(collector.url),
+            schedule_delay_millis=60_000,
+            max_queue_size=5,
+            max_export_batch_size=5,
+        )
+        processor._export_lock.acquire()  # no export until the flush below
+        with caplog.at_level(logging.WARNING, logger="telemetry.otlp_http"):
+            for span in spans(8):
+                processor.on_end(span)
+        processor._export_lock.release()
+        processor.force_flush()
+        processor.shutdown()
+    assert [s.name for s in collector.spans] == [f"span {n}" for n in range(3, 8)]
+    assert "export queue full" in caplog.text
+
+
+def test_unsampled_and_unencodable_spans_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    unsampled = ReadableSpan(
+        name="unsampled", context=SpanContext(7, 99, is_remote=False), resource=RESOURCE
+    )
+
+    class Broken(ReadableSpan):
+        @property
+        def attributes(self) -> Any:
+            raise RuntimeError("no attributes")
+
+    broken = Broken(
+        name="broken",
+        context=SpanContext(7, 98, is_remote=False, trace_flags=TraceFlags(1)),
+        resource=RESOURCE,
+    )
+    with running_collector() as collector:
+        processor = WireBatchSpanProcessor(WireSpanExporter(collector.url))
+        with caplog.at_level(logging.ERROR, logger="telemetry.otlp_http"):
+            for span in [unsampled, broken, *spans(1)]:
+                processor.on_end(span)
+        processor.shutdown()
+    assert [s.name for s in collector.spans] == ["span 0"]
+    assert "could not encode span 'broken'" in caplog.text

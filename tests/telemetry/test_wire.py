@@ -133,3 +133,35 @@ def test_an_unencodable_attribute_is_dropped_not_the_span() -> None:
     decoded = ExportTraceServiceRequest.FromString(wire.encode_spans(spans))
     (only,) = decoded.resource_spans[0].scope_spans[0].spans
     assert [kv.key for kv in only.attributes] == ["ok"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_records_make_the_same_request(seed: int) -> None:
+    """Spans encoded one by one at their end (``span_record``) and joined later
+    (``encode_records``) give the stock encoder's spans, resources and scopes."""
+    rng = random.Random(seed)
+    spans = [span(rng) for _ in range(rng.randint(1, 40))]
+    ours = ExportTraceServiceRequest.FromString(
+        wire.encode_records([wire.span_record(s) for s in spans])
+    )
+    stock = stock_encode(spans)
+
+    def flat(request: Any) -> list[tuple[bytes, str, bytes, str, bytes]]:
+        return sorted(
+            (
+                rs.resource.SerializeToString(),
+                rs.schema_url,
+                ss.scope.SerializeToString(),
+                ss.schema_url,
+                one.SerializeToString(),
+            )
+            for rs in request.resource_spans
+            for ss in rs.scope_spans
+            for one in ss.spans
+        )
+
+    assert flat(ours) == flat(stock)
+    # One entry per distinct resource, as many scopes as the spans use.
+    assert len(ours.resource_spans) == len(
+        {(rs.resource.SerializeToString(), rs.schema_url) for rs in stock.resource_spans}
+    )

@@ -75,6 +75,8 @@ class Collector:
     status: int | None = None
     retry_after: str | None = None
     headers: list[dict[str, str]] = field(default_factory=list)
+    # Spans in each request received, in order.
+    batch_sizes: list[int] = field(default_factory=list)
 
     def add(self, request: ExportTraceServiceRequest) -> None:
         rows = []
@@ -112,6 +114,7 @@ class Collector:
         with self.lock:
             self.spans.extend(rows)
             self.requests += 1
+            self.batch_sizes.append(len(rows))
 
     def for_workflow(self, workflow_id: str) -> list[CollectedSpan]:
         """The run's spans: those that say so, plus their descendants that do not."""

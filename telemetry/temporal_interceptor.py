@@ -1,0 +1,193 @@
+"""Temporal's OpenTelemetry plugin with its per-workflow hot paths written out.
+
+:class:`LeanOpenTelemetryPlugin` is ``temporalio.contrib.opentelemetry``'s
+``OpenTelemetryPlugin``, and makes the same spans and headers: the same names,
+kinds, attributes, scope, parents, statuses and recorded exceptions, the same
+``_tracer-data`` header (JSON of the W3C carrier, byte for byte what Temporal's
+payload converter writes), read the same way, through the same replay-safe
+tracer. Only the three calls every workflow makes many times are written as
+straight-line code: running a workflow, starting an activity from it and
+running that activity. Temporal's versions nest five generator context managers
+per span (``attached_context`` twice, ``_maybe_span``, ``start_as_current_span``,
+``use_span``) and convert each header through the payload converter's chain;
+in a worker those objects, a few hundred per workflow, cost CPU and bring the
+garbage collector's full collections sooner (``bench/README.md``, issue 16).
+Signals, queries, updates, child workflows, Nexus and the client side are
+Temporal's own code, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import opentelemetry.context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind, Status, StatusCode, get_tracer, set_span_in_context
+from temporalio import activity, workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
+from temporalio.contrib.opentelemetry import _otel_interceptor as stock
+from temporalio.contrib.opentelemetry._context import _detach
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    ExecuteWorkflowInput,
+    StartActivityInput,
+    WorkflowInterceptorClassInput,
+    WorkflowOutboundInterceptor,
+)
+
+HEADER = "_tracer-data"
+_JSON = b"json/plain"
+# Temporal's spans carry its interceptor module as their instrumentation scope.
+_SCOPE = stock.__name__
+_propagator = stock.default_text_map_propagator
+
+
+def context_from_headers(headers: Mapping[str, Payload]) -> Context:
+    """Temporal's ``_headers_to_context``: a JSON header is read directly, and one
+    that is not a JSON object (which fails Temporal's reader, and with it the
+    workflow task or activity) is no context."""
+    header = headers.get(HEADER)
+    if not header:
+        return Context()
+    if header.metadata.get("encoding") == _JSON:
+        try:
+            carrier = json.loads(header.data)
+        except ValueError:
+            return Context()
+        return _propagator.extract(carrier) if type(carrier) is dict else Context()
+    return stock._headers_to_context(headers)
+
+
+def context_to_headers(headers: Mapping[str, Payload]) -> Mapping[str, Payload]:
+    """Temporal's ``_context_to_headers``: the payload its default converter makes."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    if not carrier:
+        return headers
+    data = json.dumps(carrier, separators=(",", ":"), sort_keys=True).encode()
+    return {**headers, HEADER: Payload(metadata={"encoding": _JSON}, data=data)}
+
+
+def _failed(span: Any, error: Exception) -> None:
+    """What ``_maybe_span`` and ``use_span`` do when the block raises."""
+    if not isinstance(error, ApplicationError) or error.category != ApplicationErrorCategory.BENIGN:
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    if span.is_recording():
+        span.record_exception(error)
+
+
+class _LeanActivityInbound(stock._TracingActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        context = context_from_headers(input.headers)
+        token = otel_context.attach(context)
+        try:
+            if not self._add_temporal_spans:
+                return await self.next.execute_activity(input)
+            info = activity.info()
+            span = get_tracer(_SCOPE).start_span(
+                f"RunActivity:{info.activity_type}",
+                kind=SpanKind.SERVER,
+                attributes={
+                    "temporalWorkflowID": info.workflow_id or "",
+                    "temporalRunID": info.workflow_run_id or "",
+                    "temporalActivityID": info.activity_id,
+                },
+                set_status_on_exception=False,
+            )
+            current = otel_context.attach(set_span_in_context(span))
+            try:
+                return await self.next.execute_activity(input)
+            except Exception as error:
+                _failed(span, error)
+                raise
+            finally:
+                otel_context.detach(current)
+                span.end()
+        finally:
+            _detach(context, token)
+
+
+class _LeanWorkflowOutbound(stock._TracingWorkflowOutboundInterceptor):
+    def start_activity(self, input: StartActivityInput) -> workflow.ActivityHandle[Any]:
+        if not self._add_temporal_spans:
+            input.headers = context_to_headers(input.headers)
+            return self.next.start_activity(input)
+        info = workflow.info()
+        span = get_tracer(_SCOPE).start_span(
+            f"StartActivity:{input.activity}",
+            kind=SpanKind.CLIENT,
+            attributes={"temporalWorkflowID": info.workflow_id, "temporalRunID": info.run_id},
+            set_status_on_exception=False,
+        )
+        current = otel_context.attach(set_span_in_context(span))
+        try:
+            input.headers = context_to_headers(input.headers)
+            return self.next.start_activity(input)
+        except Exception as error:
+            _failed(span, error)
+            raise
+        finally:
+            otel_context.detach(current)
+            span.end()
+
+
+class _LeanWorkflowInbound(stock._TracingWorkflowInboundInterceptor):
+    def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+        self.next.init(_LeanWorkflowOutbound(outbound, self._add_temporal_spans))
+
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        context = context_from_headers(input.headers)
+        token = otel_context.attach(context)
+        try:
+            if not self._add_temporal_spans:
+                return await self.next.execute_workflow(input)
+            info = workflow.info()
+            span = get_tracer(_SCOPE).start_span(
+                f"RunWorkflow:{info.workflow_type}",
+                kind=SpanKind.SERVER,
+                attributes={"temporalWorkflowID": info.workflow_id, "temporalRunID": info.run_id},
+                set_status_on_exception=False,
+            )
+            current = otel_context.attach(set_span_in_context(span))
+            try:
+                return await self.next.execute_workflow(input)
+            except Exception as error:
+                _failed(span, error)
+                raise
+            finally:
+                otel_context.detach(current)
+                span.end()
+        finally:
+            _detach(context, token)
+
+
+class LeanOpenTelemetryInterceptor(stock.OpenTelemetryInterceptor):
+    """Temporal's ``OpenTelemetryInterceptor`` with the lean paths above."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _LeanActivityInbound(next, self._add_temporal_spans)
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[stock._TracingWorkflowInboundInterceptor]:
+        super().workflow_interceptor_class(input)  # checks the provider is replay-safe
+        add_temporal_spans = self._add_temporal_spans
+
+        class Inbound(_LeanWorkflowInbound):
+            _add_temporal_spans = add_temporal_spans
+
+        return Inbound
+
+
+class LeanOpenTelemetryPlugin(OpenTelemetryPlugin):
+    """Temporal's ``OpenTelemetryPlugin`` (the sandbox's pass-through of
+    ``opentelemetry`` included) with :class:`LeanOpenTelemetryInterceptor`."""
+
+    def __init__(self, *, add_temporal_spans: bool = False) -> None:
+        super().__init__(add_temporal_spans=add_temporal_spans)
+        self.interceptors = [LeanOpenTelemetryInterceptor(add_temporal_spans)]
