@@ -19,7 +19,8 @@ Temporal's own code, unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import Token
 from typing import Any
 
 import opentelemetry.context as otel_context
@@ -81,35 +82,58 @@ def _failed(span: Any, error: Exception) -> None:
         span.record_exception(error)
 
 
+def _start(name: str, kind: SpanKind, attributes: dict[str, Any]) -> tuple[Any, Token[Context]]:
+    """``start_as_current_span`` through the provider's (replay-safe) tracer."""
+    span = get_tracer(_SCOPE).start_span(
+        name, kind=kind, attributes=attributes, set_status_on_exception=False
+    )
+    return span, otel_context.attach(set_span_in_context(span))
+
+
+def _end(span: Any, token: Token[Context]) -> None:
+    otel_context.detach(token)
+    span.end()
+
+
+async def _run(
+    headers: Mapping[str, Payload],
+    span: tuple[str, dict[str, Any]] | None,
+    call: Callable[[Any], Awaitable[Any]],
+    input: Any,
+) -> Any:
+    """``call(input)`` under the context its headers carry and, unless ``span`` is
+    None, in a server span of that name and those attributes."""
+    context = context_from_headers(headers)
+    token = otel_context.attach(context)
+    try:
+        if span is None:
+            return await call(input)
+        started, current = _start(span[0], SpanKind.SERVER, span[1])
+        try:
+            return await call(input)
+        except Exception as error:
+            _failed(started, error)
+            raise
+        finally:
+            _end(started, current)
+    finally:
+        _detach(context, token)
+
+
 class _LeanActivityInbound(stock._TracingActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        context = context_from_headers(input.headers)
-        token = otel_context.attach(context)
-        try:
-            if not self._add_temporal_spans:
-                return await self.next.execute_activity(input)
+        span = None
+        if self._add_temporal_spans:
             info = activity.info()
-            span = get_tracer(_SCOPE).start_span(
+            span = (
                 f"RunActivity:{info.activity_type}",
-                kind=SpanKind.SERVER,
-                attributes={
+                {
                     "temporalWorkflowID": info.workflow_id or "",
                     "temporalRunID": info.workflow_run_id or "",
                     "temporalActivityID": info.activity_id,
                 },
-                set_status_on_exception=False,
             )
-            current = otel_context.attach(set_span_in_context(span))
-            try:
-                return await self.next.execute_activity(input)
-            except Exception as error:
-                _failed(span, error)
-                raise
-            finally:
-                otel_context.detach(current)
-                span.end()
-        finally:
-            _detach(context, token)
+        return await _run(input.headers, span, self.next.execute_activity, input)
 
 
 class _LeanWorkflowOutbound(stock._TracingWorkflowOutboundInterceptor):
@@ -118,13 +142,11 @@ class _LeanWorkflowOutbound(stock._TracingWorkflowOutboundInterceptor):
             input.headers = context_to_headers(input.headers)
             return self.next.start_activity(input)
         info = workflow.info()
-        span = get_tracer(_SCOPE).start_span(
+        span, current = _start(
             f"StartActivity:{input.activity}",
-            kind=SpanKind.CLIENT,
-            attributes={"temporalWorkflowID": info.workflow_id, "temporalRunID": info.run_id},
-            set_status_on_exception=False,
+            SpanKind.CLIENT,
+            {"temporalWorkflowID": info.workflow_id, "temporalRunID": info.run_id},
         )
-        current = otel_context.attach(set_span_in_context(span))
         try:
             input.headers = context_to_headers(input.headers)
             return self.next.start_activity(input)
@@ -132,8 +154,7 @@ class _LeanWorkflowOutbound(stock._TracingWorkflowOutboundInterceptor):
             _failed(span, error)
             raise
         finally:
-            otel_context.detach(current)
-            span.end()
+            _end(span, current)
 
 
 class _LeanWorkflowInbound(stock._TracingWorkflowInboundInterceptor):
@@ -141,29 +162,14 @@ class _LeanWorkflowInbound(stock._TracingWorkflowInboundInterceptor):
         self.next.init(_LeanWorkflowOutbound(outbound, self._add_temporal_spans))
 
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
-        context = context_from_headers(input.headers)
-        token = otel_context.attach(context)
-        try:
-            if not self._add_temporal_spans:
-                return await self.next.execute_workflow(input)
+        span = None
+        if self._add_temporal_spans:
             info = workflow.info()
-            span = get_tracer(_SCOPE).start_span(
+            span = (
                 f"RunWorkflow:{info.workflow_type}",
-                kind=SpanKind.SERVER,
-                attributes={"temporalWorkflowID": info.workflow_id, "temporalRunID": info.run_id},
-                set_status_on_exception=False,
+                {"temporalWorkflowID": info.workflow_id, "temporalRunID": info.run_id},
             )
-            current = otel_context.attach(set_span_in_context(span))
-            try:
-                return await self.next.execute_workflow(input)
-            except Exception as error:
-                _failed(span, error)
-                raise
-            finally:
-                otel_context.detach(current)
-                span.end()
-        finally:
-            _detach(context, token)
+        return await _run(input.headers, span, self.next.execute_workflow, input)
 
 
 class LeanOpenTelemetryInterceptor(stock.OpenTelemetryInterceptor):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import uuid
 from datetime import timedelta
@@ -126,3 +127,6 @@ async def main(mode: str, address: str) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main(sys.argv[1], sys.argv[2]))
+    sys.stdout.flush()
+    # Temporal's core runtime can abort while the interpreter tears its threads down.
+    os._exit(0)
