@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.conftest import STARTUP_TIMEOUT, free_port
 
@@ -179,3 +180,15 @@ def results_dir() -> Path:
     path = BASE_DIR / "test-results"
     path.mkdir(exist_ok=True)
     return path
+
+
+def element_screenshot(locator: Locator, path: Path, attempts: int = 4) -> None:
+    """A screenshot of a live section: one the page swaps in (htmx, a live update)
+    while the shot is taken is taken again, from the section now there."""
+    for attempt in range(attempts):
+        try:
+            locator.screenshot(path=str(path))
+            return
+        except PlaywrightError as error:
+            if "not attached" not in str(error) or attempt + 1 == attempts:
+                raise

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.conftest import TemporalServer, WorkerProcess
-from tests.e2e.conftest import LiveDashboard
+from tests.e2e.conftest import LiveDashboard, element_screenshot
 from tests.e2e.test_run_page import log_in, stack, traced_worker, watch_problems
 
 pytestmark = pytest.mark.timeout(240)
@@ -66,7 +66,7 @@ def test_operator_approves_from_the_run_page_and_it_finishes_live(
     expect(waits.locator('[data-wait="message"]')).to_be_visible()
     expect(waits.locator('[data-wait="timer"]')).to_contain_text("fires")
     expect(waits.locator("[data-handler]")).to_have_text(["signal approve", "signal reject"])
-    waits.screenshot(path=str(results_dir / "actions-waiting-for.png"))
+    element_screenshot(waits, results_dir / "actions-waiting-for.png")
     # The drafting model call is pending or done; "Right now" shows what the run waits on.
     expect(page.locator("#run-now")).to_contain_text("Stack trace")
     expect(page.locator("#run-now [data-stack-trace]")).to_be_visible(timeout=15_000)
@@ -84,7 +84,7 @@ def test_operator_approves_from_the_run_page_and_it_finishes_live(
     expect(page.locator("#run-now")).to_be_hidden()
     expect(page.locator("#run-waiting")).to_be_hidden()
     assert page.evaluate("window.__sameDocument") is True
-    page.locator("#run-actions").screenshot(path=str(results_dir / "actions-card-completed.png"))
+    element_screenshot(page.locator("#run-actions"), results_dir / "actions-card-completed.png")
     page.screenshot(path=str(results_dir / "actions-approved.png"), full_page=True)
 
     # The closed run still answers queries, shown in the card.
