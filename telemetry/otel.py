@@ -278,22 +278,7 @@ def _env(name: str) -> str:
 
 def schedule_delay_from_env() -> int:
     """``OTEL_BSP_SCHEDULE_DELAY`` in milliseconds; a bad value warns and is ignored (OTel spec)."""
-    raw = _env("OTEL_BSP_SCHEDULE_DELAY")
-    if not raw:
-        return DEFAULT_SCHEDULE_DELAY_MS
-    try:
-        delay = int(raw)
-    except ValueError:
-        delay = 0
-    if delay <= 0:
-        logger.warning(
-            "OTEL_BSP_SCHEDULE_DELAY must be a positive whole number of milliseconds, got %r;"
-            " using %d",
-            raw,
-            DEFAULT_SCHEDULE_DELAY_MS,
-        )
-        return DEFAULT_SCHEDULE_DELAY_MS
-    return delay
+    return positive_int_from_env("OTEL_BSP_SCHEDULE_DELAY", DEFAULT_SCHEDULE_DELAY_MS)
 
 
 def batch_processor(exporter: SpanExporter, schedule_delay_ms: int) -> SpanProcessor:
