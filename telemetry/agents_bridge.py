@@ -59,9 +59,16 @@ from opentelemetry.trace import (
 )
 from temporalio import activity, workflow
 
-from telemetry import vocab
+from telemetry import vocab, wire
 from telemetry.memo import Memo
-from telemetry.redact import redact_text, secret_changes
+from telemetry.otlp_http import wire_processors
+from telemetry.redact import (
+    derived_cache,
+    may_name_secret,
+    redact_text,
+    redact_value,
+    secret_changes,
+)
 from telemetry.run_ids import remote_parents_of
 from telemetry.temporal_spans import current_span_context
 
@@ -107,9 +114,6 @@ def _remote_or_own(remote: Mapping[str, str] | None, agents_id: str, own: str) -
     return own
 
 
-_NO_CONTEXT: Mapping[str, Any] = {}
-
-
 def _iso_to_ns(iso: str | None) -> int | None:
     return _TIMES[iso] if iso else None
 
@@ -143,6 +147,28 @@ def to_json(value: Any) -> str:
     return text
 
 
+def data_json(value: Any) -> str:
+    """:func:`to_json` of structured data (span data, metadata, settings): values
+    under secret-named keys (``password``, ``api_key``, ``authorization``, ...)
+    redacted first, as they are when they are attributes of their own. Text (a
+    message, a tool's arguments) is redacted by what it contains, once it is JSON."""
+    text = to_json(value)
+    if not may_name_secret(text):
+        return text
+    # Settings come back on every model call: their redacted JSON is kept, by text.
+    clean = _DATA_JSON.get(text)
+    if clean is None:
+        clean = to_json(redact_value(value))
+        if len(text) <= 4096:
+            if len(_DATA_JSON) >= 1024:
+                _DATA_JSON.clear()
+            _DATA_JSON[text] = clean
+    return clean
+
+
+_DATA_JSON: dict[str, str] = derived_cache({})
+
+
 def _jsonable(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)
     if callable(dump):
@@ -173,16 +199,18 @@ class RunContext:
     redacted attribute by attribute; ``scope``: the run its span ids belong to
     (telemetry.run_ids); ``in_workflow``: made in a workflow (not an activity);
     ``remote``: a workflow's Agents SDK ids that came in a header → the scope of
-    their run (telemetry.run_ids.remote_parents_of), None in an activity.
+    their run (telemetry.run_ids.remote_parents_of), None in an activity;
+    ``encoded``: ``redacted`` as OTLP span attributes (telemetry.wire).
     """
 
-    __slots__ = ("attributes", "in_workflow", "info", "redacted", "remote", "scope")
+    __slots__ = ("attributes", "encoded", "in_workflow", "info", "redacted", "remote", "scope")
 
     def __init__(self, info: Any, in_workflow: bool) -> None:
         self.info = info
         self.in_workflow = in_workflow
         self.attributes = _context_attributes(info)
         self.redacted = {**self.attributes, **secret_changes(self.attributes)}
+        self.encoded = wire.span_attributes(self.redacted)
         self.scope = str(info.run_id if in_workflow else info.workflow_run_id or "")
         # A workflow's Agents SDK ids that came in a header (telemetry.run_ids).
         instance = workflow.instance() if in_workflow else None
@@ -370,7 +398,7 @@ def _generation(data: GenerationSpanData, attrs: dict[str, Any]) -> str:
     attrs[vocab.OI_INPUT_MIME] = "application/json"
     attrs[vocab.OI_OUTPUT_MIME] = "application/json"
     if data.model_config:
-        attrs[vocab.OI_INVOCATION_PARAMETERS] = to_json(data.model_config)
+        attrs[vocab.OI_INVOCATION_PARAMETERS] = data_json(data.model_config)
     return f"chat {model}"
 
 
@@ -398,7 +426,7 @@ def _function(data: FunctionSpanData, attrs: dict[str, Any]) -> str:
     attrs[vocab.OI_INPUT] = arguments
     attrs[vocab.OI_OUTPUT] = result
     if data.mcp_data:
-        attrs[vocab.AGENTS_FUNCTION_MCP_DATA] = to_json(data.mcp_data)
+        attrs[vocab.AGENTS_FUNCTION_MCP_DATA] = data_json(data.mcp_data)
     return f"execute_tool {data.name}"
 
 
@@ -423,7 +451,7 @@ def _mcp_list_tools(data: MCPListToolsSpanData, attrs: dict[str, Any]) -> str:
 
 def _custom(data: CustomSpanData, attrs: dict[str, Any]) -> str:
     attrs[vocab.AGENTS_CUSTOM_NAME] = data.name
-    attrs[vocab.AGENTS_CUSTOM_DATA] = to_json(data.data or {})
+    attrs[vocab.AGENTS_CUSTOM_DATA] = data_json(data.data or {})
     for key, value in (data.data or {}).items():
         kind = type(value)
         if kind in _SCALARS or (kind not in _CONTAINERS and isinstance(value, _SCALAR_TYPES)):
@@ -433,7 +461,7 @@ def _custom(data: CustomSpanData, attrs: dict[str, Any]) -> str:
 
 def _other(data: Any, attrs: dict[str, Any]) -> str:
     exported = data.export() if hasattr(data, "export") else {}
-    attrs[vocab.AGENTS_DATA] = to_json(exported)
+    attrs[vocab.AGENTS_DATA] = data_json(exported)
     return str(exported.get("name") or attrs[vocab.AGENTS_SPAN_TYPE])
 
 
@@ -488,6 +516,11 @@ class OtelBridgeProcessor(TracingProcessor):
     ) -> None:
         self._processor = span_processor
         self._resource = resource
+        # Loomview's own batch processors, when they are all there is: spans are
+        # then written straight to their queues as OTLP bytes (telemetry.wire),
+        # with no ReadableSpan, SpanContexts or processor chain in between.
+        self._queues = wire_processors(span_processor)
+        self._group = wire.group_of(resource, SCOPE)
         # The same spans also go to OpenAI's Traces dashboard: say so on each span,
         # so the dashboard links a run to its trace there.
         self._openai_traces = openai_traces
@@ -522,11 +555,11 @@ class OtelBridgeProcessor(TracingProcessor):
         start: int,
         end: int,
         attributes: dict[str, Any],
-        context: Mapping[str, Any],
+        run: RunContext | None,
         error: Mapping[str, Any] | None,
     ) -> None:
         """Hand the span to the exporters: ``attributes`` its own (redacted here, in
-        place), ``context`` the run's correlation attributes, already redacted."""
+        place), then the correlation attributes of ``run`` (already redacted)."""
         status = _UNSET
         if error:
             message = str(error.get("message") or "error")
@@ -542,9 +575,28 @@ class OtelBridgeProcessor(TracingProcessor):
             status = Status(StatusCode.ERROR, message)
             attributes[vocab.ERROR_TYPE] = message[:200]
             if error.get("data"):
-                attributes[vocab.AGENTS_ERROR_DATA] = to_json(error["data"])
+                attributes[vocab.AGENTS_ERROR_DATA] = data_json(error["data"])
         if self._openai_traces:
             attributes[vocab.AGENTS_OPENAI_TRACES] = True
+        end = max(end, start)
+        queues = self._queues
+        if queues is not None and (run is None or run.redacted.keys().isdisjoint(attributes)):
+            # Redacted and encoded in one pass; the run's attributes were once for all
+            # its spans. The same bytes as the span below would be encoded to.
+            encoded = wire.redacted_attributes(attributes)
+            if run is not None:
+                encoded += run.encoded
+            try:
+                data = wire.span_bytes(
+                    trace_id, span_id, parent, redact_text(name), start, end, encoded, status
+                )
+            except Exception:  # a span that cannot be encoded is lost, never the application
+                logger.exception("could not encode span %r", name)
+                return
+            record = wire.record_of(self._group, data)
+            for queue in queues:
+                queue.enqueue(record)
+            return
         if None in attributes.values():
             attributes = {key: value for key, value in attributes.items() if value is not None}
         # Redacted here, once, on the span's only copy: the spans go straight to the
@@ -552,7 +604,8 @@ class OtelBridgeProcessor(TracingProcessor):
         changes = secret_changes(attributes)
         if changes:
             attributes.update(changes)
-        attributes.update(context)
+        if run is not None:
+            attributes.update(run.redacted)
         span = ReadableSpan(
             name=redact_text(name),
             context=self._context(trace_id, span_id),
@@ -563,7 +616,7 @@ class OtelBridgeProcessor(TracingProcessor):
             kind=SpanKind.INTERNAL,
             status=status,
             start_time=start,
-            end_time=max(end, start),
+            end_time=end,
             instrumentation_scope=SCOPE,
         )
         try:
@@ -597,7 +650,7 @@ class OtelBridgeProcessor(TracingProcessor):
             attributes[vocab.AGENTS_TRACE_GROUP_ID] = str(exported["group_id"])
             attributes[vocab.OI_SESSION] = str(exported["group_id"])
         if exported.get("metadata"):
-            attributes[vocab.AGENTS_TRACE_METADATA] = to_json(exported["metadata"])
+            attributes[vocab.AGENTS_TRACE_METADATA] = data_json(exported["metadata"])
         run = run_context()
         scope = run.scope if run is not None else ""
         remote = run.remote if run is not None else None
@@ -609,7 +662,7 @@ class OtelBridgeProcessor(TracingProcessor):
             start=start,
             end=end,
             attributes=attributes,
-            context=run.redacted if run is not None else {},
+            run=run,
             error=None,
         )
 
@@ -637,10 +690,9 @@ class OtelBridgeProcessor(TracingProcessor):
         # Where the span was made, worked out once per run (or attempt).
         run = run_context()
         if run is None:
-            scope, remote, context = "", None, _NO_CONTEXT
+            scope, remote = "", None
         else:
-            scope, context = run.scope, run.redacted
-            remote = run.remote
+            scope, remote = run.scope, run.remote
         trace_id = self._otel_trace_id(current_span_context(), trace_id_agents, scope, remote)
         parent_id = span.parent_id
         parent_agents_id = parent_id or trace_id_agents
@@ -658,7 +710,7 @@ class OtelBridgeProcessor(TracingProcessor):
             start=start,
             end=end,
             attributes=attributes,
-            context=context,
+            run=run,
             error=span.error,
         )
 

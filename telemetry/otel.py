@@ -36,9 +36,14 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Status
 
-from telemetry import vocab
-from telemetry.agents_bridge import OtelBridgeProcessor, run_context, shared_context_attributes
-from telemetry.otlp_http import WireBatchSpanProcessor, WireSpanExporter
+from telemetry import vocab, wire
+from telemetry.agents_bridge import (
+    OtelBridgeProcessor,
+    RunContext,
+    run_context,
+    shared_context_attributes,
+)
+from telemetry.otlp_http import WireBatchSpanProcessor, WireSpanExporter, wire_processors
 from telemetry.redact import (
     PATTERNS_ENV,
     parse_patterns,
@@ -50,6 +55,7 @@ from telemetry.redact import (
 )
 from telemetry.run_ids import RunScopePlugin, run_scoped_tracer_provider
 from telemetry.temporal_interceptor import LeanOpenTelemetryPlugin
+from telemetry.temporal_spans import LeanSpan
 
 if TYPE_CHECKING:
     from agents.tracing.processors import BatchTraceProcessor
@@ -141,10 +147,20 @@ class WorkerSpanProcessor(RedactingSpanProcessor):
     started (the workflow or activity that made it), so the attributes are the same.
     """
 
+    def __init__(self, next_processor: SpanProcessor) -> None:
+        super().__init__(next_processor)
+        # Loomview's own batch processors, when they are all there is: a span made
+        # by the lean tracer is then written to their queues as OTLP bytes.
+        self._queues = wire_processors(next_processor)
+
     def on_end(self, span: ReadableSpan) -> None:
         name = span.name
         if name.startswith(vocab.TOOLING_QUERY_PREFIX):
             return
+        if self._queues is not None and type(span) is LeanSpan and not span._events:
+            run = run_context()
+            if run is not None and self._straight_to_queues(span, name, run):
+                return
         attributes = _plain(span.attributes)
         # What correlation_attributes adds, redacted as redact_span would: the
         # span's own attributes (and ours for Temporal's spellings) here, the
@@ -167,6 +183,43 @@ class WorkerSpanProcessor(RedactingSpanProcessor):
         if vocab.WORKFLOW_TYPE not in attributes and name.startswith(_WORKFLOW_SPAN_NAME_PREFIXES):
             attributes[vocab.WORKFLOW_TYPE] = redact_text(name.split(":", 1)[1])
         self._next.on_end(redact_span(span, attributes, attributes_redacted=True))
+
+    def _straight_to_queues(self, span: LeanSpan, name: str, run: RunContext) -> bool:
+        """:meth:`on_end`'s span, written as OTLP bytes to the batch queues, when that
+        is the same span: its own attributes (after Temporal's spellings, which take
+        the run's values) do not overlap the run's. The run's attributes, redacted and
+        encoded once for all its spans, follow its own, redacted here."""
+        own = span._attributes
+        if type(own) is not dict:
+            return False
+        context = run.redacted
+        for theirs, ours in vocab.TEMPORAL_ALIASES.items():
+            if theirs in own and ours not in own and ours not in context:
+                return False  # an alias the run does not have: on_end's own way
+        if not context.keys().isdisjoint(own) or vocab.WORKFLOW_TYPE not in context:
+            return False
+        status = span._status
+        if status.description:
+            description = redact_text(status.description)
+            if description != status.description:
+                status = Status(status.status_code, description)
+        span_context = span.get_span_context()
+        data = wire.span_bytes(
+            span_context.trace_id,
+            span_context.span_id,
+            span._parent,
+            redact_text(name),
+            span._start_time,
+            span._end_time,
+            wire.redacted_attributes(own) + run.encoded,
+            status,
+            span._kind,
+            span_context.trace_state,
+        )
+        record = wire.record_of(wire.group_of(span._resource, span._instrumentation_scope), data)
+        for queue in self._queues or ():
+            queue.enqueue(record)
+        return True
 
 
 def redact_span(
@@ -238,6 +291,10 @@ class FanOutSpanProcessor(SpanProcessor):
 
     def __init__(self, processors: Sequence[SpanProcessor]) -> None:
         self._processors = list(processors)
+
+    @property
+    def processors(self) -> tuple[SpanProcessor, ...]:
+        return tuple(self._processors)
 
     def on_start(self, span: SdkSpan, parent_context: otel_context.Context | None = None) -> None:
         for processor in self._processors:

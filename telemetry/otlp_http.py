@@ -241,6 +241,13 @@ class WireBatchSpanProcessor(SpanProcessor):
         except Exception:  # a span that cannot be encoded is lost, never the application
             logger.exception("could not encode span %r", span.name)
             return
+        self.enqueue(record)
+
+    def enqueue(self, record: wire.Record) -> None:
+        """Queue a span already encoded (:func:`telemetry.wire.span_record`,
+        :func:`telemetry.wire.record_of`) for export."""
+        if self._shutdown:
+            return
         queue = self._queue
         if len(queue) == self._max_queue_size:
             self._dropped += 1
@@ -288,3 +295,13 @@ class WireBatchSpanProcessor(SpanProcessor):
         if self._pid == os.getpid():
             self._thread.join(30)
         self._exporter.shutdown()
+
+
+def wire_processors(processor: SpanProcessor) -> list[WireBatchSpanProcessor] | None:
+    """``processor`` as Loomview's batch processors, if it is one or several of them
+    (a :class:`telemetry.otel.FanOutSpanProcessor` of them) and nothing else: then a
+    span can be handed to them as bytes (:meth:`WireBatchSpanProcessor.enqueue`)."""
+    found = getattr(processor, "processors", None)
+    processors = list(found) if found is not None else [processor]
+    wired = [each for each in processors if type(each) is WireBatchSpanProcessor]
+    return wired if wired and len(wired) == len(processors) else None

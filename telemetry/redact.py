@@ -96,7 +96,8 @@ def set_extra_patterns(patterns: Sequence[str]) -> None:
     global _extra, _shortest
     _extra = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
     _shortest = 0 if patterns else _SHORTEST_SECRET
-    _SHORT_CACHE.clear()
+    for cache in _DERIVED:
+        cache.clear()
 
 
 def shortest_secret() -> int:
@@ -130,6 +131,15 @@ def _redact(value: str) -> str:
 # Short text → redacted (telemetry.memo): new ids come with every span.
 _SHORT_CACHE: Memo[str, str] = Memo(_redact, 8192)
 _redact_short = _SHORT_CACHE.__getitem__
+# Caches of redacted forms, here and elsewhere (telemetry.wire keeps short
+# attributes redacted and encoded): emptied when the rules change.
+_DERIVED: list[dict[Any, Any]] = [_SHORT_CACHE]
+
+
+def derived_cache(cache: dict[Any, Any]) -> dict[Any, Any]:
+    """Register ``cache`` (of values redacted by these rules) to be emptied when they change."""
+    _DERIVED.append(cache)
+    return cache
 
 
 # For hot loops that do redact_text's dispatch themselves (tracing.otlp's
@@ -143,6 +153,18 @@ redact_long = _redact
 @functools.lru_cache(maxsize=4096)
 def is_secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET_NAME.search(name)
+
+
+def may_name_secret(text: str) -> bool:
+    """Whether ``text`` (JSON, say) holds anything named like a secret: when not,
+    redacting the value it was made from by name changes nothing."""
+    lower = text.lower()
+    return any(marker in lower for marker in _NAME_MARKERS)
+
+
+# Each _SECRET_NAME alternative contains one of these (substring searches: far
+# cheaper than the case-insensitive regex, which has no literal to look for).
+_NAME_MARKERS = ("authorization", "api", "secret", "passw", "token", "cookie", "credential")
 
 
 def redact_value(value: Any) -> Any:

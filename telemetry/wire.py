@@ -23,6 +23,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanContext, SpanKind, StatusCode
 
+from telemetry import redact
 from telemetry.memo import Memo
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,108 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     return bytes(out)
 
 
+# Short string attributes redacted and encoded (:func:`redacted_attributes`):
+# (name, value) → the KeyValue field, for the same reasons as _SHORT_STRINGS.
+_REDACTED_SHORT: dict[tuple[str, str], bytes] = redact.derived_cache({})
+_PLAIN_TYPES = frozenset((int, float, bool))
+
+
+def redacted_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """A span's ``attributes`` field, redacted as :func:`telemetry.redact.secret_changes`
+    redacts, with None values left out: the bytes :func:`_attributes` gives for
+    ``{k: v for k, v in attributes.items() if v is not None}`` updated with its
+    ``secret_changes``, in one pass.
+
+    A short text attribute's field is kept, so the ids, names and models that come
+    back on every span cost a lookup; a long text that is several attributes'
+    value (a model call's messages, in the GenAI and OpenInference names) is
+    redacted and encoded once.
+    """
+    out = bytearray()
+    cache, sizes, shortest = _REDACTED_SHORT, _SIZES, redact.shortest_secret()
+    long_values: dict[int, bytes] = {}
+    for name, value in attributes.items():
+        if type(value) is str:
+            size = len(value)
+            short = size <= _SHORT_STRING
+            if short:
+                encoded = cache.get((name, value))
+                if encoded is not None:
+                    out += encoded
+                    continue
+            if redact.is_secret_name(name):
+                any_value = _field(b"\x0a", redact.REDACTED.encode())
+            elif short or size < shortest:
+                any_value = _field(b"\x0a", redact.redact_text(value).encode())
+            else:
+                # The attributes hold every value while this runs: ids are not reused.
+                any_value = long_values.get(id(value)) or long_values.setdefault(
+                    id(value), _field(b"\x0a", redact.redact_long(value).encode())
+                )
+            body = _key(name) + b"\x12" + sizes[len(any_value)] + any_value
+            encoded = b"\x4a" + sizes[len(body)] + body
+            out += encoded
+            if short:
+                if len(cache) >= _SHORT_STRINGS_MAX:
+                    cache.clear()
+                cache[name, value] = encoded
+            continue
+        if value is None:
+            continue
+        if redact.is_secret_name(name):
+            if value != redact.REDACTED:
+                value = redact.REDACTED
+        elif type(value) not in _PLAIN_TYPES:
+            clean = redact.redact_value(value)
+            if clean != value:
+                value = clean
+        try:
+            out += _field(b"\x4a", _key_value(name, value))
+        except Exception as error:  # as the stock encoder: skip the attribute, keep the span
+            logger.exception("Failed to encode key %s: %s", name, error)
+    return bytes(out)
+
+
+def span_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """A span's ``attributes`` field as :func:`_attributes` encodes it (no redaction)."""
+    return _attributes(b"\x4a", attributes)
+
+
+def span_bytes(
+    trace_id: int,
+    span_id: int,
+    parent: SpanContext | None,
+    name: str,
+    start: int | None,
+    end: int | None,
+    attributes: bytes,
+    status: Any,
+    kind: SpanKind = SpanKind.INTERNAL,
+    trace_state: Any = None,
+) -> bytes:
+    """An OTLP ``Span`` with no events or links whose ``attributes`` field is
+    already encoded (:func:`span_attributes`, :func:`redacted_attributes`)."""
+    out = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
+    if trace_state:
+        state = ",".join(f"{key}={value}" for key, value in trace_state.items())
+        if state:
+            out += _field(b"\x1a", state.encode())
+    if parent is not None:
+        out += b"\x22\x08" + parent[1].to_bytes(8, "big")
+    if name:
+        data = name.encode()
+        out += b"\x2a" + _SIZES[len(data)] + data
+    out += b"\x30" + _SMALL[_KINDS[kind]]
+    if start:
+        out += b"\x39" + _PACK_FIXED64(start)
+    if end:
+        out += b"\x41" + _PACK_FIXED64(end)
+    out += attributes
+    out += _status(status)
+    flags = _HAS_IS_REMOTE | _IS_REMOTE if parent is not None and parent[2] else _HAS_IS_REMOTE
+    return out + b"\x85\x01" + _PACK_FIXED32(flags)
+
+
 def _flags(context: SpanContext | None) -> int:
     if context is not None and context.is_remote:
         return _HAS_IS_REMOTE | _IS_REMOTE
@@ -178,28 +281,18 @@ def _plain_span(fields: dict[str, Any]) -> bytes:
     with a dict of attributes and no events or links."""
     # SpanContext is a tuple: trace id, span id, is remote, flags, state, is valid.
     context = fields["_context"]
-    out = b"\x0a\x10" + context[0].to_bytes(16, "big") + b"\x12\x08" + context[1].to_bytes(8, "big")
-    if context[4]:
-        state = ",".join(f"{key}={value}" for key, value in context[4].items())
-        if state:
-            out += _field(b"\x1a", state.encode())
-    parent = fields["_parent"]
-    if parent is not None:
-        out += b"\x22\x08" + parent[1].to_bytes(8, "big")
-    name = fields["_name"]
-    if name:
-        data = name.encode()
-        out += b"\x2a" + _SIZES[len(data)] + data
-    out += b"\x30" + _SMALL[_KINDS[fields["_kind"]]]
-    start, end = fields["_start_time"], fields["_end_time"]
-    if start:
-        out += b"\x39" + _PACK_FIXED64(start)
-    if end:
-        out += b"\x41" + _PACK_FIXED64(end)
-    out += _attributes(b"\x4a", fields["_attributes"])
-    out += _status(fields["_status"])
-    flags = _HAS_IS_REMOTE | _IS_REMOTE if parent is not None and parent[2] else _HAS_IS_REMOTE
-    return out + b"\x85\x01" + _PACK_FIXED32(flags)
+    return span_bytes(
+        context[0],
+        context[1],
+        fields["_parent"],
+        fields["_name"],
+        fields["_start_time"],
+        fields["_end_time"],
+        _attributes(b"\x4a", fields["_attributes"]),
+        fields["_status"],
+        fields["_kind"],
+        context[4],
+    )
 
 
 def _status(status: Any) -> bytes:
@@ -378,6 +471,16 @@ class _Groups:
 
 
 _groups = _Groups()
+
+
+def group_of(resource: Any, scope: Any) -> Group:
+    """The encoded resource and scope of a record (see :data:`Record`)."""
+    return _groups.get(resource, scope or None)
+
+
+def record_of(group: Group, message: bytes) -> Record:
+    """A record of a span encoded elsewhere (:func:`span_bytes`)."""
+    return group, b"\x12" + _SIZES[len(message)] + message
 
 
 def span_record(span: ReadableSpan) -> Record:

@@ -1,5 +1,7 @@
 import json
+from typing import Any
 
+import pytest
 from agents.tracing.span_data import (
     AgentSpanData,
     CustomSpanData,
@@ -137,3 +139,118 @@ def test_span_ids_are_scoped_to_a_run() -> None:
     assert span_id_for("span_abc", "run-1") != span_id_for("span_abc", "run-2")
     assert span_id_for("span_abc", "run-1") != span_id_for("span_abc")
     assert trace_id_for("trace_x", "run-1") != trace_id_for("trace_x", "run-2")
+
+
+def _bridge_scenario(provider: Any) -> None:
+    """Agents spans with what redaction and encoding must get right: secrets in
+    names, values, long texts shared by two attributes and secret-named keys; None
+    values; non-text values; an error."""
+    from agents.tracing import SpanError
+
+    key = "sk-proj-" + "A1b2C3d4" * 4
+    long_text = "the caller said: Bearer " + "t0k3n" * 10 + " and more " * 40
+    with (
+        provider.create_trace("Support run", group_id="g-1", metadata={"api_key": key}) as trace,
+        provider.create_span(AgentSpanData(name="Triage", tools=["lookup"]), parent=trace) as agent,
+    ):
+        with provider.create_span(
+            GenerationSpanData(
+                input=[{"role": "user", "content": long_text}],
+                output=[{"role": "assistant", "content": f"use {key}"}],
+                model="demo",
+                usage={"input_tokens": 3, "output_tokens": 4},
+            ),
+            parent=agent,
+        ):
+            pass
+        with provider.create_span(
+            FunctionSpanData(name=f"lookup {key}", input='{"id": 1}', output=None),
+            parent=agent,
+        ):
+            pass
+        with provider.create_span(
+            CustomSpanData(
+                name="fan out",
+                data={"n": 3, "ratio": 0.5, "on": True, "none": None, "password": "hunter2",
+                      "token": 7, "nested": {"authorization": "x"}, "note": key},
+            ),
+            parent=agent,
+        ):  # fmt: skip
+            pass
+        with provider.create_span(GuardrailSpanData(name="no_pii", triggered=True), parent=agent):
+            pass
+        agent.set_error(SpanError(message=f"failed with {key}", data={"error": "model down"}))
+
+
+@pytest.mark.parametrize("in_activity", [False, True], ids=["no-run", "in-activity"])
+def test_spans_written_straight_to_the_queue_are_the_bytes_of_the_span_path(
+    in_activity: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only Loomview's batch processors the bridge writes OTLP bytes itself; they
+    must be the bytes the ReadableSpan path (any other processor) encodes to."""
+    import dataclasses
+
+    from agents.tracing.provider import DefaultTraceProvider
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
+    from temporalio.testing import ActivityEnvironment
+
+    from telemetry import agents_bridge, wire
+    from telemetry.agents_bridge import OtelBridgeProcessor
+    from telemetry.otel import FanOutSpanProcessor
+    from telemetry.otlp_http import WireBatchSpanProcessor, WireSpanExporter
+
+    monkeypatch.setattr(agents_bridge, "_now_ns", lambda: 1_700_000_000_000_000_000)
+
+    class Capture(WireSpanExporter):
+        bodies: list[bytes] = []
+
+        def send(self, body: bytes, count: int) -> Any:
+            self.bodies.append(body)
+
+    class Records(SpanProcessor):
+        def __init__(self) -> None:
+            self.records: list[wire.Record] = []
+
+        def on_end(self, span: Any) -> None:
+            self.records.append(wire.span_record(span))
+
+    resource = Resource.create({"service.name": "bridge-test"})
+    batch = WireBatchSpanProcessor(Capture("http://127.0.0.1:9/v1/traces"), 60_000)
+    straight = OtelBridgeProcessor(FanOutSpanProcessor([batch]), resource)
+    records = Records()
+    via_spans = OtelBridgeProcessor(records, resource)
+    assert straight._queues == [batch] and via_spans._queues is None
+    provider = DefaultTraceProvider()
+    provider.set_processors([straight, via_spans])
+    if in_activity:
+        environment = ActivityEnvironment()
+        environment.info = dataclasses.replace(
+            environment.info, workflow_id="order sk-proj-" + "Z9y8X7w6" * 4, attempt=3
+        )
+        environment.run(_bridge_scenario, provider)
+    else:
+        _bridge_scenario(provider)
+    batch.force_flush()
+    batch.shutdown()
+
+    assert len(Capture.bodies) == 1
+    assert Capture.bodies[0] == wire.encode_records(records.records)
+    request = ExportTraceServiceRequest.FromString(Capture.bodies[0])
+    spans = request.resource_spans[0].scope_spans[0].spans
+    assert len(spans) == 6
+    assert b"sk-proj-" not in Capture.bodies[0] and b"hunter2" not in Capture.bodies[0]
+    assert b"Bearer t0k3n" not in Capture.bodies[0]
+    names = {span.name for span in spans}
+    assert "execute_tool lookup [REDACTED]" in names
+    custom = next(span for span in spans if span.name == "fan out")
+    keys = {kv.key for kv in custom.attributes}
+    assert "agents.custom.none" not in keys and "agents.custom.n" in keys
+    if in_activity:
+        for span in spans:
+            values = {kv.key: kv.value for kv in span.attributes}
+            assert values["temporal.workflow.id"].string_value == "order [REDACTED]"
+            assert values["temporal.activity.attempt"].int_value == 3

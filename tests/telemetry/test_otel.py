@@ -263,3 +263,102 @@ def test_configure_tracing_wires_correlation_redaction_and_the_agents_bridge(
         "RunScopePlugin",
     ]
     assert isinstance(tracing.plugins[0], OpenTelemetryPlugin)
+
+
+def test_temporal_spans_written_straight_to_the_queue_are_the_spans_of_the_span_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With only Loomview's batch processors the worker's processor writes Temporal's
+    spans as OTLP bytes itself; each must be the span the ReadableSpan path sends."""
+    import dataclasses
+
+    from google.protobuf.json_format import MessageToDict
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.trace import (
+        NonRecordingSpan,
+        SpanContext,
+        TraceFlags,
+        TraceState,
+        set_span_in_context,
+    )
+    from temporalio.testing import ActivityEnvironment
+
+    from telemetry import wire
+    from telemetry.otlp_http import WireBatchSpanProcessor, WireSpanExporter
+    from telemetry.run_ids import run_scoped_tracer_provider
+
+    class Capture(WireSpanExporter):
+        bodies: list[bytes] = []
+
+        def send(self, body: bytes, count: int) -> object:
+            self.bodies.append(body)
+            return None
+
+    class Records(SpanProcessor):
+        def __init__(self) -> None:
+            self.records: list[wire.Record] = []
+
+        def on_end(self, span: ReadableSpan) -> None:
+            self.records.append(wire.span_record(span))
+
+    straight: list[str] = []
+    original = otel.WorkerSpanProcessor._straight_to_queues
+
+    def spy(self: otel.WorkerSpanProcessor, span: object, name: str, run: object) -> bool:
+        taken = original(self, span, name, run)  # type: ignore[arg-type]
+        if taken:
+            straight.append(name)
+        return taken
+
+    monkeypatch.setattr(otel.WorkerSpanProcessor, "_straight_to_queues", spy)
+    batch = WireBatchSpanProcessor(Capture("http://127.0.0.1:9/v1/traces"), 60_000)
+    records = Records()
+    provider = run_scoped_tracer_provider(Resource.create({"service.name": "w"}))
+    provider.add_span_processor(otel.WorkerSpanProcessor(otel.FanOutSpanProcessor([batch])))
+    provider.add_span_processor(otel.WorkerSpanProcessor(records))
+
+    def activity_body() -> None:
+        tracer = provider.get_tracer("temporalio.contrib.opentelemetry._otel_interceptor")
+        ids = {"temporalWorkflowID": "order-1", "temporalRunID": "test-run"}
+        parent = SpanContext(2**100 + 7, 99, True, TraceFlags(1), TraceState([("vendor", "x")]))
+        span = tracer.start_span(
+            "RunActivity:lookup",
+            context=set_span_in_context(NonRecordingSpan(parent)),
+            attributes={**ids, "temporalActivityID": "test", "note": f"key {SECRET}"},
+        )
+        span.set_status(Status(StatusCode.ERROR, f"ValueError: bad key {SECRET}"))
+        span.end()
+        tracer.start_span("StartActivity:lookup", attributes=ids).end()
+        failed = tracer.start_span("RunActivity:broken", attributes=ids)
+        failed.record_exception(ValueError(f"boom {SECRET}"))
+        failed.end()
+        tracer.start_span("mine", attributes={vocab.WORKFLOW_ID: "not the run's"}).end()
+
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(environment.info, workflow_id="order-1")
+    environment.run(activity_body)
+    batch.force_flush()
+    batch.shutdown()
+
+    assert straight == ["RunActivity:lookup", "StartActivity:lookup"]
+
+    def spans(body: bytes) -> list[dict[str, object]]:
+        request = ExportTraceServiceRequest.FromString(body)
+        found = []
+        for span in request.resource_spans[0].scope_spans[0].spans:
+            fields = MessageToDict(span)
+            fields["attributes"] = {kv.key: MessageToDict(kv.value) for kv in span.attributes}
+            found.append(fields)
+        return found
+
+    sent, expected = spans(Capture.bodies[0]), spans(wire.encode_records(records.records))
+    assert sent == expected
+    assert SECRET not in str(sent)
+    lookup = sent[0]
+    assert lookup["traceState"] == "vendor=x" and lookup["status"]["code"] == "STATUS_CODE_ERROR"
+    assert lookup["attributes"][vocab.WORKFLOW_ID] == {"stringValue": "order-1"}
+    assert lookup["attributes"][vocab.ACTIVITY_ATTEMPT] == {"intValue": "1"}
+    assert sent[3]["attributes"][vocab.WORKFLOW_ID] == {"stringValue": "not the run's"}
