@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
@@ -11,7 +12,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
@@ -293,9 +294,9 @@ def test_temporal_spans_written_straight_to_the_queue_are_the_spans_of_the_span_
     class Capture(WireSpanExporter):
         bodies: list[bytes] = []
 
-        def send(self, body: bytes, count: int) -> object:
+        def send(self, body: bytes, count: int) -> SpanExportResult:
             self.bodies.append(body)
-            return None
+            return SpanExportResult.SUCCESS
 
     class Records(SpanProcessor):
         def __init__(self) -> None:
@@ -345,7 +346,7 @@ def test_temporal_spans_written_straight_to_the_queue_are_the_spans_of_the_span_
 
     assert straight == ["RunActivity:lookup", "StartActivity:lookup"]
 
-    def spans(body: bytes) -> list[dict[str, object]]:
+    def spans(body: bytes) -> list[dict[str, Any]]:
         request = ExportTraceServiceRequest.FromString(body)
         found = []
         for span in request.resource_spans[0].scope_spans[0].spans:
