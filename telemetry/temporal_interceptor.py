@@ -19,13 +19,25 @@ Temporal's own code, unchanged.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Token
 from typing import Any
 
 import opentelemetry.context as otel_context
+from opentelemetry.baggage import _BAGGAGE_KEY
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode, get_tracer, set_span_in_context
+from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    get_tracer,
+    set_span_in_context,
+)
 from temporalio import activity, workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.opentelemetry import OpenTelemetryPlugin
@@ -40,6 +52,8 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
     WorkflowOutboundInterceptor,
 )
+
+from telemetry.temporal_spans import current_span_context
 
 HEADER = "_tracer-data"
 _JSON = b"json/plain"
@@ -56,16 +70,61 @@ def context_from_headers(headers: Mapping[str, Payload]) -> Context:
     if not header:
         return Context()
     if header.metadata.get("encoding") == _JSON:
+        data = header.data
+        if len(data) == _TRACEPARENT_ONLY and data.startswith(_TRACEPARENT_OPEN):
+            # What the other side wrote with no trace state or baggage (the usual
+            # header): the propagators' reading of it, without the JSON and the
+            # propagator chain in between.
+            found = _traceparent_context(data)
+            if found is not None:
+                return found
         try:
-            carrier = json.loads(header.data)
+            carrier = json.loads(data)
         except ValueError:
             return Context()
         return _propagator.extract(carrier) if type(carrier) is dict else Context()
     return stock._headers_to_context(headers)
 
 
+# {"traceparent":"00-<32 hex>-<16 hex>-<2 hex>"}: JSON of the W3C carrier alone.
+_TRACEPARENT_OPEN = b'{"traceparent":"'
+_TRACEPARENT_ONLY = len(_TRACEPARENT_OPEN) + 55 + 2
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def _traceparent_context(data: bytes) -> Context | None:
+    """The context ``TraceContextTextMapPropagator`` extracts from a carrier whose only
+    entry is a version-00 ``traceparent``; None for anything else."""
+    if not data.endswith(b'"}'):
+        return None
+    match = _TRACEPARENT.fullmatch(data[len(_TRACEPARENT_OPEN) : -2].decode("ascii", "replace"))
+    if match is None:
+        return None
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return Context()  # what the propagator makes of all-zero ids: nothing
+    remote = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16))
+    )
+    return set_span_in_context(NonRecordingSpan(remote), Context())
+
+
 def context_to_headers(headers: Mapping[str, Payload]) -> Mapping[str, Payload]:
     """Temporal's ``_context_to_headers``: the payload its default converter makes."""
+    current = otel_context.get_current()
+    if not current.get(_BAGGAGE_KEY):
+        # No baggage: the carrier is the current span's traceparent (and trace
+        # state), which the propagators would write; the usual case, written here.
+        span_context = current_span_context(current)
+        if span_context == INVALID_SPAN_CONTEXT:
+            return headers
+        if not span_context.trace_state:
+            data = b'{"traceparent":"00-%032x-%016x-%02x"}' % (
+                span_context.trace_id,
+                span_context.span_id,
+                span_context.trace_flags,
+            )
+            return {**headers, HEADER: Payload(metadata={"encoding": _JSON}, data=data)}
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     if not carrier:

@@ -12,6 +12,13 @@ import pytest
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.opentelemetry import _otel_interceptor as stock
 from temporalio.converter import PayloadConverter
@@ -37,6 +44,17 @@ def test_headers_are_the_stock_payload_byte_for_byte() -> None:
     # No current span and no baggage: no header, as Temporal's.
     assert context_to_headers(OTHER) is OTHER
     assert stock._context_to_headers(OTHER) is OTHER
+    # A span alone (the usual header, written without the propagators), an unsampled
+    # one, one with trace state: the same bytes too.
+    vendor = TraceState([("k", "v")])
+    for flags, state in [(TraceFlags(1), None), (TraceFlags(0), None), (TraceFlags(1), vendor)]:
+        remote = SpanContext(2**127 + 5, 2**63 + 9, True, flags, state)
+        token = otel_context.attach(set_span_in_context(NonRecordingSpan(remote)))
+        try:
+            ours, theirs = context_to_headers(OTHER), stock._context_to_headers(OTHER)
+        finally:
+            otel_context.detach(token)
+        assert ours[HEADER].SerializeToString() == theirs[HEADER].SerializeToString()
 
 
 def plain(context: dict[str, object]) -> dict[str, object]:
@@ -49,17 +67,29 @@ def plain(context: dict[str, object]) -> dict[str, object]:
 
 def test_headers_read_as_the_stock_reader_reads_them() -> None:
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    zeros = "00-" + "0" * 32 + "-b7ad6b7169203331-01"
+    # A later version is read too (the W3C spec's forward compatibility).
+    readable = (traceparent, traceparent.replace("-01", "-00"), "01" + traceparent[2:])
     carriers = [
         {"traceparent": traceparent},
+        {"traceparent": readable[1]},
         {"traceparent": traceparent, "tracestate": "k=v", "baggage": "tenant=a"},
         {"traceparent": "00-garbage"},
         {},
+        # The usual header's length, not its form: read as the propagators read it.
+        {"traceparent": zeros},
+        {"traceparent": "ff" + traceparent[2:]},
+        {"traceparent": readable[2]},
+        {"traceparent": traceparent.upper()},
+        {"traceparent": traceparent[:-3] + "-0x"},
+        {"traceparent": " " + traceparent[1:]},
+        {"tracepar3nt": traceparent + "x"},
     ]
     for carrier in carriers:
         headers = {HEADER: PayloadConverter.default.to_payloads([carrier])[0]}
         ours = plain(context_from_headers(headers))
         assert ours == plain(stock._headers_to_context(headers))
-        assert bool(ours) == ("traceparent" in carrier and len(carrier["traceparent"]) > 20)
+        assert bool(ours) == (carrier.get("traceparent") in readable)
     # No header: no context, as Temporal's reader.
     assert context_from_headers({}) == stock._headers_to_context({}) == {}
     # JSON that is not an object, or not JSON: no context, where Temporal's raises
