@@ -198,11 +198,7 @@ class WorkerSpanProcessor(RedactingSpanProcessor):
                 return False  # an alias the run does not have: on_end's own way
         if not context.keys().isdisjoint(own) or vocab.WORKFLOW_TYPE not in context:
             return False
-        status = span._status
-        if status.description:
-            description = redact_text(status.description)
-            if description != status.description:
-                status = Status(status.status_code, description)
+        status = _redacted_status(span._status)
         span_context = span.get_span_context()
         data = wire.span_bytes(
             span_context.trace_id,
@@ -222,6 +218,15 @@ class WorkerSpanProcessor(RedactingSpanProcessor):
         return True
 
 
+def _redacted_status(status: Status) -> Status:
+    """``status`` with its description redacted: itself when there is nothing to redact."""
+    if status.description:
+        description = redact_text(status.description)
+        if description != status.description:
+            return Status(status.status_code, description)
+    return status
+
+
 def redact_span(
     span: ReadableSpan,
     attributes: dict[str, Any] | None = None,
@@ -239,11 +244,7 @@ def redact_span(
     else:
         changes = secret_changes(span.attributes if attributes is None else attributes)
     name = redact_text(span.name)
-    status = span.status
-    if status.description:
-        description = redact_text(status.description)
-        if description != status.description:
-            status = Status(status.status_code, description)
+    status = _redacted_status(span.status)
     events = span.events
     if events and any(
         redact_text(e.name) != e.name or secret_changes(e.attributes) for e in events

@@ -112,24 +112,23 @@ def _traceparent_context(data: bytes) -> Context | None:
 def context_to_headers(headers: Mapping[str, Payload]) -> Mapping[str, Payload]:
     """Temporal's ``_context_to_headers``: the payload its default converter makes."""
     current = otel_context.get_current()
-    if not current.get(_BAGGAGE_KEY):
-        # No baggage: the carrier is the current span's traceparent (and trace
-        # state), which the propagators would write; the usual case, written here.
-        span_context = current_span_context(current)
+    span_context = current_span_context(current)
+    if not current.get(_BAGGAGE_KEY) and not span_context.trace_state:
+        # The carrier is the current span's traceparent alone, which the propagators
+        # would write: the usual case, written here.
         if span_context == INVALID_SPAN_CONTEXT:
             return headers
-        if not span_context.trace_state:
-            data = b'{"traceparent":"00-%032x-%016x-%02x"}' % (
-                span_context.trace_id,
-                span_context.span_id,
-                span_context.trace_flags,
-            )
-            return {**headers, HEADER: Payload(metadata={"encoding": _JSON}, data=data)}
-    carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
-    if not carrier:
-        return headers
-    data = json.dumps(carrier, separators=(",", ":"), sort_keys=True).encode()
+        data = b'{"traceparent":"00-%032x-%016x-%02x"}' % (
+            span_context.trace_id,
+            span_context.span_id,
+            span_context.trace_flags,
+        )
+    else:
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier)
+        if not carrier:
+            return headers
+        data = json.dumps(carrier, separators=(",", ":"), sort_keys=True).encode()
     return {**headers, HEADER: Payload(metadata={"encoding": _JSON}, data=data)}
 
 
