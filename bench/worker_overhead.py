@@ -693,14 +693,24 @@ def report_probe(directory: Path, batches: list[Batch]) -> None:
             f"({1000 * sandbox_seconds / max(sandboxes, 1):.1f} ms each)"
         )
         hooks = sorted(data["hooks"].items(), key=lambda item: -item[1][1])
-        for label, (calls, hook_seconds) in hooks:
+        for label, (calls, hook_seconds, *in_gc) in hooks:
+            gc_seconds = in_gc[0] if in_gc else 0.0
             print(
                 f"      {label:<38} {calls / runs:5.1f} calls {1000 * hook_seconds / runs:6.2f} ms "
                 f"{1e6 * hook_seconds / max(calls, 1):7.1f} µs each"
+                f" (GC {1000 * gc_seconds / runs:5.2f} ms)"
             )
         if hooks:
-            outer = sum(s for label, (_, s) in hooks if not label.startswith(" "))
-            print(f"      {'all tracing entry points':<38} {'':11} {1000 * outer / runs:6.2f} ms")
+            outer = sum(entry[1] for label, entry in hooks if not label.startswith(" "))
+            outer_gc = (
+                sum(entry[2] for label, entry in hooks if not label.startswith(" "))
+                if all(len(entry) > 2 for _, entry in hooks)
+                else 0.0
+            )
+            print(
+                f"      {'all tracing entry points':<38} {'':11} {1000 * outer / runs:6.2f} ms"
+                f" (GC {1000 * outer_gc / runs:5.2f} ms)"
+            )
 
 
 # -- counting calls (--count-calls) ------------------------------------------------------

@@ -24,15 +24,18 @@ from the Agents trace id, the same way in workflow and activity.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
+import os
 import threading
 import weakref
 from asyncio import get_running_loop
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
+from time import time_ns
 from typing import Any
 
 import orjson
@@ -128,9 +131,7 @@ _TIMES: Memo[str, int] = Memo(
 def _now_ns() -> int:
     if workflow.in_workflow():
         return int(workflow.now().timestamp() * 1_000_000_000)
-    import time
-
-    return time.time_ns()
+    return time_ns()
 
 
 def to_json(value: Any) -> str:
@@ -260,7 +261,7 @@ _CONTEXT_CACHE: dict[int, RunContext] = {}
 
 
 def _context_attributes(info: Any) -> dict[str, Any]:
-    if isinstance(info, workflow.Info):
+    if type(info) is workflow.Info or isinstance(info, workflow.Info):
         found = {
             vocab.WORKFLOW_ID: info.workflow_id,
             vocab.RUN_ID: info.run_id,
@@ -288,14 +289,19 @@ def _context_attributes(info: Any) -> dict[str, Any]:
 
 def _messages(items: Any) -> list[dict[str, Any]]:
     """Normalize model input/output items into chat-like messages for GenAI attributes."""
+    # Exact types first: a span may be converted in a workflow's sandbox, where
+    # every isinstance() (against an ABC above all) is a chain of Python calls.
     if items is None:
         return []
-    if isinstance(items, str):
+    shape = type(items)
+    if shape is str or (shape is not list and isinstance(items, str)):
         return [{"role": "user", "content": items}]
+    if shape is not list and shape is not tuple and not isinstance(items, Sequence):
+        items = [items]
     messages: list[dict[str, Any]] = []
-    for raw in items if isinstance(items, Sequence) else [items]:
-        item = _jsonable(raw) if not isinstance(raw, Mapping) else dict(raw)
-        if not isinstance(item, Mapping):
+    for raw in items:
+        item = raw if type(raw) is dict or isinstance(raw, Mapping) else _jsonable(raw)
+        if type(item) is not dict and not isinstance(item, Mapping):
             messages.append({"role": "user", "content": str(item)})
             continue
         kind = item.get("type")
@@ -318,9 +324,11 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             )
         else:
             content = item.get("content")
-            if isinstance(content, list):
+            if type(content) is list or isinstance(content, list):
                 content = "".join(
-                    str(part.get("text", "")) if isinstance(part, Mapping) else str(part)
+                    str(part.get("text", ""))
+                    if type(part) is dict or isinstance(part, Mapping)
+                    else str(part)
                     for part in content
                 )
             messages.append({"role": item.get("role", "assistant"), "content": content})
@@ -503,6 +511,110 @@ def span_name_and_attributes(data: Any) -> tuple[str, dict[str, Any]]:
     return _namer(type(data))(data, attrs), attrs
 
 
+class _NoKey(Exception):
+    """Span data with no content key: a value of another type, or too much text."""
+
+
+def _frozen(value: Any, budget: list[int]) -> Any:
+    """``value`` (JSON-like data) as a hashable key that tells apart what converts
+    differently (``1``, ``1.0`` and ``True``; a list and a tuple); :class:`_NoKey`
+    for anything else, or once ``budget[0]`` characters of text are spent."""
+    kind = type(value)
+    if kind is str:
+        budget[0] -= len(value)
+        if budget[0] < 0:
+            raise _NoKey
+        return value
+    if value is None:
+        return None
+    if kind is int or kind is float or kind is bool:
+        return (kind, value)
+    if kind is list or kind is tuple:
+        return (kind, *[_frozen(item, budget) for item in value])
+    if kind is dict:
+        out: list[Any] = [dict]
+        for key, item in value.items():
+            out.append(_frozen(key, budget))
+            out.append(_frozen(item, budget))
+        return tuple(out)
+    raise _NoKey
+
+
+def _content_key(data: Any) -> Any:
+    """What a span's name and its own attributes are made of (its type and the data
+    :func:`span_name_and_attributes` reads), as a key; None when there is none."""
+    kind = type(data)
+    reads = _CONTENT.get(kind)
+    if reads is None:
+        if _namer(kind) is not _other:
+            return None
+        reads = _exported
+    try:
+        return (kind, _frozen(reads(data), [_KEY_CHARS]))
+    except _NoKey:
+        return None
+
+
+_KEY_CHARS = 2048
+# Span data class → what its namer reads (generations and responses, whose
+# messages differ from one model call to the next, are converted every time).
+_CONTENT: dict[type, Callable[[Any], Any]] = {
+    AgentSpanData: lambda data: (data.name, data.tools, data.handoffs, data.output_type),
+    FunctionSpanData: lambda data: (data.name, data.input, data.output, data.mcp_data),
+    HandoffSpanData: lambda data: (data.from_agent, data.to_agent),
+    GuardrailSpanData: lambda data: (data.name, data.triggered),
+    MCPListToolsSpanData: lambda data: (data.server, data.result),
+    CustomSpanData: lambda data: (data.name, data.data),
+}
+
+
+def _exported(data: Any) -> Any:
+    return data.export() if hasattr(data, "export") else None
+
+
+class _Part:
+    """A span's name and own attributes (:func:`span_name_and_attributes`), redacted
+    and encoded (:func:`telemetry.wire.redacted_attributes`) once for every span
+    with the same content: an agent, handoff or Temporal span comes back in every
+    run. ``attributes`` is shared: copy it before changing it."""
+
+    __slots__ = ("attributes", "encoded", "name")
+
+    def __init__(self, name: str, attributes: dict[str, Any]) -> None:
+        self.name = name
+        self.attributes = attributes
+        self.encoded = wire.redacted_attributes(attributes)
+
+
+def _part_of(data: Any) -> _Part:
+    key = _content_key(data)
+    if key is not None:
+        part = _PARTS.get(key)
+        if part is not None:
+            return part
+    name, attributes = span_name_and_attributes(data)
+    part = _Part(name, attributes)
+    if key is not None:
+        if len(_PARTS) >= 1024:
+            _PARTS.clear()
+        _PARTS[key] = part
+    return part
+
+
+# Content key → its _Part; emptied when the redaction rules change.
+_PARTS: dict[Any, _Part] = derived_cache({})
+
+
+# Ended spans converted together (see OtelBridgeProcessor._convert_ended): 16 was
+# as cheap a span as 32 or 64, and its spans are gone before a young collection
+# would promote them.
+_BATCH = 16
+
+# An ended Agents span: the span, the run it ended in, the OTel span current there
+# and, if the span has no end time of its own, the time it ended.
+_Ended = tuple[Span[Any], RunContext | None, SpanContext, int]
+
+
 class OtelBridgeProcessor(TracingProcessor):
     """An Agents SDK tracing processor that hands OTel spans, redacted, to an OTel span processor.
 
@@ -527,6 +639,16 @@ class OtelBridgeProcessor(TracingProcessor):
         self._lock = threading.Lock()
         self._trace_starts: dict[str, int] = {}
         self._first_span_start: dict[str, int] = {}
+        # Ended spans not yet converted (see on_span_end), with where they ended.
+        self._ended: collections.deque[_Ended] = collections.deque()
+        self._converting = threading.Lock()
+        self._batch = 1
+        if self._queues is not None:
+            self._batch = _BATCH
+            for queue in self._queues:
+                queue.add_source(self._convert_ended)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=self._after_fork)
 
     # -- ids and context -------------------------------------------------------
     def _otel_trace_id(
@@ -557,15 +679,17 @@ class OtelBridgeProcessor(TracingProcessor):
         attributes: dict[str, Any],
         run: RunContext | None,
         error: Mapping[str, Any] | None,
+        own: _Part | None = None,
     ) -> None:
-        """Hand the span to the exporters: ``attributes`` its own (redacted here, in
-        place), then the correlation attributes of ``run`` (already redacted)."""
+        """Hand the span to the exporters. Its attributes: ``own``'s (its data's,
+        already redacted and encoded), then ``attributes`` (redacted here, in place),
+        then the correlation attributes of ``run`` (already redacted)."""
         status = _UNSET
         if error:
             message = str(error.get("message") or "error")
             detail = (
                 (error.get("data") or {}).get("error")
-                if isinstance(error.get("data"), Mapping)
+                if type(error.get("data")) is dict or isinstance(error.get("data"), Mapping)
                 else None
             )
             if detail and str(detail) not in message:
@@ -580,10 +704,18 @@ class OtelBridgeProcessor(TracingProcessor):
             attributes[vocab.AGENTS_OPENAI_TRACES] = True
         end = max(end, start)
         queues = self._queues
-        if queues is not None and (run is None or run.redacted.keys().isdisjoint(attributes)):
+        if queues is not None and (
+            run is None
+            or (
+                run.redacted.keys().isdisjoint(attributes)
+                and (own is None or run.redacted.keys().isdisjoint(own.attributes))
+            )
+        ):
             # Redacted and encoded in one pass; the run's attributes were once for all
             # its spans. The same bytes as the span below would be encoded to.
             encoded = wire.redacted_attributes(attributes)
+            if own is not None:
+                encoded = own.encoded + encoded
             if run is not None:
                 encoded += run.encoded
             try:
@@ -597,6 +729,8 @@ class OtelBridgeProcessor(TracingProcessor):
             for queue in queues:
                 queue.enqueue(record)
             return
+        if own is not None:
+            attributes = {**own.attributes, **attributes}
         if None in attributes.values():
             attributes = {key: value for key, value in attributes.items() if value is not None}
         # Redacted here, once, on the span's only copy: the spans go straight to the
@@ -631,6 +765,7 @@ class OtelBridgeProcessor(TracingProcessor):
 
     def on_trace_end(self, trace: Trace) -> None:
         end = _now_ns()
+        self._convert_ended()  # its spans first: the trace starts at its earliest
         with self._lock:
             start = self._trace_starts.pop(trace.trace_id, None)
             first_child = self._first_span_start.pop(trace.trace_id, None)
@@ -673,34 +808,75 @@ class OtelBridgeProcessor(TracingProcessor):
         data = span.span_data
         if type(data) is CustomSpanData and not data.name:
             return  # a placeholder the Temporal plugin makes for a propagated parent
+        # What depends on where the span ended is taken now; the rest waits for a
+        # few more spans, converted one after the other (see _convert_ended).
+        ended = self._ended
+        ended.append(
+            (
+                span,
+                run_context(),
+                current_span_context(),
+                _now_ns() if not span.ended_at else 0,
+            )
+        )
+        if len(ended) >= self._batch:
+            self._convert_ended()
+
+    def _after_fork(self) -> None:
+        """A forked child converts none of its parent's spans."""
+        self._ended.clear()
+        self._converting = threading.Lock()
+
+    def _convert_ended(self) -> None:
+        """Convert the spans that ended since the last call, oldest first.
+
+        Converted together, a few at a time, a span costs about half the CPU it
+        does alone between the workflow code around it, whose work leaves the
+        bridge's code and caches cold (bench/README.md, issue 16). A few, and
+        soon: a span kept longer outlives the young collections and brings the
+        next full collection sooner. The span processors' export thread calls this
+        too (:meth:`telemetry.otlp_http.WireBatchSpanProcessor.add_source`), so a
+        span never waits for the next one longer than the export's schedule.
+        """
+        ended = self._ended
+        with self._converting:  # one thread at a time: spans stay in their order
+            while ended:
+                span, run, current, now = ended.popleft()
+                try:
+                    self._convert(span, run, current, now)
+                except Exception:  # one span's problem is never the others'
+                    logger.exception("could not convert an Agents span")
+
+    def _convert(
+        self, span: Span[Any], run: RunContext | None, current: SpanContext, now: int
+    ) -> None:
+        data = span.span_data
         try:
-            name, attributes = span_name_and_attributes(data)
+            part = _part_of(data)
         except Exception:
             logger.exception(
                 "could not convert an Agents span of type %s", getattr(data, "type", "?")
             )
             return
-        end = _iso_to_ns(span.ended_at) or _now_ns()
+        end = _iso_to_ns(span.ended_at) or now
         start = _iso_to_ns(span.started_at) or end
         trace_id_agents = span.trace_id
-        with self._lock:
-            first = self._first_span_start.get(trace_id_agents)
-            if first is None or start < first:
-                self._first_span_start[trace_id_agents] = start
-        # Where the span was made, worked out once per run (or attempt).
-        run = run_context()
+        if trace_id_agents not in self._trace_starts:
+            # Its trace began while its workflow was replayed: the trace will start at
+            # its earliest span.
+            with self._lock:
+                first = self._first_span_start.get(trace_id_agents)
+                if first is None or start < first:
+                    self._first_span_start[trace_id_agents] = start
         if run is None:
             scope, remote = "", None
         else:
             scope, remote = run.scope, run.remote
-        trace_id = self._otel_trace_id(current_span_context(), trace_id_agents, scope, remote)
+        trace_id = self._otel_trace_id(current, trace_id_agents, scope, remote)
         parent_id = span.parent_id
         parent_agents_id = parent_id or trace_id_agents
-        attributes[vocab.AGENTS_TRACE_ID] = trace_id_agents
-        attributes[vocab.AGENTS_SPAN_ID] = span.span_id
-        attributes[vocab.AGENTS_PARENT_ID] = parent_id or ""
         self._emit(
-            name=name,
+            name=part.name,
             trace_id=trace_id,
             span_id=span_id_for(span.span_id, scope),
             parent=self._context(
@@ -709,13 +885,20 @@ class OtelBridgeProcessor(TracingProcessor):
             ),
             start=start,
             end=end,
-            attributes=attributes,
+            attributes={
+                vocab.AGENTS_TRACE_ID: trace_id_agents,
+                vocab.AGENTS_SPAN_ID: span.span_id,
+                vocab.AGENTS_PARENT_ID: parent_id or "",
+            },
             run=run,
             error=span.error,
+            own=part,
         )
 
     def shutdown(self) -> None:
+        self._convert_ended()
         self._processor.shutdown()
 
     def force_flush(self) -> None:
+        self._convert_ended()
         self._processor.force_flush()

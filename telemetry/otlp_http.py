@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
@@ -204,6 +204,7 @@ class WireBatchSpanProcessor(SpanProcessor):
         self._queue: collections.deque[wire.Record] = collections.deque(maxlen=max_queue_size)
         self._dropped = 0
         self._shutdown = False
+        self._sources: list[Callable[[], None]] = []
         self._export_lock = threading.Lock()
         self._awaken = threading.Event()
         self._pid = os.getpid()
@@ -257,11 +258,24 @@ class WireBatchSpanProcessor(SpanProcessor):
         if len(queue) >= self._max_batch and not self._awaken.is_set():
             self._awaken.set()
 
+    def add_source(self, source: Callable[[], None]) -> None:
+        """Have ``source`` (which enqueues spans it holds back) called before each
+        export: the export thread's, a flush and the shutdown's."""
+        self._sources.append(source)
+
+    def _gather(self) -> None:
+        for source in self._sources:
+            try:
+                source()
+            except Exception:  # a source's bug is never the export's
+                logger.exception("span source %r failed", source)
+
     def _work(self) -> None:
         while not self._shutdown:
             woken = self._awaken.wait(self._delay)
             if self._shutdown:
                 break
+            self._gather()
             self._export(everything=False, at_least_one=not woken)
             self._awaken.clear()
         self._export(everything=True)
@@ -284,12 +298,14 @@ class WireBatchSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         if self._shutdown:
             return False
+        self._gather()
         self._export(everything=True)
         return True
 
     def shutdown(self) -> None:
         if self._shutdown:
             return
+        self._gather()
         self._shutdown = True
         self._awaken.set()
         if self._pid == os.getpid():

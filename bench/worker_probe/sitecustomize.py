@@ -15,6 +15,16 @@ the end of the warm-up (``SIGUSR2``) and written once a second:
 
 The timing adds ~2 µs to each timed call, so the tracing figures are a little high;
 compare workers probed alike (``--compare base,on`` with both probed).
+
+Set in the benchmark's environment (the workers inherit it), for a closer look:
+
+- ``BENCH_PROBE_DETAIL=1``: also the bridge's parts (names and attributes, run
+  context, ids, redaction and encoding, ...) and its conversion time by span type;
+  each part adds its own ~2 µs;
+- ``BENCH_PROBE_PROFILE=FILE``: a cProfile of the bridge's span ends, in FILE;
+- ``BENCH_PROBE_CALLERS=name,...``: who calls the Python functions of those names
+  (three frames up), counted; with ``--count-calls`` it says where added calls
+  come from. Slow: for call counts, not CPU.
 """
 
 from __future__ import annotations
@@ -67,8 +77,13 @@ if OUT and "worker" in sys.orig_argv and "-m" in sys.orig_argv:
             _gc_start.at = _thread_time()
             return
         generation = info["generation"]
+        took = _thread_time() - getattr(_gc_start, "at", 0.0)
         stats["gc_collections"][generation] += 1
-        stats["gc_seconds"][generation] += _thread_time() - getattr(_gc_start, "at", 0.0)
+        stats["gc_seconds"][generation] += took
+        # A collection that ran inside a timed call: its share of that call's time.
+        for label in getattr(_active, "labels", ()):
+            entry = stats["hooks"].setdefault(label, [0, 0.0, 0.0])
+            entry[2] += took
 
     def _write() -> None:
         while True:
@@ -97,17 +112,20 @@ if OUT and "worker" in sys.orig_argv and "-m" in sys.orig_argv:
             return
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if getattr(_active, label, False):
+            labels = getattr(_active, "labels", None)
+            if labels is None:
+                labels = _active.labels = set()
+            if label in labels:
                 return function(*args, **kwargs)
-            setattr(_active, label, True)
+            labels.add(label)
             started = _thread_time()
             try:
                 return function(*args, **kwargs)
             finally:
-                entry = stats["hooks"].setdefault(label, [0, 0.0])
+                entry = stats["hooks"].setdefault(label, [0, 0.0, 0.0])
                 entry[0] += 1
                 entry[1] += _thread_time() - started
-                setattr(_active, label, False)
+                labels.discard(label)
 
         setattr(owner, name, wrapper)
 
@@ -133,6 +151,66 @@ if OUT and "worker" in sys.orig_argv and "-m" in sys.orig_argv:
         bridge = agents_bridge.OtelBridgeProcessor
         timed(bridge, "on_span_end", "bridge: span end")
         timed(bridge, "on_trace_end", "bridge: trace end")
+        timed(bridge, "_convert_ended", "  bridge: conversions")
+        timed(otlp_http.WireBatchSpanProcessor, "_gather", "export thread: conversions")
+        if os.environ.get("BENCH_PROBE_DETAIL"):  # where a bridge span's time goes
+            from telemetry import wire
+
+            timed(agents_bridge, "span_name_and_attributes", "  bridge: name, attributes")
+            # By span type: the conversion where spans are converted apart from their end.
+            method = "_convert" if hasattr(bridge, "_convert") else "on_span_end"
+            by_type = getattr(bridge, method)
+
+            def converted(self: Any, span: Any, *rest: Any) -> Any:
+                kind = getattr(span.span_data, "type", "?")
+                name = getattr(span.span_data, "name", "") or ""
+                label = f"  bridge span: {kind} {name if kind == 'custom' else ''}".rstrip()
+                started = _thread_time()
+                try:
+                    return by_type(self, span, *rest)
+                finally:
+                    entry = stats["hooks"].setdefault(label, [0, 0.0, 0.0])
+                    entry[0] += 1
+                    entry[1] += _thread_time() - started
+
+            setattr(bridge, method, converted)
+            timed(agents_bridge, "run_context", "  bridge: run context")
+            timed(agents_bridge, "current_span_context", "  bridge: current span")
+            timed(agents_bridge, "span_id_for", "  bridge: span ids")
+            timed(wire, "redacted_attributes", "  bridge: redact, encode attributes")
+            timed(wire, "span_bytes", "  bridge: span bytes")
+            timed(otlp_http.WireBatchSpanProcessor, "enqueue", "  bridge: enqueue")
+            from telemetry import redact
+
+            timed(agents_bridge, "_messages", "    model call: _messages")
+            timed(agents_bridge, "_flatten_messages", "    model call: _flatten_messages")
+            timed(agents_bridge, "to_json", "    to_json")
+            timed(agents_bridge, "data_json", "    data_json")
+            timed(redact, "redact_long", "    redact_long")
+            timed(agents_bridge, "RunContext", "    RunContext()")
+        if os.environ.get("BENCH_PROBE_PROFILE"):  # cProfile of the bridge's span ends
+            import cProfile
+
+            profiler = cProfile.Profile()
+            lock = threading.Lock()
+            profiled = bridge.on_span_end
+
+            def profiled_span_end(self: Any, span: Any) -> Any:
+                with lock:
+                    profiler.enable()
+                    try:
+                        return profiled(self, span)
+                    finally:
+                        profiler.disable()
+
+            def dump() -> None:
+                while True:
+                    time.sleep(3)
+                    with lock:
+                        profiler.dump_stats(os.environ["BENCH_PROBE_PROFILE"])
+
+            bridge.on_span_end = profiled_span_end  # type: ignore[method-assign]
+            threading.Thread(target=dump, daemon=True).start()
         timed(temporal_interceptor, "_start", "Temporal: span start")
         timed(temporal_interceptor, "_end", "Temporal: span end (with processor)")
         timed(otel.WorkerSpanProcessor, "on_end", "  worker span processor")
@@ -140,7 +218,41 @@ if OUT and "worker" in sys.orig_argv and "-m" in sys.orig_argv:
         timed(temporal_interceptor, "context_from_headers", "context header: read")
         timed(otlp_http.WireBatchSpanProcessor, "_export", "export thread: batches")
 
+    def _callers(names: set[str]) -> None:
+        """Count who calls the Python functions named ``names`` (and through what)."""
+        import collections
+
+        counts: collections.Counter[str] = collections.Counter()
+        stats["callers"] = counts
+
+        def profile(frame: Any, event: str, arg: Any) -> None:
+            if event != "call" or frame.f_code.co_name not in names:
+                return
+            code, back = frame.f_code, frame.f_back
+            chain = []
+            for _ in range(3):
+                if back is None:
+                    break
+                where = f"{back.f_code.co_filename[-40:]}:{back.f_lineno}"
+                chain.append(f"{where} {back.f_code.co_name}")
+                back = back.f_back
+            counts[f"{code.co_name} <- " + " <- ".join(chain)] += 1
+
+        sys.setprofile(profile)
+        threading.setprofile(profile)
+
     reset()
+    if os.environ.get("BENCH_PROBE_CALLERS"):
+        _callers(set(os.environ["BENCH_PROBE_CALLERS"].split(",")))
+        _reset = reset
+
+        def reset(*_: Any) -> None:
+            counts = stats.get("callers")
+            _reset()
+            if counts is not None:
+                counts.clear()
+                stats["callers"] = counts
+
     gc.callbacks.append(_on_gc)
     signal.signal(signal.SIGUSR2, reset)
     _sandboxes()
