@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from time import time_ns
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from agents import Span, Trace, TracingProcessor
@@ -578,10 +578,11 @@ class _Part:
     with the same content: an agent, handoff or Temporal span comes back in every
     run. ``attributes`` is shared: copy it before changing it."""
 
-    __slots__ = ("attributes", "encoded", "name")
+    __slots__ = ("attributes", "encoded", "name", "redacted_name")
 
     def __init__(self, name: str, attributes: dict[str, Any]) -> None:
         self.name = name
+        self.redacted_name = redact_text(name)
         self.attributes = attributes
         self.encoded = wire.redacted_attributes(attributes)
 
@@ -673,7 +674,7 @@ class OtelBridgeProcessor(TracingProcessor):
         name: str,
         trace_id: int,
         span_id: int,
-        parent: SpanContext | None,
+        parent: SpanContext | tuple[int, int, bool] | None,
         start: int,
         end: int,
         attributes: dict[str, Any],
@@ -720,7 +721,14 @@ class OtelBridgeProcessor(TracingProcessor):
                 encoded += run.encoded
             try:
                 data = wire.span_bytes(
-                    trace_id, span_id, parent, redact_text(name), start, end, encoded, status
+                    trace_id,
+                    span_id,
+                    parent,
+                    own.redacted_name if own is not None else redact_text(name),
+                    start,
+                    end,
+                    encoded,
+                    status,
                 )
             except Exception:  # a span that cannot be encoded is lost, never the application
                 logger.exception("could not encode span %r", name)
@@ -740,10 +748,16 @@ class OtelBridgeProcessor(TracingProcessor):
             attributes.update(changes)
         if run is not None:
             attributes.update(run.redacted)
+        # A plain tuple is a local parent, as span_bytes reads it.
+        context = (
+            self._context(parent[0], parent[1])
+            if type(parent) is tuple
+            else cast("SpanContext | None", parent)
+        )
         span = ReadableSpan(
             name=redact_text(name),
             context=self._context(trace_id, span_id),
-            parent=parent,
+            parent=context,
             resource=self._resource,
             attributes=attributes,
             events=(),
@@ -879,9 +893,11 @@ class OtelBridgeProcessor(TracingProcessor):
             name=part.name,
             trace_id=trace_id,
             span_id=span_id_for(span.span_id, scope),
-            parent=self._context(
+            # What span_bytes reads of a SpanContext: trace id, span id, is remote.
+            parent=(
                 trace_id,
                 span_id_for(parent_agents_id, _remote_or_own(remote, parent_agents_id, scope)),
+                False,
             ),
             start=start,
             end=end,

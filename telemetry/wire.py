@@ -224,7 +224,7 @@ def span_attributes(attributes: Mapping[str, Any]) -> bytes:
 def span_bytes(
     trace_id: int,
     span_id: int,
-    parent: SpanContext | None,
+    parent: SpanContext | tuple[int, int, bool] | None,
     name: str,
     start: int | None,
     end: int | None,
@@ -234,7 +234,9 @@ def span_bytes(
     trace_state: Any = None,
 ) -> bytes:
     """An OTLP ``Span`` with no events or links whose ``attributes`` field is
-    already encoded (:func:`span_attributes`, :func:`redacted_attributes`)."""
+    already encoded (:func:`span_attributes`, :func:`redacted_attributes`).
+    ``parent``: a ``SpanContext``, or what is read of one (its first three fields:
+    trace id, span id, is remote)."""
     out = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08" + span_id.to_bytes(8, "big")
     if trace_state:
         state = ",".join(f"{key}={value}" for key, value in trace_state.items())
