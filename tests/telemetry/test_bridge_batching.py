@@ -72,12 +72,18 @@ def _attributes(span: SpanProto) -> dict[str, Any]:
     return out
 
 
+def _open_trace(provider: DefaultTraceProvider, name: str) -> Any:
+    """A trace started and left open (its end would convert what waits)."""
+    trace = provider.create_trace(name)
+    trace.start()
+    return trace
+
+
 def test_a_lone_span_reaches_the_exporter_on_schedule_with_no_more_spans_or_flush(
     wired: tuple[DefaultTraceProvider, OtelBridgeProcessor, Capture],
 ) -> None:
     provider, _, capture = wired
-    trace = provider.create_trace("waiting for a signal")
-    trace.start()
+    trace = _open_trace(provider, "waiting for a signal")
     with provider.create_span(CustomSpanData(name="lone", data={"n": 1}), parent=trace):
         pass
     # The trace stays open, no other span ends and nobody flushes: the export
@@ -92,8 +98,7 @@ def test_spans_ended_on_many_threads_are_each_exported_once(
     wired: tuple[DefaultTraceProvider, OtelBridgeProcessor, Capture],
 ) -> None:
     provider, bridge, capture = wired
-    trace = provider.create_trace("fan out")
-    trace.start()
+    trace = _open_trace(provider, "fan out")
     threads, per_thread = 6, 150
 
     def work(index: int) -> None:
