@@ -865,8 +865,14 @@ class OtelBridgeProcessor(TracingProcessor):
         self, span: Span[Any], run: RunContext | None, current: SpanContext, now: int
     ) -> None:
         data = span.span_data
+        part: _Part | None = None
+        attributes: dict[str, Any]
         try:
-            part = _part_of(data)
+            if self._queues is not None:  # written as bytes: its data's encoded once
+                part = _part_of(data)
+                name, attributes = part.name, {}
+            else:
+                name, attributes = span_name_and_attributes(data)
         except Exception:
             logger.exception(
                 "could not convert an Agents span of type %s", getattr(data, "type", "?")
@@ -889,8 +895,11 @@ class OtelBridgeProcessor(TracingProcessor):
         trace_id = self._otel_trace_id(current, trace_id_agents, scope, remote)
         parent_id = span.parent_id
         parent_agents_id = parent_id or trace_id_agents
+        attributes[vocab.AGENTS_TRACE_ID] = trace_id_agents
+        attributes[vocab.AGENTS_SPAN_ID] = span.span_id
+        attributes[vocab.AGENTS_PARENT_ID] = parent_id or ""
         self._emit(
-            name=part.name,
+            name=name,
             trace_id=trace_id,
             span_id=span_id_for(span.span_id, scope),
             # What span_bytes reads of a SpanContext: trace id, span id, is remote.
@@ -901,11 +910,7 @@ class OtelBridgeProcessor(TracingProcessor):
             ),
             start=start,
             end=end,
-            attributes={
-                vocab.AGENTS_TRACE_ID: trace_id_agents,
-                vocab.AGENTS_SPAN_ID: span.span_id,
-                vocab.AGENTS_PARENT_ID: parent_id or "",
-            },
+            attributes=attributes,
             run=run,
             error=span.error,
             own=part,
